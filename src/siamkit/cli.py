@@ -1,0 +1,131 @@
+"""Command line: thin — parses, calls the library, prints. Errors are one line on stderr (exit 2);
+``--debug`` shows the traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from siamkit.errors import SiamkitError
+
+SHORTCUTS = {
+    "data": "data.source", "loss": "loss.name", "backbone": "model.backbone", "epochs": "train.epochs",
+    "name": "name", "runs_dir": "runs_dir",
+}  # fmt: skip
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siamkit", description="Siamese networks and deep metric learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a Siamese model and evaluate it (default: on scikit-learn digits)",
+                       description="Train from a YAML config plus overrides; writes runs/<name>/.")  # fmt: skip
+    t.add_argument("config", nargs="?", help="YAML run config (optional; defaults otherwise)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")  # fmt: skip
+    t.add_argument("--data", help="digits | fashion-mnist | a folder, flat folder, IDX folder or pairs/triplets CSV")
+    t.add_argument("--loss", help="contrastive | triplet | bce | package.module:Class")
+    t.add_argument("--backbone", help="a registered backbone, e.g. convnet, seed_cnn")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--name", help="run name (folder under --runs-dir)")
+    t.add_argument("--runs-dir", dest="runs_dir", help="where run folders go (default: runs)")
+    t.add_argument("--resume", action="store_true", help="continue runs/<name>/ from its last finished epoch")
+    _common(t)
+
+    e = sub.add_parser("eval", help="evaluate a trained run (optionally on other data)")
+    e.add_argument("run_dir")
+    e.add_argument("--data", help="evaluate on this source instead of the run's own")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _common(e)
+
+    v = sub.add_parser("verify", help="are two images the same identity? (distance vs the saved threshold)")
+    v.add_argument("run_dir")
+    v.add_argument("image_a")
+    v.add_argument("image_b")
+    _common(v)
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """The human summary of a train/eval result: one row per split."""
+    cols = ["split", "AUC", "EER", "TPR@.5", "TPR@.1", "TPR@.01", "TPR@.001", "P@1", "MAP@R", "VerAcc"]
+    rows = []
+    for split in ("train", "validation", "test"):
+        m = result.get(split)
+        if not m:
+            continue
+        tprs = [t["tpr_interpolated"] for t in m["tpr_at_fpr"]]
+        flags = ["" if t["reliable"] else "*" for t in m["tpr_at_fpr"]]
+        rows.append([split, m["auc"], m["eer"], *[f"{_fmt(x)}{f}" for x, f in zip(tprs, flags, strict=True)],
+                     m.get("precision_at_1", "-"), m.get("map_at_r", "-"), m.get("verification_accuracy", "-")])  # fmt: skip
+    cells = [cols] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    head = [f"run: {result.get('run_dir')}"]
+    if "threshold" in result:
+        head.append(f"threshold (chosen on validation): {result['threshold']:.4f}")
+    if "train_seconds" in result:
+        head.append(f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
+                    f"   images/s: {result['images_per_second']:.0f}   best epoch: {result['best_epoch']}")  # fmt: skip
+    return "\n".join(head + lines + ["(* = fewer than 3 impostor pairs behind that FPR: not meaningful)"])
+
+
+def _emit(result: dict[str, Any], fmt: str, table: str) -> None:
+    print(json.dumps(result, default=float) if fmt == "json" else table)
+
+
+def run(args: argparse.Namespace) -> int:
+    from siamkit import pipeline
+
+    if args.command == "train":
+        from siamkit.config import load_config
+
+        overrides = list(args.overrides)
+        for flag, key in SHORTCUTS.items():
+            value = getattr(args, flag, None)
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        cfg = load_config(args.config, overrides)
+        if args.quiet:
+            cfg.train.progress = False
+        result = pipeline.train_run(cfg, resume=args.resume)
+        _emit(result, args.format, summary_table(result))
+    elif args.command == "eval":
+        result = pipeline.evaluate_run(args.run_dir, args.data, args.overrides)
+        _emit(result, args.format, summary_table(result))
+    elif args.command == "verify":
+        r = pipeline.verify_images(args.run_dir, args.image_a, args.image_b)
+        verdict = "unknown (no threshold saved)" if r["same"] is None else ("same" if r["same"] else "different")
+        thr = "none" if r["threshold"] is None else f"{r['threshold']:.4f}"
+        _emit(r, args.format, f"distance {r['distance']:.4f}  threshold {thr}  → {verdict}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet or args.format == "json")
+    try:
+        return run(args)
+    except SiamkitError as exc:
+        if args.debug:
+            raise
+        print(f"siamkit: error: {exc}", file=sys.stderr)
+        return 2

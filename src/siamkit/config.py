@@ -1,0 +1,279 @@
+"""Run configuration as dataclasses: strict YAML load/dump and type-checked ``a.b=value`` overrides.
+
+Every key is checked against the schema: an unknown key or a value of the wrong type is a ``ConfigError``
+naming the key. ``dict`` fields (``*.params``, ``model.backbone_args``) hold keyword arguments that the
+registry checks against the component's own signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from siamkit.errors import ConfigError
+
+
+@dataclass
+class AugmentConfig:
+    """Batched random augmentation of training images only (SPEC §2.5). All off by default."""
+
+    enabled: bool = False
+    degrees: float = 10.0
+    translate: float = 0.1
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    hflip: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"
+    """``digits``, ``fashion-mnist``, or a path: class-per-folder dir, flat dir, IDX dir, pairs/triplets CSV."""
+    layout: str = "auto"
+    """``auto`` | ``folder`` | ``flat`` | ``pairs-csv`` | ``triplets-csv`` | ``idx`` | ``digits`` | ``fashion-mnist``."""
+    flat_field: int = 1
+    """Flat layout: the class is this ``_``-separated field of the file name (0-based)."""
+    flat_regex: str | None = None
+    """Flat layout: a regex whose group ``class`` (or group 1) is the class; overrides ``flat_field``."""
+    image_size: int | None = None
+    """Resize every image to this square size; None keeps the size of the first image."""
+    channels: int | None = None
+    """1 (grayscale) or 3 (RGB); None takes it from the first image."""
+    skip_bad: bool = False
+    """Skip unreadable images and report them instead of failing."""
+    split: str = "random"
+    """How validation/test are carved: ``random`` | ``per-class`` | ``identity`` (open-set)."""
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    """Share held out for testing when the source has no test split of its own."""
+    val_per_class: int = 0
+    test_per_class: int = 0
+    mean: list[float] | None = None
+    """Per-channel normalisation; None computes it from the training images."""
+    std: list[float] | None = None
+    limit: int | None = None
+    """Use only the first N training images (quick experiments)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class SamplingConfig:
+    pairs: str = "per-image"
+    """``per-image`` (1 positive + 1 negative each) | ``coin-flip`` | ``balanced``."""
+    n_pairs: int = 2000
+    """``balanced``: n positive and n negative pairs."""
+    triplets: str = "random"
+    """``random`` (one per image) | ``combinations`` (all 3-combinations per class, capped)."""
+    max_triplets: int = 20000
+    regenerate: bool = True
+    """Draw fresh pairs/triplets every epoch (fresh negatives) instead of fixing them once."""
+    val_tuples: int = 2000
+    """Pairs or triplets drawn once from the validation split for the validation loss."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "convnet"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: int = 64
+    normalize: bool = True
+    """L2-normalise embeddings."""
+    sigmoid_head: bool = False
+    """Dense(1, sigmoid) on the distance (SPEC §3.1); forced on by the ``bce`` loss."""
+
+
+@dataclass
+class LossConfig:
+    name: str = "triplet"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: str = "none"
+    """``none`` | ``step`` | ``exponential``."""
+    step_size: int = 10
+    gamma: float = 0.1
+    patience: int = 5
+    """Early stopping: epochs without a lower validation loss; 0 disables."""
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    n_pairs: int = 5000
+    """Genuine and impostor pairs each, sampled (seeded) from the evaluation split."""
+    n_triplets: int = 5000
+    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+    batch_size: int = 512
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and ill-typed values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(typing.cast(type, hint), value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, hint, full)
+    return cls(**kwargs)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config (defaults when ``path`` is None) and apply ``a.b=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; give the path of a YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        data = loaded
+    for item in overrides or []:
+        set_key(data, item)
+    return typing.cast(RunConfig, from_dict(RunConfig, data))
+
+
+def set_key(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict; the key is validated on build."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    parts = key.strip().split(".")
+    _check_path(parts)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _check_path(parts: list[str]) -> None:
+    cls: Any = RunConfig
+    for i, part in enumerate(parts):
+        if cls is dict:  # free-form keyword arguments: checked by the registry
+            return
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"unknown config key {'.'.join(parts)!r}: {'.'.join(parts[:i])!r} is not a section")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "top level"
+            raise ConfigError(
+                f"unknown config key {'.'.join(parts)!r}; valid keys in {where}: {', '.join(sorted(hints))}"
+            )
+        hint = hints[part]
+        cls = dict if typing.get_origin(hint) is dict else hint
+
+
+def dump_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config key {key!r} may not be null")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+    raise ConfigError(f"config key {key!r} has an unsupported type {hint!r}")

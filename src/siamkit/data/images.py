@@ -1,0 +1,73 @@
+"""Decoding one image file into a uint8 array with an explicit mode conversion.
+
+Grayscale, RGB, RGBA/LA (composited on white), palette (with or without transparency), CMYK, YCbCr and 16-bit
+or float images are all converted explicitly to ``L`` (1 channel) or ``RGB`` (3 channels).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from siamkit.errors import DataError
+
+SKIP_HINT = "remove it or pass --skip-bad (data.skip_bad=true) to skip unreadable files"
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode ``path``; any failure is a DataError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+        return img
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}); {SKIP_HINT}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or truncated image ({exc}); {SKIP_HINT}") from None
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to ``L`` (channels=1) or ``RGB`` (channels=3), explicitly."""
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        mode = "L"
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+        mode = "RGB"
+    if mode == "1":
+        img = img.convert("L")
+        mode = "L"
+    if mode not in ("L", "RGB"):  # CMYK, YCbCr, LAB, HSV, ...
+        img = img.convert("RGB")
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def natural_channels(img: Image.Image) -> int:
+    """1 for single-band (grayscale-like) images, else 3."""
+    return 1 if img.mode in ("1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "LA") else 3
+
+
+def load_image(path: str | os.PathLike[str], channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """Read ``path`` as a ``(C, H, W)`` uint8 array, resized (bilinear) to ``size`` = (H, W) if given."""
+    img = to_mode(open_image(path), channels)
+    if size is not None and (img.height, img.width) != size:
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()

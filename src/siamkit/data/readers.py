@@ -1,0 +1,342 @@
+"""Readers for every layout of SPEC §2.1, all returning in-memory ``ImageSet``s.
+
+- class per folder: ``root/<identity>/<image>``
+- flat folder: ``<prefix>_<class>_<rest>.png`` (field index or regex)
+- CSV manifests: pairs (``path_a,path_b,label``) and triplets (``anchor,positive,negative``), columns by header
+- MNIST-family IDX files (gzipped or not), scikit-learn digits, Fashion-MNIST by name
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siamkit.config import DataConfig
+from siamkit.data.images import load_image, natural_channels, open_image
+from siamkit.data.imageset import ImageSet, TupleTable
+from siamkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+
+@dataclass
+class DatasetBundle:
+    """What a source provides: an image pool, an optional test split of its own, optional fixed tuples."""
+
+    name: str
+    images: ImageSet
+    test: ImageSet | None = None
+    tuples: TupleTable | None = None
+
+
+def load_dataset(cfg: DataConfig) -> DatasetBundle:
+    """Read the source named by ``cfg.source`` with the layout ``cfg.layout`` (``auto`` detects it)."""
+    layout = detect_layout(cfg.source) if cfg.layout == "auto" else cfg.layout
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
+    if layout == "digits":
+        bundle = DatasetBundle("digits", read_digits())
+    elif layout == "fashion-mnist":
+        directory = None if cfg.source == "fashion-mnist" else cfg.source
+        train, test = read_fashion_mnist(directory)
+        bundle = DatasetBundle("fashion-mnist", train, test)
+    elif layout == "idx":
+        train, test = read_idx_dir(cfg.source)
+        bundle = DatasetBundle(Path(cfg.source).name, train, test)
+    elif layout == "folder":
+        bundle = DatasetBundle(Path(cfg.source).name, read_folder(cfg.source, cfg.channels, size, cfg.skip_bad))
+    elif layout == "flat":
+        images = read_flat(cfg.source, cfg.flat_field, cfg.flat_regex, cfg.channels, size, cfg.skip_bad)
+        bundle = DatasetBundle(Path(cfg.source).name, images)
+    elif layout in ("pairs-csv", "triplets-csv"):
+        kind = "pairs" if layout == "pairs-csv" else "triplets"
+        images, table = read_tuples_csv(cfg.source, kind, cfg.channels, size, cfg.skip_bad)
+        bundle = DatasetBundle(Path(cfg.source).stem, images, tuples=table)
+    else:
+        raise DataError(
+            f"unknown data layout {layout!r}; use auto, folder, flat, pairs-csv, triplets-csv, idx, digits "
+            "or fashion-mnist"
+        )
+    return _resize_tensor_sets(bundle, cfg)
+
+
+def detect_layout(source: str) -> str:
+    if source in ("digits", "fashion-mnist"):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"data source {source!r} not found; give an existing folder or CSV file, or 'digits' / 'fashion-mnist'"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"{source}: a data file must be a CSV of pairs or triplets")
+        header = _csv_header(path)
+        if {"anchor", "positive", "negative"} <= set(header):
+            return "triplets-csv"
+        if {"path_a", "path_b", "label"} <= set(header):
+            return "pairs-csv"
+        raise DataError(
+            f"{source}: CSV header {header} is neither pairs (path_a,path_b,label) nor triplets "
+            "(anchor,positive,negative); rename the columns"
+        )
+    entries = [e for e in path.iterdir() if not e.name.startswith(".")]
+    if any(re.search(r"-images-idx3-ubyte(\.gz)?$", e.name) for e in entries):
+        return "idx"
+    if any(e.is_dir() for e in entries):
+        return "folder"
+    return "flat"
+
+
+def read_digits() -> ImageSet:
+    """scikit-learn's bundled 8×8 digits (1,797 images), scaled from 0–16 to 0–255."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return ImageSet(torch.from_numpy(images), digits.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Parse one IDX file (``.gz`` or raw): magic 0x00000803 → (N, H, W) images, 0x00000801 → (N,) labels."""
+    path = Path(path)
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: IDX payload has {len(raw) - header} bytes, header says {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx_pair(images_path: Path, labels_path: Path) -> ImageSet:
+    images = read_idx(images_path)
+    labels = read_idx(labels_path).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{images_path}: {images.shape} images do not match {labels.shape} labels in {labels_path}")
+    names = [str(i) for i in range(int(labels.max()) + 1)]
+    return ImageSet(torch.from_numpy(images[:, None].copy()), labels, names)
+
+
+def read_idx_dir(directory: str | os.PathLike[str]) -> tuple[ImageSet, ImageSet | None]:
+    """Find ``<prefix>-images-idx3-ubyte[.gz]`` + ``<prefix>-labels-idx1-ubyte[.gz]``; ``train`` is the pool,
+    ``t10k``/``test`` the test split."""
+    directory = Path(directory)
+    found: dict[str, ImageSet] = {}
+    for img in sorted(directory.iterdir()):
+        m = re.match(r"(.+)-images-idx3-ubyte(\.gz)?$", img.name)
+        if not m:
+            continue
+        prefix, gz = m.group(1), m.group(2) or ""
+        labels = directory / f"{prefix}-labels-idx1-ubyte{gz}"
+        if not labels.exists():
+            raise DataError(f"{img}: no matching labels file {labels.name} next to it")
+        found[prefix] = read_idx_pair(img, labels)
+    if not found:
+        raise DataError(f"{directory}: no *-images-idx3-ubyte[.gz] files found")
+    train_key = next((k for k in found if "train" in k), None)
+    test_key = next((k for k in found if k.startswith("t10k") or "test" in k), None)
+    if train_key is None:
+        if len(found) > 1:
+            raise DataError(f"{directory}: several IDX sets {sorted(found)} and none is named train")
+        return next(iter(found.values())), None
+    return found[train_key], found.get(test_key) if test_key else None
+
+
+def read_fashion_mnist(directory: str | None = None) -> tuple[ImageSet, ImageSet | None]:
+    """Fashion-MNIST from ``directory``, ``$SIAMKIT_FASHION_MNIST`` or the Debian package's folder."""
+    candidates = [directory] if directory else [os.environ.get("SIAMKIT_FASHION_MNIST"), *FASHION_MNIST_DIRS]
+    for cand in candidates:
+        if cand and Path(cand).is_dir() and any(Path(cand).glob("*-images-idx3-ubyte*")):
+            train, test = read_idx_dir(cand)
+            train.class_names = list(FASHION_MNIST_CLASSES)
+            if test is not None:
+                test.class_names = list(FASHION_MNIST_CLASSES)
+            return train, test
+    raise DataError(
+        "Fashion-MNIST not found; install it with `apt-get install -y dataset-fashion-mnist` or pass "
+        "--data DIR holding its *-idx3-ubyte.gz files"
+    )
+
+
+def _list_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _decode_all(
+    paths: Sequence[Path], channels: int | None, size: tuple[int, int] | None, skip_bad: bool
+) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Decode ``paths`` into one uint8 tensor; returns (images, kept positions, skipped paths)."""
+    arrays: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[str] = []
+    for i, p in enumerate(paths):
+        try:
+            if channels is None or size is None:
+                first = open_image(p)
+                channels = channels or natural_channels(first)
+                size = size or (first.height, first.width)
+            arrays.append(load_image(p, channels, size))
+            kept.append(i)
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(p))
+            log.warning("skipped %s", exc)
+    if not arrays:
+        raise DataError(f"no readable images among {len(paths)} files ({len(skipped)} skipped)")
+    return torch.from_numpy(np.stack(arrays)), kept, skipped
+
+
+def read_folder(
+    root: str | os.PathLike[str], channels: int | None = None, size: tuple[int, int] | None = None,
+    skip_bad: bool = False,
+) -> ImageSet:  # fmt: skip
+    """Class-per-folder layout ``root/<class>/<image>``; every non-hidden file in a class folder is an image."""
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for ci, name in enumerate(classes):
+        files = _list_files(root / name)
+        paths += files
+        labels += [ci] * len(files)
+    if not paths:
+        raise DataError(f"{root}: the class folders hold no files")
+    images, kept, skipped = _decode_all(paths, channels, size, skip_bad)
+    return ImageSet(images, np.asarray(labels, np.int64)[kept], classes, [str(paths[i]) for i in kept], skipped)
+
+
+def read_flat(
+    root: str | os.PathLike[str], field: int = 1, regex: str | None = None, channels: int | None = None,
+    size: tuple[int, int] | None = None, skip_bad: bool = False,
+) -> ImageSet:  # fmt: skip
+    """Flat folder, class in the file name: the ``field``-th ``_`` field of the stem, or ``regex``'s group
+    ``class`` (else group 1)."""
+    root = Path(root)
+    pattern = re.compile(regex) if regex else None
+    paths = _list_files(root)
+    if not paths:
+        raise DataError(f"{root}: the folder holds no files")
+    names: list[str] = []
+    for p in paths:
+        if pattern is not None:
+            m = pattern.search(p.name)
+            if not m:
+                raise DataError(f"{p}: file name does not match data.flat_regex {regex!r}; rename it or fix the regex")
+            names.append(m.group("class") if "class" in pattern.groupindex else m.group(1))
+        else:
+            fields = p.stem.split("_")
+            if len(fields) <= field:
+                raise DataError(
+                    f"{p}: file name has no '_'-field {field} for the class; expected <prefix>_<class>_<rest>, "
+                    "or set data.flat_field / data.flat_regex"
+                )
+            names.append(fields[field])
+    classes = sorted(set(names))
+    lookup = {c: i for i, c in enumerate(classes)}
+    images, kept, skipped = _decode_all(paths, channels, size, skip_bad)
+    labels = np.asarray([lookup[names[i]] for i in kept], np.int64)
+    return ImageSet(images, labels, classes, [str(paths[i]) for i in kept], skipped)
+
+
+TUPLE_COLUMNS = {"pairs": ("path_a", "path_b", "label"), "triplets": ("anchor", "positive", "negative")}
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="") as fh:
+        row = next(csv.reader(fh), [])
+    return [c.strip().lower() for c in row]
+
+
+def read_tuples_csv(
+    path: str | os.PathLike[str], kind: str, channels: int | None = None, size: tuple[int, int] | None = None,
+    skip_bad: bool = False,
+) -> tuple[ImageSet, TupleTable]:  # fmt: skip
+    """A CSV of pairs (``path_a,path_b,label``; 1 = same) or triplets (``anchor,positive,negative``).
+
+    Columns are found by header name (case-insensitive), never by position; relative paths are resolved
+    against the CSV's folder. Rows naming a skipped image are dropped.
+    """
+    path = Path(path)
+    needed = TUPLE_COLUMNS[kind]
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise DataError(
+                f"{path}: missing column {missing[0]!r}; a {kind} CSV needs the header {','.join(needed)}"
+            )
+        rows = [[(row[header[c]] or "").strip() for c in needed] for row in reader]
+    if not rows:
+        raise DataError(f"{path}: the CSV has a header but no rows")
+    files: dict[str, int] = {}
+    cols = needed if kind == "triplets" else needed[:2]
+    for line, row in enumerate(rows, start=2):
+        for col, value in zip(cols, row, strict=False):
+            if not value:
+                raise DataError(f"{path}:{line}: empty {col!r}")
+            full = str((path.parent / value) if not os.path.isabs(value) else Path(value))
+            files.setdefault(full, len(files))
+    labels = None
+    if kind == "pairs":
+        try:
+            labels = np.asarray([int(float(r[2])) for r in rows], np.int64)
+        except ValueError:
+            raise DataError(f"{path}: column 'label' must hold 1 (same) or 0 (different)") from None
+        if not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{path}: column 'label' must hold 1 (same) or 0 (different)")
+    ordered = list(files)
+    images, kept, skipped = _decode_all([Path(p) for p in ordered], channels, size, skip_bad)
+    remap = np.full(len(ordered), -1, np.int64)
+    remap[kept] = np.arange(len(kept))
+    index = remap[np.asarray([[files[str((path.parent / v) if not os.path.isabs(v) else Path(v))] for v in r[: len(cols)]] for r in rows])]
+    ok = (index >= 0).all(axis=1)
+    table = TupleTable(index[ok], None if labels is None else labels[ok])
+    image_set = ImageSet(images, np.full(len(kept), -1, np.int64), [], [ordered[i] for i in kept], skipped)
+    return image_set, table
+
+
+def _resize_tensor_sets(bundle: DatasetBundle, cfg: DataConfig) -> DatasetBundle:
+    """Apply image_size / channels / limit to sources decoded without them (digits, IDX)."""
+    sets = [bundle.images] + ([bundle.test] if bundle.test is not None else [])
+    for s in sets:
+        if cfg.channels and s.images.shape[1] != cfg.channels:
+            if cfg.channels == 3:
+                s.images = s.images.expand(-1, 3, -1, -1).contiguous()
+            else:  # ITU-R 601-2 luma, as PIL's convert("L")
+                luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+                s.images = (s.images.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        if cfg.image_size and s.images.shape[-1] != cfg.image_size:
+            resized = torch.nn.functional.interpolate(
+                s.images.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False
+            )
+            s.images = resized.round().clamp(0, 255).to(torch.uint8)
+    if cfg.limit is not None and bundle.tuples is None:
+        bundle.images = bundle.images.subset(np.arange(min(cfg.limit, len(bundle.images))))
+    return bundle

@@ -1,0 +1,87 @@
+"""Batch transforms on uint8 image tensors: normalisation and per-sample random augmentation.
+
+Augmentation is vectorised over the batch (one ``affine_grid`` + ``grid_sample`` call), so every image
+gets its own rotation, translation, scale and flip without a Python loop. Evaluation never augments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from siamkit.config import AugmentConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
+
+
+def channel_stats(images: torch.Tensor, max_items: int = 20000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 ``(N, C, H, W)`` images scaled to [0, 1] (first ``max_items``)."""
+    x = images[:max_items].float().div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+class Normalize:
+    """uint8 ``(B, C, H, W)`` → float32, scaled to [0, 1] then standardised per channel."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(dtype=torch.float32).div_(255.0)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class BatchAugment:
+    """Random affine (±degrees, translate, scale), horizontal flip and brightness/contrast jitter, drawn
+    independently per image, on float images in [0, 1] of shape ``(B, C, H, W)``."""
+
+    def __init__(self, cfg: AugmentConfig, generator: torch.Generator | None = None) -> None:
+        self.cfg = cfg
+        self.generator = generator
+
+    def _uniform(self, n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator).to(device) * (high - low) + low
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c, b, dev = self.cfg, x.shape[0], x.device
+        angle = self._uniform(b, -c.degrees, c.degrees, dev) * (math.pi / 180.0)
+        scale = self._uniform(b, c.scale_min, c.scale_max, dev)
+        tx = self._uniform(b, -c.translate, c.translate, dev) * 2.0  # grid units span [-1, 1]
+        ty = self._uniform(b, -c.translate, c.translate, dev) * 2.0
+        flip = torch.where(self._uniform(b, 0, 1, dev) < c.hflip, -1.0, 1.0)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+        )  # (B, 2, 3): output → input sampling map
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if c.brightness > 0:
+            out = out * self._uniform(b, 1 - c.brightness, 1 + c.brightness, dev).view(b, 1, 1, 1)
+        if c.contrast > 0:
+            mean = out.mean(dim=(1, 2, 3), keepdim=True)
+            factor = self._uniform(b, 1 - c.contrast, 1 + c.contrast, dev).view(b, 1, 1, 1)
+            out = (out - mean) * factor + mean
+        return out.clamp_(0.0, 1.0)
+
+
+class Preprocess:
+    """The full batch pipeline: uint8 → [0, 1] → (augment, training only) → standardise."""
+
+    def __init__(self, mean: list[float], std: list[float], augment: AugmentConfig | None = None, seed: int = 0):
+        self.normalize = Normalize(mean, std)
+        gen = torch.Generator().manual_seed(seed)
+        self.augment = BatchAugment(augment, gen) if augment is not None and augment.enabled else None
+
+    def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        if train and self.augment is not None:
+            x = self.augment(images.to(torch.float32) / 255.0)
+            return (x - self.normalize.mean.to(x.device)) / self.normalize.std.to(x.device)
+        return self.normalize(images)

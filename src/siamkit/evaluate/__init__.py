@@ -1,0 +1,1 @@
+"""Evaluation: pure metrics, the evaluator that embeds a split, and plots."""

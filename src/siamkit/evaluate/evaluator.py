@@ -1,0 +1,103 @@
+"""Embed a split and compute its verification and retrieval metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from siamkit.config import EvalConfig
+from siamkit.data.imageset import ImageSet, TupleTable
+from siamkit.data.transforms import Preprocess
+from siamkit.data.tuples import fixed_tuples
+from siamkit.evaluate import metrics as M
+from siamkit.models.siamese import SiameseNet
+
+
+@torch.no_grad()
+def embed_images(
+    model: SiameseNet, images: torch.Tensor, preprocess: Preprocess, batch_size: int = 512,
+    device: torch.device | str = "cpu", progress: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    """Embeddings ``(N, D)`` (float32, on the CPU) of uint8 images ``(N, C, H, W)``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="embed", leave=False, unit="batch")
+    for s in starts:
+        x = preprocess(images[s : s + batch_size].to(device))
+        out.append(model.embed(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, model.embedding_dim)
+
+
+@dataclass
+class PairScores:
+    """Distances of evaluation pairs ``(M,)`` and their labels (1 genuine, 0 impostor)."""
+
+    distances: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    pairs: PairScores
+    embeddings: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pair_scores(emb: torch.Tensor, table: TupleTable) -> PairScores:
+    idx = torch.from_numpy(table.index)
+    d = SiameseNet.distance(emb[idx[:, 0]], emb[idx[:, 1]]).numpy()
+    assert table.labels is not None
+    return PairScores(d.astype(np.float64), table.labels)
+
+
+def evaluate_split(
+    model: SiameseNet, images: ImageSet, tuples: TupleTable | None, preprocess: Preprocess, cfg: EvalConfig,
+    threshold: float | None, seed: int, device: torch.device | str = "cpu",
+) -> EvalResult:  # fmt: skip
+    """Verification metrics on seeded pairs of the split (or its fixed CSV tuples); retrieval metrics when the
+    images carry labels. ``threshold`` (chosen on validation) gives the verification accuracy."""
+    emb = embed_images(model, images.images, preprocess, cfg.batch_size, device)
+    labelled = tuples is None and images.has_labels
+    pairs = fixed_tuples(images.labels, tuples, "pairs", cfg.n_pairs, seed)
+    scores = pair_scores(emb, pairs)
+    out: dict[str, Any] = verification_metrics(scores, threshold)
+    if tuples is not None and tuples.kind == "triplets":
+        trip = tuples
+    elif labelled:
+        trip = fixed_tuples(images.labels, None, "triplets", cfg.n_triplets, seed + 1)
+    else:
+        trip = None
+    if trip is not None:
+        idx = torch.from_numpy(trip.index)
+        d_ap = SiameseNet.distance(emb[idx[:, 0]], emb[idx[:, 1]]).numpy()
+        d_an = SiameseNet.distance(emb[idx[:, 0]], emb[idx[:, 2]]).numpy()
+        out["similarity_accuracy"] = M.similarity_accuracy(d_ap, d_an)
+        out["n_triplets"] = len(trip)
+    if labelled:
+        out.update(M.retrieval_metrics(emb, images.labels, tuple(cfg.recall_at)))
+    return EvalResult(out, scores, emb if labelled else None)
+
+
+def verification_metrics(scores: PairScores, threshold: float | None) -> dict[str, Any]:
+    s = -scores.distances
+    out: dict[str, Any] = {
+        "auc": M.auc(scores.labels, s),
+        "eer": M.eer(scores.labels, s),
+        "tpr_at_fpr": [t.as_dict() for t in M.tpr_at_fpr(scores.labels, s)],
+        "n_genuine": int((scores.labels == 1).sum()),
+        "n_impostor": int((scores.labels == 0).sum()),
+    }
+    if threshold is not None:
+        out["threshold"] = threshold
+        out["verification_accuracy"] = M.verification_accuracy(scores.distances, scores.labels, threshold)
+    return out

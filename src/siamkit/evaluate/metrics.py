@@ -1,0 +1,158 @@
+"""Pure verification and retrieval metrics (SPEC §7–8). ROC comes from scikit-learn.
+
+Scores follow one convention: higher means "same" (pass ``-distance``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+DEFAULT_FPRS = (0.5, 0.1, 0.01, 0.001)
+
+
+@dataclass
+class TprAtFpr:
+    """TPR at a target FPR: interpolated on the ROC (slightly optimistic) and conservative (best TPR of a
+    real threshold whose FPR ≤ target), with the number of impostor pairs behind it."""
+
+    fpr: float
+    tpr_interpolated: float
+    tpr_conservative: float
+    n_impostor: int
+    reliable: bool
+    """False when the target FPR is below 3 / n_impostor: too few impostors for it to mean anything."""
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        return asdict(self)
+
+
+def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = np.asarray(labels).astype(np.int64).ravel(), np.asarray(scores, np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in shape")
+    if not ((labels == 1).any() and (labels == 0).any()):
+        raise ValueError("need both genuine (1) and impostor (0) pairs")
+    return labels, scores
+
+
+def roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of scikit-learn's ``roc_curve`` with every threshold kept."""
+    labels, scores = _check(labels, scores)
+    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr, thr
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels, scores = _check(labels, scores)
+    return float(roc_auc_score(labels, scores))
+
+
+def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fprs: tuple[float, ...] = DEFAULT_FPRS) -> list[TprAtFpr]:
+    """TPR (TAR) at each target FPR (FAR), interpolated and conservative."""
+    fpr, tpr, _ = roc(labels, scores)
+    n_imp = int((np.asarray(labels) == 0).sum())
+    out = []
+    for t in fprs:
+        ok = fpr <= t + 1e-12
+        out.append(
+            TprAtFpr(
+                fpr=float(t),
+                tpr_interpolated=float(np.interp(t, fpr, tpr)),
+                tpr_conservative=float(tpr[ok].max()) if ok.any() else 0.0,
+                n_impostor=n_imp,
+                reliable=bool(n_imp * t >= 3),
+            )
+        )
+    return out
+
+
+def eer(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Equal error rate: the FPR where FPR = 1 − TPR (linear interpolation between ROC points)."""
+    fpr, tpr, _ = roc(labels, scores)
+    fnr = 1.0 - tpr
+    diff = fnr - fpr  # decreasing from 1 to -1 along the curve
+    i = int(np.flatnonzero(diff <= 0)[0])
+    if i == 0 or diff[i] == 0:
+        return float(fpr[i])
+    w = diff[i - 1] / (diff[i - 1] - diff[i])
+    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+def best_threshold(distances: np.ndarray, labels: np.ndarray) -> float:
+    """The distance threshold maximising verification accuracy (``same`` iff distance ≤ threshold), placed
+    halfway between neighbouring sorted distances."""
+    labels, d = _check(labels, distances)
+    order = np.argsort(d, kind="stable")
+    d, y = d[order], labels[order]
+    # accepting the first k items (k = 0..n): correct = genuine among them + impostors after them
+    correct = np.concatenate([[0], np.cumsum(y)]) + (len(y) - y.sum()) - np.concatenate([[0], np.cumsum(1 - y)])
+    valid = np.ones(len(d) + 1, bool)
+    valid[1:-1] = d[1:] > d[:-1]  # cannot split between equal distances
+    k = int(np.argmax(np.where(valid, correct, -1)))
+    if k == 0:
+        return float(d[0] - 1e-6)
+    if k == len(d):
+        return float(d[-1])
+    return float((d[k - 1] + d[k]) / 2.0)
+
+
+def verification_accuracy(distances: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """Share of pairs decided correctly by ``same = distance ≤ threshold``."""
+    pred = np.asarray(distances) <= threshold
+    return float((pred == (np.asarray(labels) == 1)).mean())
+
+
+def similarity_accuracy(d_ap: np.ndarray, d_an: np.ndarray) -> float:
+    """Share of triplets with d(a, p) < d(a, n)."""
+    return float((np.asarray(d_ap) < np.asarray(d_an)).mean())
+
+
+def retrieval_metrics(
+    embeddings: torch.Tensor, labels: np.ndarray, recall_at: tuple[int, ...] = (1, 5, 10), chunk: int = 1024,
+) -> dict[str, float]:  # fmt: skip
+    """Leave-one-out retrieval (Musgrave et al. 2020): each item queries all the others (Euclidean).
+
+    Returns precision@1, R-precision, MAP@R (R = number of other same-class items) and recall@k (share of
+    queries with a same-class item among their k nearest). Queries whose class has no other item are left
+    out. Ties are broken by index order (``torch.topk`` on the negated distances).
+    """
+    emb = embeddings.float()
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    n = len(y)
+    counts = torch.bincount(y - y.min())[y - y.min()] - 1  # R per query
+    max_k = max(max(recall_at), int(counts.max()))
+    max_k = min(max_k, n - 1)
+    sums = {"p1": 0.0, "r_prec": 0.0, "map_r": 0.0, **{f"r{k}": 0.0 for k in recall_at}}
+    valid = 0
+    sq = emb.pow(2).sum(1)
+    for start in range(0, n, chunk):
+        q = slice(start, min(start + chunk, n))
+        d = sq[q, None] + sq[None, :] - 2.0 * emb[q] @ emb.T
+        rows = torch.arange(q.start, q.stop)
+        d[torch.arange(len(rows)), rows] = float("inf")  # leave the query itself out
+        nn_idx = torch.topk(d, max_k, dim=1, largest=False, sorted=True).indices
+        hits = (y[nn_idx] == y[rows, None]).float()  # (q, max_k)
+        r = counts[rows]
+        keep = r > 0
+        if not keep.any():
+            continue
+        hits, r = hits[keep], r[keep]
+        valid += int(keep.sum())
+        pos = torch.arange(1, max_k + 1, dtype=torch.float32)
+        within_r = (pos[None, :] <= r[:, None]).float()
+        sums["p1"] += float(hits[:, 0].sum())
+        sums["r_prec"] += float(((hits * within_r).sum(1) / r).sum())
+        precision_at_i = hits.cumsum(1) / pos[None, :]
+        sums["map_r"] += float(((precision_at_i * hits * within_r).sum(1) / r).sum())
+        for k in recall_at:
+            sums[f"r{k}"] += float((hits[:, :k].sum(1) > 0).sum())
+    if valid == 0:
+        raise ValueError("no query has another item of its class: retrieval metrics are undefined")
+    out = {"precision_at_1": sums["p1"] / valid, "r_precision": sums["r_prec"] / valid, "map_at_r": sums["map_r"] / valid}
+    out.update({f"recall_at_{k}": sums[f"r{k}"] / valid for k in recall_at})
+    out["n_queries"] = float(valid)
+    return out

@@ -1,0 +1,85 @@
+"""Figures: loss curves, ROC with TPR@FPR annotations, distance box plot and histogram."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from siamkit.config import atomic_write_bytes  # noqa: E402
+from siamkit.evaluate import metrics as M  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_history(rows: Sequence[dict[str, float]], path: Path) -> Path:
+    """Train and validation loss per epoch."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in rows]
+    ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """ROC per named split (labels, distances), log-scaled FPR, TPR@FPR targets annotated."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name, (labels, distances) in curves.items():
+        scores = -np.asarray(distances)
+        fpr, tpr, _ = M.roc(labels, scores)
+        area = M.auc(labels, scores)
+        (line,) = ax.plot(np.clip(fpr, 1e-5, 1), tpr, label=f"{name} (AUC {area:.3f})")
+        for t in M.tpr_at_fpr(labels, scores):
+            ax.plot(t.fpr, t.tpr_interpolated, "o", color=line.get_color())
+            mark = "" if t.reliable else "*"
+            ax.annotate(f"{t.tpr_interpolated:.3f}{mark}", (t.fpr, t.tpr_interpolated), textcoords="offset points",
+                        xytext=(4, -12 if name != next(iter(curves)) else 4), fontsize=8, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate (log)")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC — TPR at FPR 0.5/0.1/0.01/0.001 (* = too few impostors)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_distances(labels: np.ndarray, distances: np.ndarray, threshold: float | None, path: Path) -> Path:
+    """Box plot and histogram of pair distances split by label, with the decision threshold."""
+    same = np.asarray(distances)[np.asarray(labels) == 1]
+    diff = np.asarray(distances)[np.asarray(labels) == 0]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.boxplot([same, diff], tick_labels=["same", "different"])
+    ax1.set_ylabel("distance")
+    ax1.set_title("Pair distances by label")
+    bins = np.linspace(0, float(np.max(distances)) * 1.02 + 1e-9, 50)
+    ax2.hist(same, bins=bins, alpha=0.6, label=f"same (n={len(same)})", density=True)
+    ax2.hist(diff, bins=bins, alpha=0.6, label=f"different (n={len(diff)})", density=True)
+    if threshold is not None:
+        for ax in (ax1,):
+            ax.axhline(threshold, color="k", ls="--", lw=1)
+        ax2.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax2.set_xlabel("distance")
+    ax2.set_ylabel("density")
+    ax2.set_title("Distance histogram")
+    ax2.legend()
+    return _save(fig, path)

@@ -1,0 +1,74 @@
+"""Distances between embeddings, shared by losses, miners and evaluation.
+
+Each knows whether a larger value means "closer" (``higher_is_closer``); all three here are distances
+(smaller = closer), so a verification score is ``-distance``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from siamkit.registry import Registry
+
+
+class Distance:
+    name = "distance"
+    higher_is_closer = False
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Row-wise distance ``(B,)`` between ``(B, D)`` and ``(B, D)``."""
+        raise NotImplementedError
+
+    def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """All-pairs distance ``(M, N)`` between ``(M, D)`` and ``(N, D)``."""
+        raise NotImplementedError
+
+    def score(self, d: torch.Tensor) -> torch.Tensor:
+        """A score where higher means "same" (for ROC)."""
+        return d if self.higher_is_closer else -d
+
+
+DISTANCES: Registry[Distance] = Registry("distance")
+
+
+@DISTANCES.register("squared_euclidean")
+class SquaredEuclidean(Distance):
+    name = "squared_euclidean"
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).pow(2).sum(-1)
+
+    def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # ||a||² + ||b||² − 2ab, clamped: cancellation can give tiny negatives.
+        d = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1).unsqueeze(0) - 2.0 * a @ b.T
+        return d.clamp_min(0.0)
+
+
+@DISTANCES.register("euclidean")
+class Euclidean(SquaredEuclidean):
+    name = "euclidean"
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # clamp before sqrt: the gradient of sqrt at 0 is infinite
+        return super().pairwise(a, b).clamp_min(1e-12).sqrt()
+
+    def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return super().matrix(a, b).clamp_min(1e-12).sqrt()
+
+
+@DISTANCES.register("cosine")
+class Cosine(Distance):
+    """Cosine distance 1 − cos(a, b), in [0, 2]."""
+
+    name = "cosine"
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 1.0 - F.cosine_similarity(a, b, dim=-1)
+
+    def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 1.0 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+
+
+def get_distance(name: str) -> Distance:
+    return DISTANCES.create(name)

@@ -1,0 +1,90 @@
+"""Backbone registry. Every backbone maps ``(B, C, H, W)`` → pooled features ``(B, num_features)``.
+
+Contract (as timm's ``num_features``): a registered factory takes ``in_channels`` plus its own keyword
+arguments and returns an ``nn.Module`` with an integer attribute ``num_features``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from siamkit.registry import Registry
+
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+
+
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Build the backbone registered as ``name`` (strict keyword arguments)."""
+    return BACKBONES.create(name, **kwargs)
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    return BACKBONES.list(pattern)
+
+
+@BACKBONES.register("seed_cnn")
+class SeedCNN(nn.Module):
+    """The CNN of SPEC §3.2 (source A, 28×28×1): Conv 64 2×2 same → ReLU → MaxPool 2 → Dropout 0.3 → Conv 64
+    2×2 same → ReLU → MaxPool 2 → Dropout 0.3 → global average pool. The Dense(48) is the embedding head."""
+
+    def __init__(self, in_channels: int = 1, filters: int = 64, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.num_features = filters
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, filters, 2, padding="same"),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout),
+            nn.Conv2d(filters, filters, 2, padding="same"),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class _ConvStage(nn.Module):
+    def __init__(self, c_in: int, c_out: int, convs: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            layers += [
+                nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        # Pool while there is room: the same network serves 8×8 digits and 32×32 images.
+        return nn.functional.max_pool2d(x, 2) if min(x.shape[-2:]) >= 2 else x
+
+
+@BACKBONES.register("convnet")
+class ConvNet(nn.Module):
+    """The default small CNN for 8×8 to 64×64 inputs: stages of (conv3×3 → BN → ReLU) × ``convs_per_stage``
+    followed by 2×2 max-pooling, then global average pooling. Widths (32, 64, 128, 256) by default."""
+
+    def __init__(
+        self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 128, 256), convs_per_stage: int = 1
+    ) -> None:
+        super().__init__()
+        stages = []
+        c = in_channels
+        for w in widths:
+            stages.append(_ConvStage(c, int(w), convs_per_stage))
+            c = int(w)
+        self.stages = nn.Sequential(*stages)
+        self.num_features = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x).mean(dim=(2, 3))

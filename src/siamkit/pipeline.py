@@ -1,0 +1,241 @@
+"""End-to-end jobs on run directories: ``train_run`` (data → model → fit → evaluate → runs/<name>/),
+``evaluate_run`` and ``verify_images``. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from siamkit.config import RunConfig, atomic_write_text, dump_config, from_dict, to_dict
+from siamkit.data.images import load_image
+from siamkit.data.readers import DatasetBundle, load_dataset
+from siamkit.data.splits import Splits, make_splits
+from siamkit.data.transforms import Preprocess, channel_stats
+from siamkit.data.tuples import TupleSampler, fixed_tuples
+from siamkit.errors import CheckpointError, ConfigError
+from siamkit.evaluate import plots
+from siamkit.evaluate.evaluator import EvalResult, evaluate_split
+from siamkit.evaluate.metrics import best_threshold
+from siamkit.losses import create_loss
+from siamkit.losses.base import SiameseLoss
+from siamkit.models.siamese import SiameseNet, build_model, count_parameters
+from siamkit.train.checkpoint import read_weights, save_weights
+from siamkit.train.loop import FitResult, fit, resolve_device
+
+log = logging.getLogger(__name__)
+WEIGHTS = "model.safetensors"
+MAX_TRAIN_EVAL = 10000  # training-set verification metrics use at most this many images
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    bundle: DatasetBundle
+    splits: Splits
+    preprocess: Preprocess
+    input_shape: tuple[int, int, int]
+
+
+def prepare_data(cfg: RunConfig) -> Prepared:
+    """Load and split the data; resolve normalisation statistics into ``cfg`` (written with the run)."""
+    bundle = load_dataset(cfg.data)
+    splits = make_splits(bundle, cfg.data, cfg.train.seed)
+    train_images = splits.train.images.images
+    if cfg.data.mean is None or cfg.data.std is None:
+        cfg.data.mean, cfg.data.std = channel_stats(train_images)
+    c, h, w = splits.train.images.shape
+    if len(cfg.data.mean) != c or len(cfg.data.std) != c:
+        raise ConfigError(f"data.mean/data.std need {c} values (one per channel), got {len(cfg.data.mean)}")
+    cfg.data.channels = c
+    if cfg.data.image_size is None and h == w:
+        cfg.data.image_size = h
+    pre = Preprocess(cfg.data.mean, cfg.data.std, cfg.data.augment, seed=cfg.train.seed)
+    return Prepared(cfg, bundle, splits, pre, (c, h, w))
+
+
+def make_loss(cfg: RunConfig) -> SiameseLoss:
+    loss = create_loss(cfg.loss.name, **cfg.loss.params)
+    if loss.needs_sigmoid_head:
+        cfg.model.sigmoid_head = True
+    return loss
+
+
+def unique_run_dir(runs_dir: str, name: str) -> Path:
+    base = Path(runs_dir) / name
+    if not (base / WEIGHTS).exists() and not (base / "last.pt").exists():
+        return base
+    i = 2
+    while (Path(runs_dir) / f"{name}-{i}").exists():
+        i += 1
+    return Path(runs_dir) / f"{name}-{i}"
+
+
+def _metadata(cfg: RunConfig, input_shape: tuple[int, int, int], threshold: float | None) -> dict[str, str]:
+    meta = {"format": "siamkit-siamese-v1", "config": json.dumps(to_dict(cfg)), "input_shape": json.dumps(input_shape)}
+    if threshold is not None:
+        meta["threshold"] = repr(float(threshold))
+    return meta
+
+
+def train_run(cfg: RunConfig, resume: bool = False, run_dir: Path | None = None) -> dict[str, Any]:
+    """Train and evaluate; write config.yaml, history.csv, metrics.json, model.safetensors and plots."""
+    torch.manual_seed(cfg.train.seed)
+    prep = prepare_data(cfg)
+    loss_fn = make_loss(cfg)
+    model = build_model(cfg.model, prep.input_shape[0])
+    device = resolve_device(cfg.train.device)
+    out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    s = prep.splits
+    kind = loss_fn.input_kind
+    sampler = TupleSampler(s.train.images.labels, s.train.tuples, kind, cfg.sampling, cfg.train.seed)
+    val_table = fixed_tuples(s.val.images.labels, s.val.tuples, kind, cfg.sampling.val_tuples, cfg.train.seed + 1)
+    log.info("training %s (%s, %d trainable parameters) on %s, device %s", cfg.model.backbone, cfg.loss.name,
+             count_parameters(model), prep.bundle.name, device)  # fmt: skip
+
+    def on_best(m: SiameseNet, epoch: int, val: float) -> None:
+        save_weights(m, out / WEIGHTS, _metadata(cfg, prep.input_shape, None))
+
+    result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, sampler, s.val.images.images,
+                 val_table, device, out / "last.pt", on_best, resume=resume)  # fmt: skip
+    metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out)
+    metrics.update(_fit_summary(result, model, prep))
+    save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))
+    _write_history(result, out)
+    _write_metrics(metrics, out)
+    plots.plot_history(result.history, out / "loss_curve.png")
+    return {"run_dir": str(out), **metrics}
+
+
+def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[str, Any]:
+    return {
+        "dataset": prep.bundle.name,
+        "input_shape": list(prep.input_shape),
+        "trainable_parameters": count_parameters(model),
+        "train_seconds": round(result.train_seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "stopped_early": result.stopped_early,
+        "split_sizes": {k: len(getattr(prep.splits, k).images) for k in ("train", "val", "test")},
+    }
+
+
+def evaluate_prepared(
+    model: SiameseNet, prep: Prepared, device: torch.device, threshold: float | None, out_dir: Path | None = None
+) -> dict[str, Any]:
+    """Metrics on train (subsampled), validation and test; the threshold is calibrated on validation unless
+    given. Writes the ROC and distance plots into ``out_dir`` (default: the run directory from the caller)."""
+    cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
+    model.to(device)
+    val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, None, seed + 11, device)
+    if threshold is None:
+        threshold = best_threshold(val.pairs.distances, val.pairs.labels)
+    val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, threshold, seed + 11, device)
+    test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device)
+    train_images = s.train.images
+    if s.train.tuples is None and len(train_images) > MAX_TRAIN_EVAL:
+        pick = np.random.default_rng(seed).choice(len(train_images), MAX_TRAIN_EVAL, replace=False)
+        train_images = train_images.subset(np.sort(pick))
+    train = evaluate_split(model, train_images, s.train.tuples, prep.preprocess, cfg.eval, threshold, seed + 17, device)
+    target = out_dir or Path(cfg.runs_dir) / cfg.name
+    _plots(target, {"train": train, "validation": val, "test": test}, threshold)
+    return {"threshold": threshold, "test": test.metrics, "validation": val.metrics, "train": train.metrics}
+
+
+def _plots(out: Path, results: dict[str, EvalResult], threshold: float) -> None:
+    curves = {k: (r.pairs.labels, r.pairs.distances) for k, r in results.items()}
+    plots.plot_roc(curves, out / "roc.png")
+    t = results["test"].pairs
+    plots.plot_distances(t.labels, t.distances, threshold, out / "distances.png")
+
+
+def _write_history(result: FitResult, out: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["epoch", "train_loss", "val_loss", "lr", "seconds"])
+    writer.writeheader()
+    writer.writerows(result.history)
+    atomic_write_text(out / "history.csv", buf.getvalue())
+
+
+def _write_metrics(metrics: dict[str, Any], out: Path, name: str = "metrics.json") -> None:
+    atomic_write_text(out / name, json.dumps(metrics, indent=2, default=float) + "\n")
+
+
+@dataclass
+class LoadedRun:
+    cfg: RunConfig
+    model: SiameseNet
+    threshold: float | None
+    input_shape: tuple[int, int, int]
+    preprocess: Preprocess
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild a trained model from ``run_dir/model.safetensors`` (config and threshold are its metadata)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} not found; give a folder written by siamkit train")
+    state, meta = read_weights(run_dir / WEIGHTS)
+    if meta.get("format") != "siamkit-siamese-v1" or "config" not in meta:
+        raise CheckpointError(f"{run_dir / WEIGHTS}: no siamkit metadata; it was not written by siamkit train")
+    cfg: RunConfig = from_dict(RunConfig, json.loads(meta["config"]))
+    shape = tuple(json.loads(meta["input_shape"]))
+    model = build_model(cfg.model, int(shape[0]))
+    model.load_state_dict(state)
+    model.to(device).eval()
+    assert cfg.data.mean is not None and cfg.data.std is not None
+    thr = float(meta["threshold"]) if "threshold" in meta else None
+    return LoadedRun(cfg, model, thr, (int(shape[0]), int(shape[1]), int(shape[2])), Preprocess(cfg.data.mean, cfg.data.std))
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Re-evaluate a trained run (on its own data, or on ``data``) with its saved threshold; writes
+    ``eval/metrics.json`` and plots inside the run directory."""
+    from siamkit.config import set_key
+
+    run = load_run(run_dir)
+    cfg_dict = to_dict(run.cfg)
+    if data is not None:
+        cfg_dict["data"]["source"] = data
+        cfg_dict["data"]["layout"] = "auto"
+        cfg_dict["data"]["limit"] = None
+    for item in overrides or []:
+        set_key(cfg_dict, item)
+    cfg: RunConfig = from_dict(RunConfig, cfg_dict)
+    cfg.data.image_size = run.input_shape[1]
+    cfg.data.channels = run.input_shape[0]
+    torch.manual_seed(cfg.train.seed)
+    prep = prepare_data(cfg)
+    prep.preprocess = run.preprocess  # the training statistics, not the new data's
+    device = resolve_device(cfg.train.device)
+    out = Path(run_dir) / "eval"
+    out.mkdir(exist_ok=True)
+    metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out)
+    metrics["dataset"] = prep.bundle.name
+    _write_metrics(metrics, out)
+    return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
+
+
+@torch.no_grad()
+def verify_images(run_dir: str | Path, path_a: str, path_b: str) -> dict[str, Any]:
+    """Distance between two image files under a trained model, and the same/different decision at the saved
+    threshold."""
+    run = load_run(run_dir)
+    c, h, w = run.input_shape
+    x = torch.from_numpy(np.stack([load_image(p, c, (h, w)) for p in (path_a, path_b)]))
+    emb = run.model.embed(run.preprocess(x))
+    d = float(SiameseNet.distance(emb[:1], emb[1:]))
+    out: dict[str, Any] = {"image_a": path_a, "image_b": path_b, "distance": d, "threshold": run.threshold}
+    out["same"] = None if run.threshold is None else bool(d <= run.threshold)
+    return out

@@ -1,0 +1,214 @@
+"""The fit loop (SPEC §5): optimiser, scheduler, best-validation checkpoint, early stopping, resume.
+
+No global state: everything arrives as arguments, so the same loop can run per process under DDP.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from siamkit.config import TrainConfig
+from siamkit.data.imageset import TupleTable
+from siamkit.data.transforms import Preprocess
+from siamkit.data.tuples import TupleSampler
+from siamkit.errors import ConfigError
+from siamkit.losses.base import Batch, PairBatch, SiameseLoss, TripletBatch
+from siamkit.models.siamese import SiameseNet
+from siamkit.train.checkpoint import load_state, save_state
+
+log = logging.getLogger(__name__)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "step", "exponential", "cosine")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown train.device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown train.optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Stepped once per epoch: StepLR (step_size, gamma), ExponentialLR (lr_t = lr_0·γ^t), cosine to 0."""
+    if cfg.scheduler == "none":
+        return None
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    raise ConfigError(f"unknown train.scheduler {cfg.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+
+
+def iterate_batches(table: TupleTable, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
+    """Row indices of ``table`` in batches (shuffled when ``rng`` is given); the last partial batch is kept
+    unless it has a single row (BatchNorm cannot train on one)."""
+    order = rng.permutation(len(table)) if rng is not None else np.arange(len(table))
+    for s in range(0, len(order), batch_size):
+        rows = order[s : s + batch_size]
+        if len(rows) > 1 or len(order) == 1:
+            yield rows
+
+
+def make_batch(
+    images: torch.Tensor, table: TupleTable, rows: np.ndarray, preprocess: Preprocess, device: torch.device,
+    train: bool,
+) -> Batch:  # fmt: skip
+    """Gather the images of ``table``'s ``rows`` and preprocess them (augmenting when ``train``)."""
+    idx = torch.from_numpy(table.index[rows])
+    cols = [preprocess(images[idx[:, j]].to(device, non_blocking=True), train=train) for j in range(idx.shape[1])]
+    if table.kind == "pairs":
+        assert table.labels is not None
+        y = torch.from_numpy(table.labels[rows]).to(device=device, dtype=torch.float32)
+        return PairBatch(cols[0], cols[1], y)
+    return TripletBatch(cols[0], cols[1], cols[2])
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    stopped_early: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@torch.no_grad()
+def validation_loss(
+    model: SiameseNet, loss_fn: SiameseLoss, images: torch.Tensor, table: TupleTable, preprocess: Preprocess,
+    batch_size: int, device: torch.device,
+) -> float:  # fmt: skip
+    """Mean loss over the fixed validation tuples, in eval mode, never augmented."""
+    model.eval()
+    total, n = 0.0, 0
+    for rows in iterate_batches(table, batch_size, None):
+        batch = make_batch(images, table, rows, preprocess, device, train=False)
+        total += float(loss_fn(model, batch)) * len(rows)
+        n += len(rows)
+    model.train()
+    return total / max(n, 1)
+
+
+def fit(
+    model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, preprocess: Preprocess,
+    train_images: torch.Tensor, sampler: TupleSampler, val_images: torch.Tensor, val_table: TupleTable,
+    device: torch.device, state_path: Path | None = None, on_best: Callable[[SiameseNet, int, float], None] | None = None,
+    resume: bool = False,
+) -> FitResult:  # fmt: skip
+    """Train ``model`` for ``cfg.epochs``; keep (and restore at the end) the weights with the lowest validation
+    loss; stop after ``cfg.patience`` epochs without improvement. With ``resume`` and an existing
+    ``state_path``, continue from the last finished epoch."""
+    from tqdm import tqdm
+
+    model.to(device)
+    loss_fn.to(device)
+    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
+    opt = build_optimizer(params, cfg)
+    sched = build_scheduler(opt, cfg)
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    bad_epochs, start_epoch = 0, 1
+    if resume and state_path is not None and state_path.is_file():
+        st = load_state(state_path)
+        model.load_state_dict(st["model"])
+        loss_fn.load_state_dict(st["loss"])
+        opt.load_state_dict(st["optimizer"])
+        if sched is not None and st.get("scheduler"):
+            sched.load_state_dict(st["scheduler"])
+        best_state = st["best_model"]
+        result.history = list(st["history"])
+        result.best_epoch, result.best_val_loss = int(st["best_epoch"]), float(st["best_val_loss"])
+        result.train_seconds, result.images_seen = float(st["train_seconds"]), int(st["images_seen"])
+        bad_epochs, start_epoch = int(st["bad_epochs"]), int(st["epoch"]) + 1
+        log.info("resumed from %s at epoch %d", state_path, start_epoch)
+    arity = 2 if loss_fn.input_kind == "pairs" else 3
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if cfg.patience and bad_epochs >= cfg.patience:
+            result.stopped_early = True
+            break
+        t0 = time.perf_counter()
+        table = sampler.draw(epoch)
+        rng = np.random.default_rng([cfg.seed, epoch, 7])
+        total, n = 0.0, 0
+        bar = tqdm(
+            iterate_batches(table, cfg.batch_size, rng), total=math.ceil(len(table) / cfg.batch_size),
+            desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=None if cfg.progress else True,
+        )  # fmt: skip
+        for rows in bar:
+            batch = make_batch(train_images, table, rows, preprocess, device, train=True)
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower train.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(rows)
+            n += len(rows)
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        lr = opt.param_groups[0]["lr"]
+        if sched is not None:
+            sched.step()
+        train_seconds = time.perf_counter() - t0
+        result.train_seconds += train_seconds
+        result.images_seen += n * arity
+        val = validation_loss(model, loss_fn, val_images, val_table, preprocess, cfg.batch_size, device)
+        row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val, "lr": lr, "seconds": train_seconds}
+        result.history.append(row)
+        log.info("epoch %d: train %.4f  val %.4f  (%.1fs)", epoch, row["train_loss"], val, train_seconds)
+        if val < result.best_val_loss:
+            result.best_val_loss, result.best_epoch, bad_epochs = val, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if on_best is not None:
+                on_best(model, epoch, val)
+        else:
+            bad_epochs += 1
+        if state_path is not None:
+            save_state(state_path, {
+                "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else {}, "best_model": best_state,
+                "history": result.history, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                "train_seconds": result.train_seconds, "images_seen": result.images_seen,
+                "bad_epochs": bad_epochs, "epoch": epoch,
+            })  # fmt: skip
+    if cfg.patience and bad_epochs >= cfg.patience and not result.stopped_early and len(result.history) < cfg.epochs:
+        result.stopped_early = True
+    model.load_state_dict(best_state)
+    return result
+
+
+def count_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

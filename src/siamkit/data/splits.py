@@ -92,5 +92,11 @@ def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
     keep, held = split_indices(pool.labels, cfg.split, cfg.val_fraction, cfg.val_per_class, rng)
     if len(held) == 0 or len(keep) == 0:
         raise DataError(f"{bundle.name}: the validation split is empty; raise data.val_fraction")
+    for part, labels in (("train", pool.labels[keep]), ("validation", pool.labels[held]), ("test", test.labels)):
+        if len(np.unique(labels)) < 2:
+            raise DataError(
+                f"{bundle.name}: the {part} split holds {len(np.unique(labels))} class(es); pairs need at least 2 — "
+                "add identities or change data.val_fraction / data.test_fraction"
+            )
     log.info("split %s: train %d, validation %d, test %d", cfg.split, len(keep), len(held), len(test))
     return Splits(Split(pool.subset(keep)), Split(pool.subset(held)), Split(test))

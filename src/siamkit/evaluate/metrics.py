@@ -118,7 +118,7 @@ def retrieval_metrics(
 
     Returns precision@1, R-precision, MAP@R (R = number of other same-class items) and recall@k (share of
     queries with a same-class item among their k nearest). Queries whose class has no other item are left
-    out. Ties are broken by index order (``torch.topk`` on the negated distances).
+    out. The order among exactly tied distances is unspecified.
     """
     emb = embeddings.float()
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)

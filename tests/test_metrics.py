@@ -1,0 +1,98 @@
+"""Metrics against hand-computed tiny cases, scikit-learn and brute-force loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from siamkit.evaluate import metrics as M
+
+
+def test_tpr_at_fpr_hand_case():
+    # 4 impostors with scores 0.9, 0.4, 0.3, 0.1; 4 genuine with 0.8, 0.7, 0.35, 0.2
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.9, 0.4, 0.3, 0.1, 0.8, 0.7, 0.35, 0.2])
+    (half,) = M.tpr_at_fpr(labels, scores, (0.5,))
+    # thresholds with FPR ≤ 0.5: accept ≥ 0.35 → FPR 0.25 (0.9), TPR 0.75; accept ≥ 0.3 → FPR .5, TPR .75
+    assert half.tpr_conservative == pytest.approx(0.75)
+    assert half.tpr_interpolated == pytest.approx(0.75)
+    assert half.n_impostor == 4 and half.reliable is False  # 4 × 0.5 < 3
+    (zero,) = M.tpr_at_fpr(labels, scores, (0.1,))
+    # conservative: nothing real below FPR .25 but the empty threshold → TPR 0; interpolated 0
+    assert zero.tpr_conservative == 0.0
+
+
+def test_interpolated_is_not_below_conservative_and_auc_matches_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = rng.normal(labels * 1.0, 1.0)
+    for t in M.tpr_at_fpr(labels, scores):
+        assert t.tpr_interpolated >= t.tpr_conservative - 1e-12
+    assert M.auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_eer_closed_form():
+    # perfectly separated → 0; fully reversed → 1; symmetric overlap of one item each side
+    assert M.eer(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 0.0
+    assert M.eer(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.8, 0.9])) == pytest.approx(1.0)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.75, 0.7, 0.8, 0.85, 0.9])
+    assert M.eer(labels, scores) == pytest.approx(0.25)
+
+
+def test_best_threshold_matches_brute_force():
+    rng = np.random.default_rng(1)
+    d = np.round(rng.uniform(0, 2, 60), 2)  # with ties
+    y = (d + rng.normal(0, 0.4, 60) < 1.0).astype(int)
+    thr = M.best_threshold(d, y)
+    best = max(M.verification_accuracy(d, y, t) for t in np.concatenate([[-1.0], np.unique(d)]))
+    assert M.verification_accuracy(d, y, thr) == pytest.approx(best)
+
+
+def test_similarity_accuracy():
+    assert M.similarity_accuracy(np.array([0.1, 0.5, 0.3]), np.array([0.2, 0.4, 0.3])) == pytest.approx(1 / 3)
+
+
+def loop_retrieval(emb, labels, ks):
+    n = len(labels)
+    res = {"precision_at_1": [], "r_precision": [], "map_at_r": [], **{f"recall_at_{k}": [] for k in ks}}
+    for q in range(n):
+        others = [j for j in range(n) if j != q]
+        d = [float(((emb[q] - emb[j]) ** 2).sum()) for j in others]
+        ranked = [others[i] for i in np.argsort(d, kind="stable")]
+        correct = [labels[j] == labels[q] for j in ranked]
+        r = sum(labels[j] == labels[q] for j in others)
+        if r == 0:
+            continue
+        res["precision_at_1"].append(float(correct[0]))
+        res["r_precision"].append(sum(correct[:r]) / r)
+        ap = sum(sum(correct[: i + 1]) / (i + 1) for i in range(r) if correct[i]) / r
+        res["map_at_r"].append(ap)
+        for k in ks:
+            res[f"recall_at_{k}"].append(float(any(correct[:k])))
+    return {k: float(np.mean(v)) for k, v in res.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_retrieval_matches_loop(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, 40)
+    labels[0] = 9  # a singleton class: skipped as a query
+    emb = torch.from_numpy(rng.normal(size=(40, 3)) + labels[:, None] * 0.5).float()
+    got = M.retrieval_metrics(emb, labels, (1, 2, 5), chunk=7)
+    want = loop_retrieval(emb.numpy(), labels, (1, 2, 5))
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+    assert got["n_queries"] == 39
+
+
+def test_map_at_r_hand_case():
+    # class A at 0, 1, 10; class B at 2.5 (no ties)
+    emb = torch.tensor([[0.0], [1.0], [10.0], [2.5]])
+    labels = np.array([0, 0, 0, 1])
+    got = M.retrieval_metrics(emb, labels, (1,))
+    # queries: 0 → [1 A, 3 B]: AP .5 ; 1 → [0 A, 3 B]: .5 ; 2 → [3 B, 1 A]: P(2)=.5 → .25; 3 has no class mate
+    assert got["map_at_r"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
+    assert got["precision_at_1"] == pytest.approx(2 / 3)

@@ -1,0 +1,193 @@
+"""Every reader on files the test writes, including odd modes, corrupt files and reordered CSV columns."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamkit.config import DataConfig
+from siamkit.data.images import load_image
+from siamkit.data.readers import (
+    detect_layout,
+    load_dataset,
+    read_fashion_mnist,
+    read_flat,
+    read_folder,
+    read_idx,
+    read_idx_dir,
+    read_tuples_csv,
+)
+from siamkit.errors import DataError
+
+
+def _img(path: Path, mode: str, value: int = 128, size: tuple[int, int] = (10, 12)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        Image.fromarray(np.full(size[::-1], value * 257, np.uint16)).save(path)
+    elif mode == "CMYK":
+        Image.new("CMYK", size, (0, 0, 0, 255 - value)).save(path.with_suffix(".jpg"), quality=100)
+        return path.with_suffix(".jpg")
+    elif mode == "P":
+        Image.new("RGB", size, (value, value, value)).convert("P").save(path)
+    elif mode == "RGBA":
+        Image.new("RGBA", size, (value, value, value, 255)).save(path)
+    else:
+        Image.new(mode, size, value if mode == "L" else (value, value, value)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16"])
+def test_modes_convert_explicitly(tmp_path, mode):
+    p = _img(tmp_path / "x.png", mode, value=100)
+    gray = load_image(p, 1, None)
+    rgb = load_image(p, 3, (8, 8))
+    assert gray.shape == (1, 12, 10) and gray.dtype == np.uint8
+    assert rgb.shape == (3, 8, 8)
+    assert abs(int(gray.mean()) - 100) <= 3, mode
+
+
+def test_transparent_rgba_composites_on_white(tmp_path):
+    p = tmp_path / "t.png"
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(p)
+    assert load_image(p, 3, None).min() == 255
+
+
+def test_folder_reader_with_small_class_and_odd_modes(tmp_path):
+    root = tmp_path / "faces"
+    _img(root / "alice" / "1.png", "RGB", 50)
+    _img(root / "alice" / "2.png", "RGBA", 60)
+    _img(root / "alice" / "3.png", "P", 70)
+    _img(root / "bob" / "1.png", "I;16", 200)
+    _img(root / "bob" / "2.png", "CMYK", 210)
+    _img(root / "carol" / "only.png", "L", 90)  # one-image class
+    (root / "alice" / ".hidden").write_text("ignored")
+    s = read_folder(root, channels=3, size=(16, 16))
+    assert s.images.shape == (6, 3, 16, 16)
+    assert s.class_names == ["alice", "bob", "carol"]
+    assert s.labels.tolist() == [0, 0, 0, 1, 1, 2]
+
+
+def test_corrupt_file_is_a_clear_error_or_skipped(tmp_path):
+    root = tmp_path / "data"
+    _img(root / "a" / "1.png", "L")
+    _img(root / "a" / "2.png", "L")
+    _img(root / "b" / "1.png", "L")
+    bad = root / "b" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(DataError, match="broken.png") as err:
+        read_folder(root)
+    assert "--skip-bad" in str(err.value) and "\n" not in str(err.value)
+    s = read_folder(root, skip_bad=True)
+    assert len(s) == 3 and s.skipped == [str(bad)]
+    bad.unlink()
+    (root / "b" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="notes.txt"):
+        read_folder(root, skip_bad=False)
+
+
+def test_truncated_image_is_an_error(tmp_path):
+    p = _img(tmp_path / "a" / "x.png", "RGB", size=(64, 64))
+    p.write_bytes(p.read_bytes()[:60])
+    with pytest.raises(DataError, match="x.png"):
+        load_image(p, 3, None)
+
+
+def test_flat_reader_field_and_regex(tmp_path):
+    for name in ["img_cat_001.png", "img_cat_002.png", "img_dog_001.png", "img_dog_7.png"]:
+        _img(tmp_path / name, "L")
+    s = read_flat(tmp_path)
+    assert s.class_names == ["cat", "dog"] and s.labels.tolist() == [0, 0, 1, 1]
+    s2 = read_flat(tmp_path, regex=r"_(?P<class>[a-z]+)_\d+")
+    assert s2.labels.tolist() == [0, 0, 1, 1]
+    _img(tmp_path / "nofields.png", "L")
+    with pytest.raises(DataError, match="nofields.png"):
+        read_flat(tmp_path)
+
+
+def test_pairs_csv_reads_columns_by_header_name(tmp_path):
+    for n in "abc":
+        _img(tmp_path / "img" / f"{n}.png", "L", value=ord(n))
+    (tmp_path / "pairs.csv").write_text("label,path_b,path_a\n1,img/b.png,img/a.png\n0,img/c.png,img/a.png\n")
+    images, table = read_tuples_csv(tmp_path / "pairs.csv", "pairs")
+    assert table.labels.tolist() == [1, 0]
+    first = [Path(images.paths[i]).name for i in table.index[0]]
+    assert first == ["a.png", "b.png"]  # (path_a, path_b), whatever the column order
+    assert detect_layout(str(tmp_path / "pairs.csv")) == "pairs-csv"
+
+
+def test_triplets_csv_header_order_differs_from_tuple_order(tmp_path):
+    for n in "apn":
+        _img(tmp_path / f"{n}.png", "L")
+    (tmp_path / "t.csv").write_text("Anchor,Negative,Positive\na.png,n.png,p.png\n")
+    images, table = read_tuples_csv(tmp_path / "t.csv", "triplets")
+    names = [Path(images.paths[i]).stem for i in table.index[0]]
+    assert names == ["a", "p", "n"]
+
+
+def test_csv_missing_column_names_it(tmp_path):
+    (tmp_path / "p.csv").write_text("path_a,label\nx.png,1\n")
+    with pytest.raises(DataError, match="missing column 'path_b'"):
+        read_tuples_csv(tmp_path / "p.csv", "pairs")
+    with pytest.raises(DataError, match="neither pairs"):
+        detect_layout(str(tmp_path / "p.csv"))
+
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
+    payload = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader(tmp_path, gz):
+    ext = ".gz" if gz else ""
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    _write_idx(tmp_path / f"train-images-idx3-ubyte{ext}", imgs, gz)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{ext}", np.array([0, 1, 2, 1, 0]), gz)
+    _write_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}", imgs[:2], gz)
+    _write_idx(tmp_path / f"t10k-labels-idx1-ubyte{ext}", np.array([1, 0]), gz)
+    assert np.array_equal(read_idx(tmp_path / f"train-images-idx3-ubyte{ext}"), imgs)
+    train, test = read_idx_dir(tmp_path)
+    assert train.images.shape == (5, 1, 4, 3) and train.labels.tolist() == [0, 1, 2, 1, 0]
+    assert test is not None and len(test) == 2
+    assert detect_layout(str(tmp_path)) == "idx"
+
+
+def test_idx_bad_magic_and_size(tmp_path):
+    (tmp_path / "x-images-idx3-ubyte").write_bytes(b"\x00\x00\x09\x03" + b"\x00" * 12)
+    with pytest.raises(DataError, match="magic"):
+        read_idx(tmp_path / "x-images-idx3-ubyte")
+    _write_idx(tmp_path / "y-images-idx3-ubyte", np.zeros((2, 2, 2)), False)
+    (tmp_path / "y-images-idx3-ubyte").write_bytes((tmp_path / "y-images-idx3-ubyte").read_bytes()[:-1])
+    with pytest.raises(DataError, match="header says 8"):
+        read_idx(tmp_path / "y-images-idx3-ubyte")
+
+
+def test_missing_source_is_one_line():
+    with pytest.raises(DataError, match="not found") as err:
+        load_dataset(DataConfig(source="/no/such/folder"))
+    assert "\n" not in str(err.value)
+
+
+def test_fashion_mnist_missing_says_how_to_install(tmp_path):
+    with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
+        read_fashion_mnist(str(tmp_path))
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_real_files():
+    train, test = read_fashion_mnist()
+    assert train.images.shape == (60000, 1, 28, 28) and test is not None and len(test) == 10000
+    assert train.class_counts() == {c: 6000 for c in range(10)}
+    assert train.class_names[9] == "Ankle boot"
+
+
+def test_digits_default_and_resize():
+    bundle = load_dataset(DataConfig(image_size=16, channels=3))
+    assert bundle.images.images.shape == (1797, 3, 16, 16)
+    assert int(bundle.images.images.max()) == 255

@@ -15,7 +15,15 @@ from siamkit.cli import main
 from siamkit.pipeline import load_run
 from siamkit.train.checkpoint import load_state, read_weights
 
-FILES = ["config.yaml", "history.csv", "metrics.json", "model.safetensors", "loss_curve.png", "roc.png", "distances.png"]
+FILES = [
+    "config.yaml",
+    "history.csv",
+    "metrics.json",
+    "model.safetensors",
+    "loss_curve.png",
+    "roc.png",
+    "distances.png",
+]
 
 
 def _run(capsys, *argv):
@@ -89,7 +97,18 @@ def test_verify_two_images(digits_run, tmp_path, capsys):
 
 
 def test_resume_continues_from_last_epoch(tmp_path, capsys):
-    base = ["train", "--runs-dir", str(tmp_path), "--name", "r", "-q", "--format", "json", "--set", "data.limit=400"]
+    base = [
+        "train",
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "r",
+        "-q",
+        "--format",
+        "json",
+        "--set",
+        "data.limit=400",
+    ]
     assert _run(capsys, *base, "--epochs", "2")[0] == 0
     first = list(csv.DictReader((tmp_path / "r" / "history.csv").open()))
     assert _run(capsys, *base, "--epochs", "3", "--resume")[0] == 0
@@ -155,7 +174,13 @@ def test_pairs_csv_dataset(tmp_path, capsys):
     rows = []
     for _ in range(120):
         a, b = rng.choice(len(files), 2, replace=False)
-        rows.append((files[a].relative_to(tmp_path), files[b].relative_to(tmp_path), int(files[a].parent == files[b].parent)))
+        rows.append(
+            (
+                files[a].relative_to(tmp_path),
+                files[b].relative_to(tmp_path),
+                int(files[a].parent == files[b].parent),
+            )
+        )
     with open(tmp_path / "pairs.csv", "w") as fh:
         fh.write("label,path_a,path_b\n" + "".join(f"{y},{a},{b}\n" for a, b, y in rows))
     code, out, err = _run(capsys, "train", "--data", str(tmp_path / "pairs.csv"), "--loss", "contrastive", "--epochs",

@@ -17,10 +17,7 @@ def loop_contrastive(a, b, y, m, variant, half):
     total = 0.0
     for i in range(len(a)):
         d = math.sqrt(sum((float(a[i, k]) - float(b[i, k])) ** 2 for k in range(a.shape[1])))
-        if variant == "hadsell":
-            neg = max(0.0, m - d) ** 2
-        else:
-            neg = max(0.0, m * m - d * d)
+        neg = max(0.0, m - d) ** 2 if variant == "hadsell" else max(0.0, m * m - d * d)
         term = float(y[i]) * d * d + (1 - float(y[i])) * neg
         total += 0.5 * term if half else term
     return total / len(a)
@@ -66,8 +63,13 @@ def test_triplet_matches_loop(seed, distance, margin):
     a, p, n = (torch.randn(10, 6, generator=g) for _ in range(3))
     dist = get_distance(distance)
     got = float(triplet_margin_loss(dist.pairwise(a, p), dist.pairwise(a, n), margin))
-    want = sum(max(0.0, loop_distance(a[i], p[i], distance) - loop_distance(a[i], n[i], distance) + margin)
-               for i in range(10)) / 10
+    want = (
+        sum(
+            max(0.0, loop_distance(a[i], p[i], distance) - loop_distance(a[i], n[i], distance) + margin)
+            for i in range(10)
+        )
+        / 10
+    )
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
@@ -83,7 +85,14 @@ def test_triplet_easy_is_zero_and_hard_is_positive():
 def test_bce_matches_formula():
     logits = torch.tensor([2.0, -1.0, 0.5])
     y = torch.tensor([1.0, 0.0, 0.0])
-    want = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1))) + math.log(1 - 1 / (1 + math.exp(-0.5)))) / 3
+    want = (
+        -(
+            math.log(1 / (1 + math.exp(-2)))
+            + math.log(1 - 1 / (1 + math.exp(1)))
+            + math.log(1 - 1 / (1 + math.exp(-0.5)))
+        )
+        / 3
+    )
     assert float(bce_distance_loss(logits, y)) == pytest.approx(want, rel=1e-6)
 
 
@@ -104,8 +113,9 @@ def test_every_loss_trains_every_parameter(name):
     loss = create_loss(name)
     net = SiameseNet(SeedCNN(1), 8, normalize=True, sigmoid_head=loss.needs_sigmoid_head)
     x = [torch.randn(6, 1, 12, 12) for _ in range(3)]
-    batch = PairBatch(x[0], x[1], torch.tensor([1.0, 0, 1, 0, 1, 0])) if loss.input_kind == "pairs" \
-        else TripletBatch(*x)
+    batch = (
+        PairBatch(x[0], x[1], torch.tensor([1.0, 0, 1, 0, 1, 0])) if loss.input_kind == "pairs" else TripletBatch(*x)
+    )
     value = loss(net, batch)
     value.backward()
     assert torch.isfinite(value)

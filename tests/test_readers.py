@@ -179,7 +179,9 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path):
         read_fashion_mnist(str(tmp_path))
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
+)
 def test_fashion_mnist_real_files():
     train, test = read_fashion_mnist()
     assert train.images.shape == (60000, 1, 28, 28) and test is not None and len(test) == 10000

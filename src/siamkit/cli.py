@@ -73,8 +73,9 @@ def summary_table(result: dict[str, Any]) -> str:
             continue
         tprs = [t["tpr_interpolated"] for t in m["tpr_at_fpr"]]
         flags = ["" if t["reliable"] else "*" for t in m["tpr_at_fpr"]]
-        rows.append([split, m["auc"], m["eer"], *[f"{_fmt(x)}{f}" for x, f in zip(tprs, flags, strict=True)],
-                     m.get("precision_at_1", "-"), m.get("map_at_r", "-"), m.get("verification_accuracy", "-")])  # fmt: skip
+        tpr_cells = [f"{_fmt(x)}{f}" for x, f in zip(tprs, flags, strict=True)]
+        extra = [m.get(k, "-") for k in ("precision_at_1", "map_at_r", "verification_accuracy")]
+        rows.append([split, m["auc"], m["eer"], *tpr_cells, *extra])
     cells = [cols] + [[_fmt(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
@@ -83,8 +84,10 @@ def summary_table(result: dict[str, Any]) -> str:
     if "threshold" in result:
         head.append(f"threshold (chosen on validation): {result['threshold']:.4f}")
     if "train_seconds" in result:
-        head.append(f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
-                    f"   images/s: {result['images_per_second']:.0f}   best epoch: {result['best_epoch']}")  # fmt: skip
+        head.append(
+            f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
+            f"   images/s: {result['images_per_second']:.0f}   best epoch: {result['best_epoch']}"
+        )
     return "\n".join(head + lines + ["(* = fewer than 3 impostor pairs behind that FPR: not meaningful)"])
 
 

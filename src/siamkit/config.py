@@ -40,7 +40,8 @@ class DataConfig:
     source: str = "digits"
     """``digits``, ``fashion-mnist``, or a path: class-per-folder dir, flat dir, IDX dir, pairs/triplets CSV."""
     layout: str = "auto"
-    """``auto`` | ``folder`` | ``flat`` | ``pairs-csv`` | ``triplets-csv`` | ``idx`` | ``digits`` | ``fashion-mnist``."""
+    """``auto`` | ``folder`` | ``flat`` | ``pairs-csv`` | ``triplets-csv`` | ``idx`` | ``digits`` |
+    ``fashion-mnist``."""
     flat_field: int = 1
     """Flat layout: the class is this ``_``-separated field of the file name (0-based)."""
     flat_regex: str | None = None

@@ -79,7 +79,11 @@ def unique_run_dir(runs_dir: str, name: str) -> Path:
 
 
 def _metadata(cfg: RunConfig, input_shape: tuple[int, int, int], threshold: float | None) -> dict[str, str]:
-    meta = {"format": "siamkit-siamese-v1", "config": json.dumps(to_dict(cfg)), "input_shape": json.dumps(input_shape)}
+    meta = {
+        "format": "siamkit-siamese-v1",
+        "config": json.dumps(to_dict(cfg)),
+        "input_shape": json.dumps(input_shape),
+    }
     if threshold is not None:
         meta["threshold"] = repr(float(threshold))
     return meta
@@ -132,7 +136,11 @@ def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[s
 
 
 def evaluate_prepared(
-    model: SiameseNet, prep: Prepared, device: torch.device, threshold: float | None, out_dir: Path | None = None
+    model: SiameseNet,
+    prep: Prepared,
+    device: torch.device,
+    threshold: float | None,
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics on train (subsampled), validation and test; the threshold is calibrated on validation unless
     given. Writes the ROC and distance plots into ``out_dir`` (default: the run directory from the caller)."""
@@ -196,7 +204,13 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedR
     model.to(device).eval()
     assert cfg.data.mean is not None and cfg.data.std is not None
     thr = float(meta["threshold"]) if "threshold" in meta else None
-    return LoadedRun(cfg, model, thr, (int(shape[0]), int(shape[1]), int(shape[2])), Preprocess(cfg.data.mean, cfg.data.std))
+    return LoadedRun(
+        cfg,
+        model,
+        thr,
+        (int(shape[0]), int(shape[1]), int(shape[2])),
+        Preprocess(cfg.data.mean, cfg.data.std),
+    )
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -115,8 +115,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Parse one IDX file (``.gz`` or raw): magic 0x00000803 → (N, H, W) images, 0x00000801 → (N,) labels."""
     path = Path(path)
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read IDX file ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
@@ -289,9 +289,7 @@ def read_tuples_csv(
         header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
         missing = [c for c in needed if c not in header]
         if missing:
-            raise DataError(
-                f"{path}: missing column {missing[0]!r}; a {kind} CSV needs the header {','.join(needed)}"
-            )
+            raise DataError(f"{path}: missing column {missing[0]!r}; a {kind} CSV needs the header {','.join(needed)}")
         rows = [[(row[header[c]] or "").strip() for c in needed] for row in reader]
     if not rows:
         raise DataError(f"{path}: the CSV has a header but no rows")
@@ -315,7 +313,11 @@ def read_tuples_csv(
     images, kept, skipped = _decode_all([Path(p) for p in ordered], channels, size, skip_bad)
     remap = np.full(len(ordered), -1, np.int64)
     remap[kept] = np.arange(len(kept))
-    index = remap[np.asarray([[files[str((path.parent / v) if not os.path.isabs(v) else Path(v))] for v in r[: len(cols)]] for r in rows])]
+    index = remap[
+        np.asarray(
+            [[files[str((path.parent / v) if not os.path.isabs(v) else Path(v))] for v in r[: len(cols)]] for r in rows]
+        )
+    ]
     ok = (index >= 0).all(axis=1)
     table = TupleTable(index[ok], None if labels is None else labels[ok])
     image_set = ImageSet(images, np.full(len(kept), -1, np.int64), [], [ordered[i] for i in kept], skipped)

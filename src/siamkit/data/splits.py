@@ -92,7 +92,11 @@ def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
     keep, held = split_indices(pool.labels, cfg.split, cfg.val_fraction, cfg.val_per_class, rng)
     if len(held) == 0 or len(keep) == 0:
         raise DataError(f"{bundle.name}: the validation split is empty; raise data.val_fraction")
-    for part, labels in (("train", pool.labels[keep]), ("validation", pool.labels[held]), ("test", test.labels)):
+    for part, labels in (
+        ("train", pool.labels[keep]),
+        ("validation", pool.labels[held]),
+        ("test", test.labels),
+    ):
         if len(np.unique(labels)) < 2:
             raise DataError(
                 f"{bundle.name}: the {part} split holds {len(np.unique(labels))} class(es); pairs need at least 2 — "

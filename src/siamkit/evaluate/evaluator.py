@@ -25,12 +25,9 @@ def embed_images(
     was_training = model.training
     model.eval()
     out = []
-    starts = range(0, len(images), batch_size)
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        starts = tqdm(starts, desc="embed", leave=False, unit="batch")
-    for s in starts:
+    for s in tqdm(range(0, len(images), batch_size), desc="embed", leave=False, unit="batch", disable=not progress):
         x = preprocess(images[s : s + batch_size].to(device))
         out.append(model.embed(x).float().cpu())
     model.train(was_training)

@@ -152,7 +152,11 @@ def retrieval_metrics(
             sums[f"r{k}"] += float((hits[:, :k].sum(1) > 0).sum())
     if valid == 0:
         raise ValueError("no query has another item of its class: retrieval metrics are undefined")
-    out = {"precision_at_1": sums["p1"] / valid, "r_precision": sums["r_prec"] / valid, "map_at_r": sums["map_r"] / valid}
+    out = {
+        "precision_at_1": sums["p1"] / valid,
+        "r_precision": sums["r_prec"] / valid,
+        "map_at_r": sums["map_r"] / valid,
+    }
     out.update({f"recall_at_{k}": sums[f"r{k}"] / valid for k in recall_at})
     out["n_queries"] = float(valid)
     return out

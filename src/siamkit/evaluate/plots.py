@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from siamkit.config import atomic_write_bytes  # noqa: E402
-from siamkit.evaluate import metrics as M  # noqa: E402
+from siamkit.config import atomic_write_bytes
+from siamkit.evaluate import metrics as M
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -50,8 +50,14 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Pa
         for t in M.tpr_at_fpr(labels, scores):
             ax.plot(t.fpr, t.tpr_interpolated, "o", color=line.get_color())
             mark = "" if t.reliable else "*"
-            ax.annotate(f"{t.tpr_interpolated:.3f}{mark}", (t.fpr, t.tpr_interpolated), textcoords="offset points",
-                        xytext=(4, -12 if name != next(iter(curves)) else 4), fontsize=8, color=line.get_color())
+            ax.annotate(
+                f"{t.tpr_interpolated:.3f}{mark}",
+                (t.fpr, t.tpr_interpolated),
+                textcoords="offset points",
+                xytext=(4, -12 if name != next(iter(curves)) else 4),
+                fontsize=8,
+                color=line.get_color(),
+            )
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
     ax.set_ylim(0, 1.02)

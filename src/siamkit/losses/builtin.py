@@ -17,7 +17,6 @@ from siamkit.losses.functional import (
 )
 from siamkit.models.siamese import SiameseNet
 
-
 B = TypeVar("B", PairBatch, TripletBatch)
 
 
@@ -39,12 +38,12 @@ class ContrastiveLoss(SiameseLoss):
             raise ConfigError(
                 f"unknown loss.params.variant {variant!r}; choose one of: {', '.join(CONTRASTIVE_VARIANTS)}"
             )
-        self.margin, self.variant, self.half = margin, variant, half
+        self.margin, self.variant, self.halved = margin, variant, half
 
     def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
         b = _expect(batch, PairBatch)
         ea, eb = embed_many(model, b.a, b.b)
-        return contrastive_loss(model.distance(ea, eb), b.y, self.margin, self.variant, self.half)
+        return contrastive_loss(model.distance(ea, eb), b.y, self.margin, self.variant, self.halved)
 
 
 @LOSSES.register("triplet")

@@ -29,7 +29,8 @@ class SiameseNet(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(int(backbone.num_features), embedding_dim)
+        num_features: int = backbone.num_features  # type: ignore[assignment]
+        self.head = nn.Linear(num_features, embedding_dim)
         self.normalize = normalize
         self.embedding_dim = embedding_dim
         # Dense(1, sigmoid) on the distance: p(same) = sigmoid(w·D + b); starts at w = -4, b = 2.

@@ -52,4 +52,6 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means an unusable file
-        raise CheckpointError(f"{path}: cannot read the training state ({type(exc).__name__}); delete it to restart") from None
+        raise CheckpointError(
+            f"{path}: cannot read the training state ({type(exc).__name__}); delete it to restart"
+        ) from None

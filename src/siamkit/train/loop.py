@@ -125,8 +125,8 @@ def validation_loss(
 def fit(
     model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, preprocess: Preprocess,
     train_images: torch.Tensor, sampler: TupleSampler, val_images: torch.Tensor, val_table: TupleTable,
-    device: torch.device, state_path: Path | None = None, on_best: Callable[[SiameseNet, int, float], None] | None = None,
-    resume: bool = False,
+    device: torch.device, state_path: Path | None = None,
+    on_best: Callable[[SiameseNet, int, float], None] | None = None, resume: bool = False,
 ) -> FitResult:  # fmt: skip
     """Train ``model`` for ``cfg.epochs``; keep (and restore at the end) the weights with the lowest validation
     loss; stop after ``cfg.patience`` epochs without improvement. With ``resume`` and an existing
@@ -186,7 +186,13 @@ def fit(
         result.train_seconds += train_seconds
         result.images_seen += n * arity
         val = validation_loss(model, loss_fn, val_images, val_table, preprocess, cfg.batch_size, device)
-        row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val, "lr": lr, "seconds": train_seconds}
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(n, 1),
+            "val_loss": val,
+            "lr": lr,
+            "seconds": train_seconds,
+        }
         result.history.append(row)
         log.info("epoch %d: train %.4f  val %.4f  (%.1fs)", epoch, row["train_loss"], val, train_seconds)
         if val < result.best_val_loss:

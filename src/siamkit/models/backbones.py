@@ -35,11 +35,14 @@ class SeedCNN(nn.Module):
         super().__init__()
         self.num_features = filters
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, filters, 2, padding="same"),
+            # "same" padding for an even kernel: one extra row/column at the end (as TensorFlow pads)
+            nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.Conv2d(in_channels, filters, 2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Dropout(dropout),
-            nn.Conv2d(filters, filters, 2, padding="same"),
+            nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.Conv2d(filters, filters, 2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Dropout(dropout),

@@ -1,0 +1,87 @@
+"""Fashion-MNIST benchmark: train on the 60k training split (a small validation slice carved from it for
+checkpoint selection and the threshold), evaluate on the 10k test split: leave-one-out retrieval and
+50k genuine + 50k impostor pairs (seeded). Prints one JSON line.
+
+    .venv/bin/python benchmarks/fashion_mnist.py --loss triplet --backbone convnet --epochs 3
+    .venv/bin/python benchmarks/fashion_mnist.py --recipe seed --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+import torch
+
+from siamkit.config import load_config
+from siamkit.errors import SiamkitError
+from siamkit.pipeline import train_run
+
+RECIPES = {
+    "default": [],
+    # SPEC §3.2 + source A: seed CNN, one positive + one negative per image, contrastive m = 1, 48-d
+    "seed": [
+        "model.backbone=seed_cnn",
+        "model.embedding_dim=48",
+        "model.normalize=false",
+        "loss.name=contrastive",
+        "loss.params={margin: 1.0}",
+        "sampling.pairs=per-image",
+    ],  # fmt: skip
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="default")
+    p.add_argument("--loss")
+    p.add_argument("--backbone")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder with its IDX files")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--pairs", type=int, default=50000, help="genuine and impostor evaluation pairs, each")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = [
+        f"data.source={args.data}", f"train.epochs={args.epochs}", f"data.val_fraction={args.val_fraction}",
+        f"eval.n_pairs={args.pairs}", "train.progress=false", *RECIPES[args.recipe],
+    ]  # fmt: skip
+    if args.loss:
+        overrides.append(f"loss.name={args.loss}")
+    if args.backbone:
+        overrides.append(f"model.backbone={args.backbone}")
+    overrides += args.overrides
+    try:
+        with tempfile.TemporaryDirectory() as runs:
+            cfg = load_config(None, [*overrides, f"runs_dir={runs}", f"name=bench-{args.recipe}"])
+            t0 = time.perf_counter()
+            r = train_run(cfg)
+            wall = time.perf_counter() - t0
+    except SiamkitError as exc:
+        print(f"fashion_mnist.py: error: {exc}", file=sys.stderr)
+        return 2
+    test = r["test"]
+    line = {
+        "benchmark": "fashion_mnist", "recipe": args.recipe, "loss": cfg.loss.name, "backbone": cfg.model.backbone,
+        "epochs_run": r["epochs_run"], "train_seconds": r["train_seconds"], "images_per_second": r["images_per_second"],
+        "wall_seconds": round(wall, 1), "torch_threads": torch.get_num_threads(),
+        "precision_at_1": round(test["precision_at_1"], 4), "r_precision": round(test["r_precision"], 4),
+        "map_at_r": round(test["map_at_r"], 4), "auc": round(test["auc"], 4), "eer": round(test["eer"], 4),
+        "tpr_at_fpr": {str(t["fpr"]): round(t["tpr_interpolated"], 4) for t in test["tpr_at_fpr"]},
+        "tpr_at_fpr_conservative": {str(t["fpr"]): round(t["tpr_conservative"], 4) for t in test["tpr_at_fpr"]},
+        "n_genuine": test["n_genuine"], "n_impostor": test["n_impostor"],
+        "verification_accuracy": round(test["verification_accuracy"], 4),
+        "overrides": args.overrides,
+    }  # fmt: skip
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

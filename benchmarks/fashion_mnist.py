@@ -30,7 +30,7 @@ RECIPES = {
         "loss.name=contrastive",
         "loss.params={margin: 1.0}",
         "sampling.pairs=per-image",
-    ],  # fmt: skip
+    ],
 }
 
 

@@ -23,7 +23,7 @@ from siamkit.data.tuples import TupleSampler, fixed_tuples
 from siamkit.errors import CheckpointError, ConfigError
 from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import EvalResult, evaluate_split
-from siamkit.evaluate.metrics import best_threshold
+from siamkit.evaluate.metrics import best_threshold, verification_accuracy
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
@@ -149,7 +149,8 @@ def evaluate_prepared(
     val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, None, seed + 11, device)
     if threshold is None:
         threshold = best_threshold(val.pairs.distances, val.pairs.labels)
-    val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, threshold, seed + 11, device)
+    val.metrics["threshold"] = threshold
+    val.metrics["verification_accuracy"] = verification_accuracy(val.pairs.distances, val.pairs.labels, threshold)
     test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device)
     train_images = s.train.images
     if s.train.tuples is None and len(train_images) > MAX_TRAIN_EVAL:

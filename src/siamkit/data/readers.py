@@ -293,14 +293,15 @@ def read_tuples_csv(
         rows = [[(row[header[c]] or "").strip() for c in needed] for row in reader]
     if not rows:
         raise DataError(f"{path}: the CSV has a header but no rows")
-    files: dict[str, int] = {}
+    files: dict[str, int] = {}  # resolved path → position among the unique images
     cols = needed if kind == "triplets" else needed[:2]
+    positions = np.empty((len(rows), len(cols)), np.int64)
     for line, row in enumerate(rows, start=2):
-        for col, value in zip(cols, row, strict=False):
+        for j, (col, value) in enumerate(zip(cols, row, strict=False)):
             if not value:
                 raise DataError(f"{path}:{line}: empty {col!r}")
-            full = str((path.parent / value) if not os.path.isabs(value) else Path(value))
-            files.setdefault(full, len(files))
+            full = value if os.path.isabs(value) else str(path.parent / value)
+            positions[line - 2, j] = files.setdefault(full, len(files))
     labels = None
     if kind == "pairs":
         try:
@@ -313,11 +314,7 @@ def read_tuples_csv(
     images, kept, skipped = _decode_all([Path(p) for p in ordered], channels, size, skip_bad)
     remap = np.full(len(ordered), -1, np.int64)
     remap[kept] = np.arange(len(kept))
-    index = remap[
-        np.asarray(
-            [[files[str((path.parent / v) if not os.path.isabs(v) else Path(v))] for v in r[: len(cols)]] for r in rows]
-        )
-    ]
+    index = remap[positions]
     ok = (index >= 0).all(axis=1)
     table = TupleTable(index[ok], None if labels is None else labels[ok])
     image_set = ImageSet(images, np.full(len(kept), -1, np.int64), [], [ordered[i] for i in kept], skipped)

@@ -21,15 +21,19 @@ from siamkit.errors import SiamkitError
 from siamkit.pipeline import train_run
 
 RECIPES = {
-    "default": [],
-    # SPEC §3.2 + source A: seed CNN, one positive + one negative per image, contrastive m = 1, 48-d
+    "default": [],  # siamkit's defaults: the measured default recipe
+    # SPEC §3.2 + source A: seed CNN, one positive + one negative per image, contrastive m = 1, 48-d, Adam 1e-3
     "seed": [
         "model.backbone=seed_cnn",
         "model.embedding_dim=48",
         "model.normalize=false",
         "loss.name=contrastive",
         "loss.params={margin: 1.0}",
+        "loss.miner=null",
+        "loss.miner_params={}",
         "sampling.pairs=per-image",
+        "train.lr=0.001",
+        "train.scheduler=none",
     ],
 }
 
@@ -68,8 +72,9 @@ def main() -> int:
         return 2
     test = r["test"]
     line = {
-        "benchmark": "fashion_mnist", "recipe": args.recipe, "loss": cfg.loss.name, "backbone": cfg.model.backbone,
-        "epochs_run": r["epochs_run"], "train_seconds": r["train_seconds"], "images_per_second": r["images_per_second"],
+        "benchmark": "fashion_mnist", "recipe": args.recipe, "loss": cfg.loss.name, "loss_params": cfg.loss.params,
+        "miner": cfg.loss.miner, "backbone": cfg.model.backbone, "embedding_dim": cfg.model.embedding_dim,
+        "trainable_parameters": r["trainable_parameters"], "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"], "train_seconds": r["train_seconds"], "images_per_second": r["images_per_second"],
         "wall_seconds": round(wall, 1), "torch_threads": torch.get_num_threads(),
         "precision_at_1": round(test["precision_at_1"], 4), "r_precision": round(test["r_precision"], 4),
         "map_at_r": round(test["map_at_r"], 4), "auc": round(test["auc"], 4), "eer": round(test["eer"], 4),

@@ -80,6 +80,11 @@ class SamplingConfig:
     """Draw fresh pairs/triplets every epoch (fresh negatives) instead of fixing them once."""
     val_tuples: int = 2000
     """Pairs or triplets drawn once from the validation split for the validation loss."""
+    p: int = 8
+    """Online mining (``loss.miner`` set): classes per P×K batch (capped at the number of classes)."""
+    k: int = 16
+    """Online mining: images per class in a P×K batch (batches then hold P·K images; ``train.batch_size`` is
+    not used)."""
 
 
 @dataclass
@@ -93,22 +98,36 @@ class ModelConfig:
     """Dense(1, sigmoid) on the distance (SPEC §3.1); forced on by the ``bce`` loss."""
 
 
+DEFAULT_LOSS = "contrastive"
+
+
 @dataclass
 class LossConfig:
-    name: str = "triplet"
-    params: dict[str, Any] = field(default_factory=dict)
+    """The default is the measured default recipe (docs/recipes.md): contrastive loss, margin 0.5, on the pairs
+    of P×K batches mined by ``hard-pairs``. Naming another loss in a config file or override starts from that
+    loss's own defaults (``params``, ``miner`` and ``miner_params`` reset unless given too)."""
+
+    name: str = DEFAULT_LOSS
+    """A registered loss (contrastive, triplet, bce, huber, fdc, fdt, normalized-softmax) or
+    ``package.module:Class``."""
+    params: dict[str, Any] = field(default_factory=lambda: {"margin": 0.5})
+    miner: str | None = "hard-pairs"
+    """Online mining on P×K batches: all, batch-all, semi-hard, hard, batch-hard (triplets), all-pairs,
+    hard-pairs, batch-hard-pairs (pairs), or ``package.module:Class``; None trains on sampled tuples."""
+    miner_params: dict[str, Any] = field(default_factory=lambda: {"neg_margin": 0.5})
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 64
+    """Pairs or triplets per batch for tuple losses (mining losses use P×K, see ``sampling``)."""
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
-    scheduler: str = "none"
-    """``none`` | ``step`` | ``exponential``."""
+    scheduler: str = "cosine"
+    """``none`` | ``step`` | ``exponential`` | ``cosine`` (to 0 over ``epochs``)."""
     step_size: int = 10
     gamma: float = 0.1
     patience: int = 5
@@ -116,6 +135,8 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    channels_last: bool = True
+    """Channels-last memory format for model and batches (faster convolutions on CPU and recent GPUs)."""
 
 
 @dataclass
@@ -176,8 +197,17 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded
+    default_loss = not isinstance(data.get("loss"), dict) or "name" not in data["loss"]
     for item in overrides or []:
+        if item.partition("=")[0].strip() == "loss.name":
+            default_loss = False
         set_key(data, item)
+    loss = data.get("loss")
+    if not default_loss and isinstance(loss, dict) and loss.get("name") != DEFAULT_LOSS:
+        # another loss starts from its own defaults, not from the default recipe's margin and miner
+        loss.setdefault("params", {})
+        loss.setdefault("miner", None)
+        loss.setdefault("miner_params", {})
     return typing.cast(RunConfig, from_dict(RunConfig, data))
 
 

@@ -17,16 +17,18 @@ import torch
 from siamkit.config import RunConfig, atomic_write_text, dump_config, from_dict, to_dict
 from siamkit.data.images import load_image
 from siamkit.data.readers import DatasetBundle, load_dataset
+from siamkit.data.samplers import PKSampler
 from siamkit.data.splits import Splits, make_splits
 from siamkit.data.transforms import Preprocess, channel_stats
 from siamkit.data.tuples import TupleSampler, fixed_tuples
-from siamkit.errors import CheckpointError, ConfigError
+from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import EvalResult, evaluate_split
 from siamkit.evaluate.metrics import best_threshold, verification_accuracy
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
+from siamkit.train.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.train.checkpoint import read_weights, save_weights
 from siamkit.train.loop import FitResult, fit, resolve_device
 
@@ -61,11 +63,32 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, bundle, splits, pre, (c, h, w))
 
 
-def make_loss(cfg: RunConfig) -> SiameseLoss:
-    loss = create_loss(cfg.loss.name, **cfg.loss.params)
+def make_loss(cfg: RunConfig, num_classes: int = 0) -> SiameseLoss:
+    context: dict[str, object] = {"num_classes": num_classes, "embedding_dim": cfg.model.embedding_dim}
+    loss = create_loss(cfg.loss.name, cfg.loss.params, cfg.loss.miner, cfg.loss.miner_params, context)
     if loss.needs_sigmoid_head:
         cfg.model.sigmoid_head = True
     return loss
+
+
+def batch_sources(cfg: RunConfig, loss: SiameseLoss, splits: Splits) -> tuple[BatchSource, BatchSource]:
+    """Training and validation batches for ``loss``: P×K batches when it mines, else sampled tuples."""
+    seed, s = cfg.train.seed, splits
+    if loss.input_kind == "labels" and s.train.tuples is not None:
+        if loss.miner is None:
+            raise DataError(f"loss {cfg.loss.name!r} needs labelled images, but the data is a pairs/triplets CSV")
+        log.warning("the data is a pairs/triplets CSV with no class labels to mine: training on its tuples instead")
+        loss.set_miner(None)
+    if loss.input_kind == "labels":
+        train = ClassBatches(PKSampler(s.train.images.labels, cfg.sampling.p, cfg.sampling.k, seed))
+        val = ClassBatches(PKSampler(s.val.images.labels, cfg.sampling.p, cfg.sampling.k, seed + 1))
+        return train, FixedBatches(val.plan(0))
+    kind = loss.input_kind
+    sampler = TupleSampler(s.train.images.labels, s.train.tuples, kind, cfg.sampling, seed)
+    val_table = fixed_tuples(s.val.images.labels, s.val.tuples, kind, cfg.sampling.val_tuples, seed + 1)
+    return TupleBatches(sampler, cfg.train.batch_size, seed), FixedBatches(
+        table_plan(val_table, cfg.train.batch_size, None)
+    )
 
 
 def unique_run_dir(runs_dir: str, name: str) -> Path:
@@ -93,24 +116,23 @@ def train_run(cfg: RunConfig, resume: bool = False, run_dir: Path | None = None)
     """Train and evaluate; write config.yaml, history.csv, metrics.json, model.safetensors and plots."""
     torch.manual_seed(cfg.train.seed)
     prep = prepare_data(cfg)
-    loss_fn = make_loss(cfg)
+    s = prep.splits
+    loss_fn = make_loss(cfg, 1 + max(int(x.images.labels.max(initial=-1)) for x in (s.train, s.val, s.test)))
     model = build_model(cfg.model, prep.input_shape[0])
     device = resolve_device(cfg.train.device)
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     s = prep.splits
-    kind = loss_fn.input_kind
-    sampler = TupleSampler(s.train.images.labels, s.train.tuples, kind, cfg.sampling, cfg.train.seed)
-    val_table = fixed_tuples(s.val.images.labels, s.val.tuples, kind, cfg.sampling.val_tuples, cfg.train.seed + 1)
+    train_source, val_source = batch_sources(cfg, loss_fn, s)
     log.info("training %s (%s, %d trainable parameters) on %s, device %s", cfg.model.backbone, cfg.loss.name,
              count_parameters(model), prep.bundle.name, device)  # fmt: skip
 
     def on_best(m: SiameseNet, epoch: int, val: float) -> None:
         save_weights(m, out / WEIGHTS, _metadata(cfg, prep.input_shape, None))
 
-    result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, sampler, s.val.images.images,
-                 val_table, device, out / "last.pt", on_best, resume=resume)  # fmt: skip
+    result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, train_source,
+                 s.val.images.images, val_source, device, out / "last.pt", on_best, resume=resume)  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out)
     metrics.update(_fit_summary(result, model, prep))
     save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))

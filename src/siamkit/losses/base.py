@@ -1,14 +1,21 @@
 """Loss interface: a loss receives the model and a batch, so that losses needing model internals
-(FDC/FDT use the second-to-last layer and the last layer's weight) plug in without touching the trainer."""
+(FDC/FDT use the second-to-last layer and the last layer's weight) plug in without touching the trainer.
+
+Three kinds of batch reach a loss: fixed ``PairBatch`` / ``TripletBatch`` tuples, or, when the loss carries a
+miner, a ``LabelBatch`` of images and class labels (a P×K batch) whose pairs or triplets the miner picks.
+"""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from siamkit.errors import ConfigError
+from siamkit.losses.miners import Miner, PairIndices, TripletIndices, create_miner
 from siamkit.models.siamese import SiameseNet
 from siamkit.registry import Registry
 
@@ -31,28 +38,95 @@ class TripletBatch:
     n: torch.Tensor
 
 
-Batch = PairBatch | TripletBatch
+@dataclass
+class LabelBatch:
+    """Images ``(B, C, H, W)`` with class labels ``(B,)`` (int64), e.g. a P×K batch, for online mining."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+
+
+Batch = PairBatch | TripletBatch | LabelBatch
 
 
 class SiameseLoss(nn.Module):
-    """Base class. ``input_kind`` says what the trainer must feed: ``"pairs"`` or ``"triplets"``."""
+    """Base class for every loss.
 
-    input_kind: ClassVar[str] = "pairs"
+    ``tuple_kind`` is what the loss takes without a miner (``"pairs"`` or ``"triplets"``); with a miner
+    (``set_miner``) it takes ``LabelBatch`` and ``input_kind`` becomes ``"labels"``. ``miner_outputs`` lists the
+    miner outputs the loss can use (a pair loss also takes a triplet miner: (a, p) and (a, n) become pairs).
+    """
+
+    tuple_kind: ClassVar[str] = "pairs"
+    miner_outputs: ClassVar[tuple[str, ...]] = ("pairs", "triplets")
     needs_sigmoid_head: ClassVar[bool] = False
+    miner: Miner | None = None
+
+    @property
+    def input_kind(self) -> str:
+        """``"pairs"``, ``"triplets"`` or ``"labels"`` (labelled batches: a mining or proxy loss)."""
+        return "labels" if self.miner is not None else self.tuple_kind
+
+    def set_miner(self, miner: Miner | None) -> None:
+        if miner is not None and miner.output not in self.miner_outputs:
+            raise ConfigError(
+                f"loss.miner gives {miner.output}, but this loss takes mined {' or '.join(self.miner_outputs)}; "
+                "choose a matching miner"
+            )
+        self.miner = miner
 
     def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def mine_pairs(self, dist: torch.Tensor, labels: torch.Tensor) -> PairIndices:
+        assert self.miner is not None
+        mined = self.miner(dist.detach(), labels)
+        return mined.as_pairs() if isinstance(mined, TripletIndices) else mined
+
+    def mine_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> TripletIndices:
+        assert self.miner is not None
+        mined = self.miner(dist.detach(), labels)
+        assert isinstance(mined, TripletIndices)
+        return mined
 
 
 LOSSES: Registry[SiameseLoss] = Registry("loss")
 
 
-def create_loss(name: str, **params: object) -> SiameseLoss:
-    """Build the loss registered as ``name``, or a user's ``package.module:Class``, with strict params."""
-    return LOSSES.create(name, **params)
+def create_loss(
+    name: str, params: dict[str, object] | None = None, miner: str | None = None,
+    miner_params: dict[str, object] | None = None, context: dict[str, object] | None = None,
+) -> SiameseLoss:  # fmt: skip
+    """Build the loss registered as ``name`` (or a user's ``package.module:Class``) with strict ``params``,
+    and attach the miner ``miner`` (strict ``miner_params``) when given. ``context`` holds data-dependent
+    values (``num_classes``, ``embedding_dim``) passed to a loss whose signature asks for them and whose
+    ``params`` do not set them."""
+    params = dict(params or {})
+    if context:
+        accepted = inspect.signature(LOSSES.get(name)).parameters
+        params.update({k: v for k, v in context.items() if k in accepted and k not in params})
+    loss = LOSSES.create(name, **params)
+    if not isinstance(loss, SiameseLoss):
+        raise ConfigError(f"loss {name!r} is a {type(loss).__name__}, not a siamkit.losses.SiameseLoss")
+    if miner:
+        loss.set_miner(create_miner(miner, **(miner_params or {})))
+    elif miner_params:
+        raise ConfigError("loss.miner_params is set but loss.miner is not; name a miner or drop the params")
+    return loss
+
+
+def expect(batch: Batch, *kinds: type) -> None:
+    if not isinstance(batch, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise TypeError(f"this loss takes {names}, got {type(batch).__name__}")
 
 
 def embed_many(model: SiameseNet, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """One forward pass over the concatenated batches (shared BatchNorm statistics, fewer kernel calls)."""
     sizes = [len(b) for b in batches]
     return tuple(model.embed(torch.cat(batches)).split(sizes))
+
+
+def empty_loss(reference: torch.Tensor) -> torch.Tensor:
+    """A zero that keeps the graph (nothing was mined: no gradient, but backward still works)."""
+    return reference.sum() * 0.0

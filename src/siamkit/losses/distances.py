@@ -1,7 +1,9 @@
 """Distances between embeddings, shared by losses, miners and evaluation.
 
-Each knows whether a larger value means "closer" (``higher_is_closer``); all three here are distances
-(smaller = closer), so a verification score is ``-distance``.
+Each knows whether a larger value means "closer" (``higher_is_closer``): Euclidean, squared Euclidean and
+cosine distance are distances (smaller = closer, verification score ``-distance``); cosine similarity is a
+similarity (larger = closer). Losses and miners work on ``as_dissimilarity(values)`` so one code path serves
+both.
 """
 
 from __future__ import annotations
@@ -72,3 +74,23 @@ class Cosine(Distance):
 
 def get_distance(name: str) -> Distance:
     return DISTANCES.create(name)
+
+
+@DISTANCES.register("cosine_similarity")
+class CosineSimilarity(Distance):
+    """Cosine similarity cos(a, b) in [−1, 1]: larger means closer (``higher_is_closer``)."""
+
+    name = "cosine_similarity"
+    higher_is_closer = True
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.cosine_similarity(a, b, dim=-1)
+
+    def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+
+
+def as_dissimilarity(values: torch.Tensor, distance: Distance) -> torch.Tensor:
+    """Values where smaller means closer: distances as they are, similarities negated. Margins then read the
+    same for both: ``d(a, p) − d(a, n) + m`` becomes ``s(a, n) − s(a, p) + m`` for a similarity."""
+    return -values if distance.higher_is_closer else values

@@ -9,22 +9,21 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from siamkit.config import TrainConfig
-from siamkit.data.imageset import TupleTable
 from siamkit.data.transforms import Preprocess
-from siamkit.data.tuples import TupleSampler
 from siamkit.errors import ConfigError
-from siamkit.losses.base import Batch, PairBatch, SiameseLoss, TripletBatch
+from siamkit.losses.base import SiameseLoss
+from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
+from siamkit.train.batches import BatchSource, make_batch
 from siamkit.train.checkpoint import load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -68,30 +67,6 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim
     raise ConfigError(f"unknown train.scheduler {cfg.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
 
 
-def iterate_batches(table: TupleTable, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
-    """Row indices of ``table`` in batches (shuffled when ``rng`` is given); the last partial batch is kept
-    unless it has a single row (BatchNorm cannot train on one)."""
-    order = rng.permutation(len(table)) if rng is not None else np.arange(len(table))
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        if len(rows) > 1 or len(order) == 1:
-            yield rows
-
-
-def make_batch(
-    images: torch.Tensor, table: TupleTable, rows: np.ndarray, preprocess: Preprocess, device: torch.device,
-    train: bool,
-) -> Batch:  # fmt: skip
-    """Gather the images of ``table``'s ``rows`` and preprocess them (augmenting when ``train``)."""
-    idx = torch.from_numpy(table.index[rows])
-    cols = [preprocess(images[idx[:, j]].to(device, non_blocking=True), train=train) for j in range(idx.shape[1])]
-    if table.kind == "pairs":
-        assert table.labels is not None
-        y = torch.from_numpy(table.labels[rows]).to(device=device, dtype=torch.float32)
-        return PairBatch(cols[0], cols[1], y)
-    return TripletBatch(cols[0], cols[1], cols[2])
-
-
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
@@ -108,23 +83,33 @@ class FitResult:
 
 @torch.no_grad()
 def validation_loss(
-    model: SiameseNet, loss_fn: SiameseLoss, images: torch.Tensor, table: TupleTable, preprocess: Preprocess,
-    batch_size: int, device: torch.device,
+    model: SiameseNet, loss_fn: SiameseLoss, images: torch.Tensor, source: BatchSource, preprocess: Preprocess,
+    device: torch.device, channels_last: bool = False,
 ) -> float:  # fmt: skip
-    """Mean loss over the fixed validation tuples, in eval mode, never augmented."""
+    """Mean loss over the fixed validation batches, in eval mode, never augmented.
+
+    A mining loss is scored over *every* valid tuple of each batch (the ``all`` / ``all-pairs`` miner): the
+    average over the tuples a miner keeps is no yardstick, since as the model improves fewer, harder tuples
+    are kept (batch-all, semi-hard) and that average can rise."""
     model.eval()
+    miner = loss_fn.miner
+    if miner is not None:
+        loss_fn.miner = AllTriplets() if miner.output == "triplets" else AllPairs()
     total, n = 0.0, 0
-    for rows in iterate_batches(table, batch_size, None):
-        batch = make_batch(images, table, rows, preprocess, device, train=False)
-        total += float(loss_fn(model, batch)) * len(rows)
-        n += len(rows)
-    model.train()
+    try:
+        for b in source.plan(0):
+            batch = make_batch(images, b, preprocess, device, train=False, channels_last=channels_last)
+            total += float(loss_fn(model, batch)) * len(b.index)
+            n += len(b.index)
+    finally:
+        loss_fn.miner = miner
+        model.train()
     return total / max(n, 1)
 
 
 def fit(
     model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, preprocess: Preprocess,
-    train_images: torch.Tensor, sampler: TupleSampler, val_images: torch.Tensor, val_table: TupleTable,
+    train_images: torch.Tensor, train_source: BatchSource, val_images: torch.Tensor, val_source: BatchSource,
     device: torch.device, state_path: Path | None = None,
     on_best: Callable[[SiameseNet, int, float], None] | None = None, resume: bool = False,
 ) -> FitResult:  # fmt: skip
@@ -133,7 +118,9 @@ def fit(
     ``state_path``, continue from the last finished epoch."""
     from tqdm import tqdm
 
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device)
+    model.to(memory_format=fmt)
     loss_fn.to(device)
     params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
     opt = build_optimizer(params, cfg)
@@ -154,41 +141,41 @@ def fit(
         result.train_seconds, result.images_seen = float(st["train_seconds"]), int(st["images_seen"])
         bad_epochs, start_epoch = int(st["bad_epochs"]), int(st["epoch"]) + 1
         log.info("resumed from %s at epoch %d", state_path, start_epoch)
-    arity = 2 if loss_fn.input_kind == "pairs" else 3
     model.train()
     for epoch in range(start_epoch, cfg.epochs + 1):
         if cfg.patience and bad_epochs >= cfg.patience:
             result.stopped_early = True
             break
         t0 = time.perf_counter()
-        table = sampler.draw(epoch)
-        rng = np.random.default_rng([cfg.seed, epoch, 7])
-        total, n = 0.0, 0
+        plan = train_source.plan(epoch)
+        total, n, n_images = torch.zeros((), device=device), 0, 0
         bar = tqdm(
-            iterate_batches(table, cfg.batch_size, rng), total=math.ceil(len(table) / cfg.batch_size),
-            desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=None if cfg.progress else True,
+            plan, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+            disable=None if cfg.progress else True,
         )  # fmt: skip
-        for rows in bar:
-            batch = make_batch(train_images, table, rows, preprocess, device, train=True)
+        for b in bar:
+            batch = make_batch(train_images, b, preprocess, device, train=True, channels_last=cfg.channels_last)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower train.lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(rows)
-            n += len(rows)
-            bar.set_postfix(loss=f"{total / n:.4f}")
+            total += loss.detach() * len(b.index)  # summed on the device: no sync per step
+            n += len(b.index)
+            n_images += b.n_images
+            if bar.n % 20 == 0:
+                bar.set_postfix(loss=f"{float(total) / n:.4f}")
         lr = opt.param_groups[0]["lr"]
         if sched is not None:
             sched.step()
         train_seconds = time.perf_counter() - t0
         result.train_seconds += train_seconds
-        result.images_seen += n * arity
-        val = validation_loss(model, loss_fn, val_images, val_table, preprocess, cfg.batch_size, device)
+        result.images_seen += n_images
+        val = validation_loss(model, loss_fn, val_images, val_source, preprocess, device, cfg.channels_last)
         row = {
             "epoch": epoch,
-            "train_loss": total / max(n, 1),
+            "train_loss": float(total) / max(n, 1),
             "val_loss": val,
             "lr": lr,
             "seconds": train_seconds,
@@ -213,6 +200,7 @@ def fit(
     if cfg.patience and bad_epochs >= cfg.patience and not result.stopped_early and len(result.history) < cfg.epochs:
         result.stopped_early = True
     model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)  # as a reloaded checkpoint is: identical evaluation numbers
     return result
 
 

@@ -1,0 +1,102 @@
+"""Fisher Discriminant Triplet (FDT) and Contrastive (FDC) losses (Ghojogh, Sikaroudi, Shafiei, Tizhoosh,
+Karray, Crowley, IJCNN 2020, arXiv 2004.04674; SPEC §4.1).
+
+The scatter matrices are built from the **second-to-last** layer's outputs ``o`` (``model.features``) and
+projected by the **last** layer's weight as in×out, ``U = head.weight.T`` (bias ignored):
+``S_W = Σ (o_a − o_p)ᵀ(o_a − o_p) + εI`` over anchor–neighbour pairs, ``S_B`` likewise over anchor–distant
+pairs; the hinge acts once on the batch scalar. Defaults are the authors' code: λ = 0.01, α = 0.25, ε = 1e-4.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from siamkit.errors import ConfigError
+from siamkit.losses.base import LOSSES, Batch, LabelBatch, PairBatch, SiameseLoss, TripletBatch, empty_loss, expect
+from siamkit.losses.distances import as_dissimilarity, get_distance
+from siamkit.losses.functional import fdc_loss, fdt_loss, fisher_trace
+from siamkit.models.siamese import SiameseNet
+
+
+def projection(model: nn.Module) -> torch.Tensor:
+    """``U`` ``(F, D)``: the embedding head's weight as in×out (``nn.Linear.weight`` is out×in)."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(
+            f"loss fdt/fdc needs a model whose embedding head is an nn.Linear (U = head.weight.T); this model's "
+            f"head is {type(head).__name__}: use a SiameseNet or pick another loss"
+        )
+    return head.weight.T
+
+
+class FisherLoss(SiameseLoss):
+    """Shared parts: parameters, U, and the mined (anchor, neighbour) / (anchor, distant) feature rows."""
+
+    def __init__(self, lam: float = 0.01, alpha: float = 0.25, eps: float = 1e-4, distance: str = "euclidean"):
+        super().__init__()
+        if not 0.0 <= lam <= 2.0:
+            raise ConfigError(f"loss.params.lam must be in [0, 2], got {lam}")
+        self.lam, self.alpha, self.eps = lam, alpha, eps
+        self.distance = get_distance(distance)  # used only to mine a labelled batch
+
+    def traces(self, diff_w: torch.Tensor, diff_b: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return fisher_trace(diff_w, u, self.eps), fisher_trace(diff_b, u, self.eps)
+
+    def mined_features(self, model: SiameseNet, batch: LabelBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature rows and the mining distance on their projection ``o·U`` (the embedding before bias)."""
+        feats = model.features(batch.x)
+        raw = feats @ projection(model)
+        return feats, as_dissimilarity(self.distance.matrix(raw, raw), self.distance)
+
+
+@LOSSES.register("fdt")
+class FDTLoss(FisherLoss):
+    """``[(2 − λ)·tr(Uᵀ S_W U) − λ·tr(Uᵀ S_B U) + α]₊`` on triplets (fixed, or mined by a triplet miner)."""
+
+    tuple_kind: ClassVar[str] = "triplets"
+    miner_outputs: ClassVar[tuple[str, ...]] = ("triplets",)
+
+    def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
+        expect(batch, TripletBatch, LabelBatch)
+        u = projection(model)
+        if isinstance(batch, LabelBatch):
+            feats, dist = self.mined_features(model, batch)
+            t = self.mine_triplets(dist, batch.labels)
+            if len(t) == 0:
+                return empty_loss(feats)
+            diff_w, diff_b = feats[t.a] - feats[t.p], feats[t.a] - feats[t.n]
+        else:
+            assert isinstance(batch, TripletBatch)
+            oa, op, on = model.features(torch.cat([batch.a, batch.p, batch.n])).split(len(batch.a))
+            diff_w, diff_b = oa - op, oa - on
+        tr_w, tr_b = self.traces(diff_w, diff_b, u)
+        return fdt_loss(tr_w, tr_b, self.lam, self.alpha)
+
+
+@LOSSES.register("fdc")
+class FDCLoss(FisherLoss):
+    """``(2 − λ)·tr(Uᵀ S_W U) + [−λ·tr(Uᵀ S_B U) + α]₊`` on pairs: the batch's same-class pairs
+    (anchor–neighbour) build S_W and its different-class pairs (anchor–distant) build S_B — the authors draw
+    the two kinds from the two halves of the batch, which balanced pair sampling reproduces."""
+
+    tuple_kind: ClassVar[str] = "pairs"
+
+    def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
+        expect(batch, PairBatch, LabelBatch)
+        u = projection(model)
+        if isinstance(batch, LabelBatch):
+            feats, dist = self.mined_features(model, batch)
+            m = self.mine_pairs(dist, batch.labels)
+            if len(m) == 0:
+                return empty_loss(feats)
+            diff, y = feats[m.i] - feats[m.j], m.y
+        else:
+            assert isinstance(batch, PairBatch)
+            oa, ob = model.features(torch.cat([batch.a, batch.b])).split(len(batch.a))
+            diff, y = oa - ob, batch.y
+        same = y > 0.5
+        tr_w, tr_b = self.traces(diff[same], diff[~same], u)
+        return fdc_loss(tr_w, tr_b, self.lam, self.alpha)

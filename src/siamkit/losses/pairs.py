@@ -1,0 +1,96 @@
+"""Pair losses on the Euclidean distance: contrastive (Hadsell et al. 2006), its Huber variant — the worked
+example of a loss with a parameter — and binary cross-entropy on the sigmoid head (SPEC §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from siamkit.errors import ConfigError
+from siamkit.losses.base import LOSSES, Batch, LabelBatch, PairBatch, SiameseLoss, embed_many, empty_loss, expect
+from siamkit.losses.distances import Euclidean
+from siamkit.losses.functional import CONTRASTIVE_VARIANTS, bce_distance_loss, contrastive_loss
+from siamkit.models.siamese import SiameseNet
+
+_EUCLIDEAN = Euclidean()
+
+
+class PairLoss(SiameseLoss):
+    """A loss on per-pair Euclidean distances ``d`` ``(M,)`` and labels ``y`` ``(M,)``; subclasses implement
+    ``pair_loss``. Fixed pairs or, with a miner, the mined pairs of a labelled batch."""
+
+    tuple_kind: ClassVar[str] = "pairs"
+
+    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
+        expect(batch, PairBatch, LabelBatch)
+        if isinstance(batch, LabelBatch):
+            emb = model.embed(batch.x)
+            dist = _EUCLIDEAN.matrix(emb, emb)
+            mined = self.mine_pairs(dist, batch.labels)
+            if len(mined) == 0:
+                return empty_loss(emb)
+            return self.pair_loss(model, dist[mined.i, mined.j], mined.y)
+        assert isinstance(batch, PairBatch)
+        ea, eb = embed_many(model, batch.a, batch.b)
+        return self.pair_loss(model, model.distance(ea, eb), batch.y)
+
+
+@LOSSES.register("contrastive")
+class ContrastiveLoss(PairLoss):
+    """Contrastive loss on Euclidean distance; ``variant`` ``hadsell`` (canonical) or ``squared-margin``."""
+
+    def __init__(self, margin: float = 1.0, variant: str = "hadsell", half: bool = False) -> None:
+        super().__init__()
+        if variant not in CONTRASTIVE_VARIANTS:
+            raise ConfigError(
+                f"unknown loss.params.variant {variant!r}; choose one of: {', '.join(CONTRASTIVE_VARIANTS)}"
+            )
+        self.margin, self.variant, self.halved = margin, variant, half
+
+    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(d, y, self.margin, self.variant, self.halved)
+
+
+def huber(delta: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Huber function with its threshold captured in a closure (the course notes' pattern for a loss
+    with a parameter): ``½x²`` for ``|x| ≤ δ``, else ``δ·(|x| − ½δ)`` — quadratic near 0, linear beyond δ."""
+    if delta <= 0:
+        raise ConfigError(f"loss.params.delta must be > 0, got {delta}")
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        ax = x.abs()
+        return torch.where(ax <= delta, 0.5 * x.pow(2), delta * (ax - 0.5 * delta))
+
+    return h
+
+
+@LOSSES.register("huber")
+class HuberContrastiveLoss(PairLoss):
+    """Contrastive loss with the squares replaced by Huber_δ: ``y·H(D) + (1 − y)·H(max(0, m − D))``. Far
+    positives and deep impostors then pull with a bounded force δ instead of one growing with D, which makes
+    training robust to mislabelled pairs."""
+
+    def __init__(self, margin: float = 1.0, delta: float = 0.5) -> None:
+        super().__init__()
+        self.margin, self.delta = margin, delta
+        self.h = huber(delta)
+
+    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = y.to(d.dtype)
+        return (y * self.h(d) + (1.0 - y) * self.h(F.relu(self.margin - d))).mean()
+
+
+@LOSSES.register("bce")
+class BCELoss(PairLoss):
+    """Binary cross-entropy on ``sigmoid(w·D + b)``: the model's sigmoid head on the distance (source A)."""
+
+    needs_sigmoid_head: ClassVar[bool] = True
+
+    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return bce_distance_loss(model.similarity_logit(d), y)

@@ -2,7 +2,8 @@
 checkpoint selection and the threshold), evaluate on the 10k test split: leave-one-out retrieval and
 50k genuine + 50k impostor pairs (seeded). Prints one JSON line.
 
-    .venv/bin/python benchmarks/fashion_mnist.py --loss triplet --backbone convnet --epochs 3
+    .venv/bin/python benchmarks/fashion_mnist.py                      # the default recipe
+    .venv/bin/python benchmarks/fashion_mnist.py --loss triplet --set loss.miner=semi-hard
     .venv/bin/python benchmarks/fashion_mnist.py --recipe seed --epochs 3
 """
 
@@ -15,6 +16,7 @@ import tempfile
 import time
 
 import torch
+from common import protocol_overrides, result_line
 
 from siamkit.config import load_config
 from siamkit.errors import SiamkitError
@@ -43,7 +45,7 @@ def main() -> int:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     p.add_argument("--loss")
     p.add_argument("--backbone")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, help="default: the recipe's (siamkit's default: 10)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder with its IDX files")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--pairs", type=int, default=50000, help="genuine and impostor evaluation pairs, each")
@@ -52,10 +54,9 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = [
-        f"data.source={args.data}", f"train.epochs={args.epochs}", f"data.val_fraction={args.val_fraction}",
-        f"eval.n_pairs={args.pairs}", "train.progress=false", *RECIPES[args.recipe],
-    ]  # fmt: skip
+    overrides = [*protocol_overrides(args.data, args.val_fraction, args.pairs), *RECIPES[args.recipe]]
+    if args.epochs:
+        overrides.append(f"train.epochs={args.epochs}")
     if args.loss:
         overrides.append(f"loss.name={args.loss}")
     if args.backbone:
@@ -70,20 +71,7 @@ def main() -> int:
     except SiamkitError as exc:
         print(f"fashion_mnist.py: error: {exc}", file=sys.stderr)
         return 2
-    test = r["test"]
-    line = {
-        "benchmark": "fashion_mnist", "recipe": args.recipe, "loss": cfg.loss.name, "loss_params": cfg.loss.params,
-        "miner": cfg.loss.miner, "backbone": cfg.model.backbone, "embedding_dim": cfg.model.embedding_dim,
-        "trainable_parameters": r["trainable_parameters"], "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"], "train_seconds": r["train_seconds"], "images_per_second": r["images_per_second"],
-        "wall_seconds": round(wall, 1), "torch_threads": torch.get_num_threads(),
-        "precision_at_1": round(test["precision_at_1"], 4), "r_precision": round(test["r_precision"], 4),
-        "map_at_r": round(test["map_at_r"], 4), "auc": round(test["auc"], 4), "eer": round(test["eer"], 4),
-        "tpr_at_fpr": {str(t["fpr"]): round(t["tpr_interpolated"], 4) for t in test["tpr_at_fpr"]},
-        "tpr_at_fpr_conservative": {str(t["fpr"]): round(t["tpr_conservative"], 4) for t in test["tpr_at_fpr"]},
-        "n_genuine": test["n_genuine"], "n_impostor": test["n_impostor"],
-        "verification_accuracy": round(test["verification_accuracy"], 4),
-        "overrides": args.overrides,
-    }  # fmt: skip
+    line = {**result_line("fashion_mnist", args.recipe, cfg, r, wall), "overrides": args.overrides}
     print(json.dumps(line))
     return 0
 

@@ -68,10 +68,10 @@ def dist_matrix(emb, name):
 
 
 CUBE_RULES = {
-    "all": lambda m: (lambda ap, an: True),
-    "batch-all": lambda m: (lambda ap, an: ap - an + m > 0),
-    "semi-hard": lambda m: (lambda ap, an: ap < an < ap + m),
-    "hard": lambda m: (lambda ap, an: an <= ap),
+    "all": lambda m: lambda ap, an: True,
+    "batch-all": lambda m: lambda ap, an: ap - an + m > 0,
+    "semi-hard": lambda m: lambda ap, an: ap < an < ap + m,
+    "hard": lambda m: lambda ap, an: an <= ap,
 }
 
 
@@ -335,7 +335,9 @@ def test_every_loss_trains_every_parameter(name, mined):
 def test_normalized_softmax_matches_loop(seed, temperature):
     x, labels = batch(seed)
     model = feature_model(seed=seed)
-    loss = create_loss("normalized-softmax", {"temperature": temperature}, context={"num_classes": 3, "embedding_dim": 4})
+    loss = create_loss(
+        "normalized-softmax", {"temperature": temperature}, context={"num_classes": 3, "embedding_dim": 4}
+    )
     loss.double()
     got = float(loss(model, LabelBatch(x, labels)))
     emb, w = model.embed(x).detach(), loss.proxies.detach()

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")  # fmt: skip
     t.add_argument("--data", help="digits | fashion-mnist | a folder, flat folder, IDX folder or pairs/triplets CSV")
-    t.add_argument("--loss", help="contrastive | triplet | bce | huber | fdc | fdt | normalized-softmax | package.module:Class")
+    t.add_argument("--loss", help="contrastive, triplet, bce, huber, fdc, fdt, normalized-softmax or pkg.mod:Class")
     t.add_argument("--backbone", help="a registered backbone, e.g. convnet, seed_cnn")
     t.add_argument("--epochs", type=int)
     t.add_argument("--name", help="run name (folder under --runs-dir)")

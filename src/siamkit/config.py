@@ -105,7 +105,8 @@ DEFAULT_LOSS = "contrastive"
 class LossConfig:
     """The default is the measured default recipe (docs/recipes.md): contrastive loss, margin 0.5, on the pairs
     of P×K batches mined by ``hard-pairs``. Naming another loss in a config file or override starts from that
-    loss's own defaults (``params``, ``miner`` and ``miner_params`` reset unless given too)."""
+    loss's own defaults (``params``, ``miner`` and ``miner_params`` reset unless given too); naming another
+    miner (or ``null``) resets ``miner_params``."""
 
     name: str = DEFAULT_LOSS
     """A registered loss (contrastive, triplet, bce, huber, fdc, fdt, normalized-softmax) or
@@ -146,6 +147,9 @@ class EvalConfig:
     n_triplets: int = 5000
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     batch_size: int = 512
+    distance: str = "euclidean"
+    """How embeddings are compared for verification, retrieval and ``verify``: euclidean, squared_euclidean,
+    cosine, or cosine_similarity (a similarity: thresholds then apply to its negative)."""
 
 
 @dataclass
@@ -197,17 +201,16 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded
-    default_loss = not isinstance(data.get("loss"), dict) or "name" not in data["loss"]
     for item in overrides or []:
-        if item.partition("=")[0].strip() == "loss.name":
-            default_loss = False
         set_key(data, item)
     loss = data.get("loss")
-    if not default_loss and isinstance(loss, dict) and loss.get("name") != DEFAULT_LOSS:
-        # another loss starts from its own defaults, not from the default recipe's margin and miner
-        loss.setdefault("params", {})
-        loss.setdefault("miner", None)
-        loss.setdefault("miner_params", {})
+    if isinstance(loss, dict):
+        if "name" in loss and loss["name"] != DEFAULT_LOSS:
+            # another loss starts from its own defaults, not from the default recipe's margin and miner
+            loss.setdefault("params", {})
+            loss.setdefault("miner", None)
+        if "miner" in loss:
+            loss.setdefault("miner_params", {})  # likewise another miner (or none)
     return typing.cast(RunConfig, from_dict(RunConfig, data))
 
 

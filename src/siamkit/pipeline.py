@@ -27,6 +27,7 @@ from siamkit.evaluate.evaluator import EvalResult, evaluate_split
 from siamkit.evaluate.metrics import best_threshold, verification_accuracy
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
+from siamkit.losses.distances import as_dissimilarity, get_distance
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
 from siamkit.train.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.train.checkpoint import read_weights, save_weights
@@ -272,7 +273,8 @@ def verify_images(run_dir: str | Path, path_a: str, path_b: str) -> dict[str, An
     c, h, w = run.input_shape
     x = torch.from_numpy(np.stack([load_image(p, c, (h, w)) for p in (path_a, path_b)]))
     emb = run.model.embed(run.preprocess(x))
-    d = float(SiameseNet.distance(emb[:1], emb[1:]))
+    dist = get_distance(run.cfg.eval.distance)
+    d = float(as_dissimilarity(dist.pairwise(emb[:1], emb[1:]), dist)[0])
     out: dict[str, Any] = {"image_a": path_a, "image_b": path_b, "distance": d, "threshold": run.threshold}
     out["same"] = None if run.threshold is None else bool(d <= run.threshold)
     return out

@@ -13,6 +13,7 @@ from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.data.transforms import Preprocess
 from siamkit.data.tuples import fixed_tuples
 from siamkit.evaluate import metrics as M
+from siamkit.losses.distances import Distance, as_dissimilarity, get_distance
 from siamkit.models.siamese import SiameseNet
 
 
@@ -50,9 +51,14 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def pair_scores(emb: torch.Tensor, table: TupleTable) -> PairScores:
+def pair_distances(emb: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distance: Distance) -> torch.Tensor:
+    """Dissimilarities ``(M,)`` of the embedding pairs ``(i, j)`` (a similarity is negated: smaller = closer)."""
+    return as_dissimilarity(distance.pairwise(emb[i], emb[j]), distance)
+
+
+def pair_scores(emb: torch.Tensor, table: TupleTable, distance: Distance | None = None) -> PairScores:
     idx = torch.from_numpy(table.index)
-    d = SiameseNet.distance(emb[idx[:, 0]], emb[idx[:, 1]]).numpy()
+    d = pair_distances(emb, idx[:, 0], idx[:, 1], distance or get_distance("euclidean")).numpy()
     assert table.labels is not None
     return PairScores(d.astype(np.float64), table.labels)
 
@@ -65,8 +71,9 @@ def evaluate_split(
     images carry labels. ``threshold`` (chosen on validation) gives the verification accuracy."""
     emb = embed_images(model, images.images, preprocess, cfg.batch_size, device)
     labelled = tuples is None and images.has_labels
+    dist = get_distance(cfg.distance)
     pairs = fixed_tuples(images.labels, tuples, "pairs", cfg.n_pairs, seed)
-    scores = pair_scores(emb, pairs)
+    scores = pair_scores(emb, pairs, dist)
     out: dict[str, Any] = verification_metrics(scores, threshold)
     if tuples is not None and tuples.kind == "triplets":
         trip = tuples
@@ -76,12 +83,12 @@ def evaluate_split(
         trip = None
     if trip is not None:
         idx = torch.from_numpy(trip.index)
-        d_ap = SiameseNet.distance(emb[idx[:, 0]], emb[idx[:, 1]]).numpy()
-        d_an = SiameseNet.distance(emb[idx[:, 0]], emb[idx[:, 2]]).numpy()
+        d_ap = pair_distances(emb, idx[:, 0], idx[:, 1], dist).numpy()
+        d_an = pair_distances(emb, idx[:, 0], idx[:, 2], dist).numpy()
         out["similarity_accuracy"] = M.similarity_accuracy(d_ap, d_an)
         out["n_triplets"] = len(trip)
     if labelled:
-        out.update(M.retrieval_metrics(emb, images.labels, tuple(cfg.recall_at)))
+        out.update(M.retrieval_metrics(emb, images.labels, tuple(cfg.recall_at), distance=dist))
     return EvalResult(out, scores, emb if labelled else None)
 
 

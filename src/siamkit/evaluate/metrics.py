@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from siamkit.losses.distances import Distance, SquaredEuclidean, as_dissimilarity
+
 DEFAULT_FPRS = (0.5, 0.1, 0.01, 0.001)
 
 
@@ -113,8 +115,10 @@ def similarity_accuracy(d_ap: np.ndarray, d_an: np.ndarray) -> float:
 
 def retrieval_metrics(
     embeddings: torch.Tensor, labels: np.ndarray, recall_at: tuple[int, ...] = (1, 5, 10), chunk: int = 1024,
+    distance: Distance | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Leave-one-out retrieval (Musgrave et al. 2020): each item queries all the others (Euclidean).
+    """Leave-one-out retrieval (Musgrave et al. 2020): each item queries all the others, ranked by
+    ``distance`` (Euclidean by default; a similarity ranks largest first).
 
     Returns precision@1, R-precision, MAP@R (R = number of other same-class items) and recall@k (share of
     queries with a same-class item among their k nearest). Queries whose class has no other item are left
@@ -128,10 +132,10 @@ def retrieval_metrics(
     max_k = min(max_k, n - 1)
     sums = {"p1": 0.0, "r_prec": 0.0, "map_r": 0.0, **{f"r{k}": 0.0 for k in recall_at}}
     valid = 0
-    sq = emb.pow(2).sum(1)
+    dist = distance or SquaredEuclidean()  # the same ranking as Euclidean, without the square root
     for start in range(0, n, chunk):
         q = slice(start, min(start + chunk, n))
-        d = sq[q, None] + sq[None, :] - 2.0 * emb[q] @ emb.T
+        d = as_dissimilarity(dist.matrix(emb[q], emb), dist)
         rows = torch.arange(q.start, q.stop)
         d[torch.arange(len(rows)), rows] = float("inf")  # leave the query itself out
         nn_idx = torch.topk(d, max_k, dim=1, largest=False, sorted=True).indices

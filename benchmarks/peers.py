@@ -74,7 +74,7 @@ def train_pml(cfg: RunConfig, channels_last: bool) -> dict[str, Any]:
         if sched is not None:
             sched.step()
         seconds += time.perf_counter() - t0
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise FloatingPointError("PML loss became non-finite")
     model.to(memory_format=torch.contiguous_format)
     with tempfile.TemporaryDirectory() as out:

@@ -3,7 +3,8 @@ of ``benchmarks/fashion_mnist.py`` (train on 60k less a 5 % validation slice, ev
 
 - ``pml``: the same backbone and embedding head as siamkit's default, trained the way PML's examples do it:
   ``TripletMarginLoss(margin=0.2)`` + ``TripletMarginMiner(margin=0.2, type_of_triplets="semihard")`` on
-  ``MPerClassSampler`` batches (m = K images per class) from a ``DataLoader``; same optimiser, schedule, epochs.
+  ``MPerClassSampler`` batches (m = K images per class) from a ``DataLoader``; same optimiser, schedule, epochs,
+  and the same checkpoint choice (the epoch with the best validation MAP@R).
 - ``siamkit-triplet``: the same loss and miner in siamkit (``triplet`` + ``semi-hard`` on P×K batches).
 - ``siamkit-default``: siamkit's default recipe.
 
@@ -30,7 +31,7 @@ from common import protocol_overrides, result_line
 from siamkit.config import RunConfig, load_config
 from siamkit.errors import SiamkitError
 from siamkit.models.siamese import build_model, count_parameters
-from siamkit.pipeline import evaluate_prepared, prepare_data, train_run
+from siamkit.pipeline import evaluate_prepared, prepare_data, retrieval_monitor, train_run
 from siamkit.train.loop import build_optimizer, build_scheduler, resolve_device
 
 RUNS = ("pml", "siamkit-triplet", "siamkit-default")
@@ -59,8 +60,12 @@ def train_pml(cfg: RunConfig, channels_last: bool) -> dict[str, Any]:
     opt = build_optimizer(model.parameters(), cfg.train)
     sched = build_scheduler(opt, cfg.train)
     seconds, seen = 0.0, 0
+    # the best epoch by validation MAP@R, as PML's tester hooks keep it, and as siamkit's train.monitor=auto does
+    monitor = retrieval_monitor(prep, device)
+    assert monitor is not None
+    best_map, best_epoch, best_state = -1.0, 0, None
     model.train()
-    for _ in range(cfg.train.epochs):
+    for epoch in range(1, cfg.train.epochs + 1):
         t0 = time.perf_counter()
         for x, y in loader:
             x = prep.preprocess(x.to(device)).contiguous(memory_format=fmt)
@@ -76,10 +81,18 @@ def train_pml(cfg: RunConfig, channels_last: bool) -> dict[str, Any]:
         seconds += time.perf_counter() - t0
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError("PML loss became non-finite")
+        val_map = monitor(model)["map_at_r"]
+        model.train()
+        if val_map > best_map:
+            best_map, best_epoch = val_map, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert best_state is not None
+    model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)
     with tempfile.TemporaryDirectory() as out:
         metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=Path(out))
     return {**metrics, "trainable_parameters": count_parameters(model), "epochs_run": cfg.train.epochs,
+            "best_epoch": best_epoch,
             "train_seconds": round(seconds, 2), "images_per_second": round(seen / seconds, 1)}  # fmt: skip
 
 

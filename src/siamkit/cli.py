@@ -52,6 +52,41 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("image_a")
     v.add_argument("image_b")
     _common(v)
+
+    s = sub.add_parser("summary", help="layer-by-layer output shapes and parameter counts of a model",
+                       description="A block string (AAAAAAAA, BBBBBBBB, Ddw, ...) summarises the BaseCNN "
+                       "classifier; a backbone (convnet, resnet18, timm/NAME, ...) the Siamese encoder.")  # fmt: skip
+    s.add_argument("target", metavar="BACKBONE_OR_BLOCKS")
+    s.add_argument("--input", help="input shape CxHxW (default: the model's usual, e.g. 3x32x32)")
+    s.add_argument("--embedding-dim", type=int, default=64, help="embedding size of a Siamese encoder (default 64)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backbone option, e.g. --set widths=[32,64]")  # fmt: skip
+    _common(s)
+
+    c = sub.add_parser("classify", help="the CIFAR-10 block-CNN classification study (BaseCNN blocks A–E)")
+    csub = c.add_subparsers(dest="classify_command", required=True)
+    ct = csub.add_parser("train", help="train one BaseCNN classifier and write its figures")
+    ct.add_argument("--blocks", default="AAAAAAAA", help="block string, e.g. AAAAAAAA, BBBBBBBB, ABCDEABC, Ddw")
+    cc = csub.add_parser("compare", help="train several block strings under one budget and tabulate them")
+    cc.add_argument("--blocks", nargs="+", default=["A", "B", "C", "D", "Ddw", "E"],
+                    help="block strings (one kind = all eight blocks of it)")  # fmt: skip
+    for sp in (ct, cc):
+        sp.add_argument("--data", default="cifar10",
+                        help="cifar10 | a folder of CIFAR-10 batches | fashion-mnist (offline stand-in)")  # fmt: skip
+        sp.add_argument("--epochs", type=int, default=20)
+        sp.add_argument("--budget-seconds", type=float, help="stop training after this many seconds (per model)")
+        sp.add_argument("--limit", type=int, help="train on this many training images only")
+        sp.add_argument("--val-per-class", type=int, default=1000)
+        sp.add_argument("--test-limit", type=int, help="score test accuracy on this many test images (0: none)")
+        sp.add_argument("--batch-size", type=int, default=64)
+        sp.add_argument("--lr", type=float, default=1e-3)
+        sp.add_argument("--gamma", type=float, default=0.95, help="ExponentialLR decay per epoch")
+        sp.add_argument("--augment", default="cifar", choices=("cifar", "none"))
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--device", default="auto")
+        sp.add_argument("--name")
+        sp.add_argument("--runs-dir", default="runs")
+        _common(sp)
     return parser
 
 
@@ -119,7 +154,59 @@ def run(args: argparse.Namespace) -> int:
         verdict = "unknown (no threshold saved)" if r["same"] is None else ("same" if r["same"] else "different")
         thr = "none" if r["threshold"] is None else f"{r['threshold']:.4f}"
         _emit(r, args.format, f"distance {r['distance']:.4f}  threshold {thr}  → {verdict}")
+    elif args.command == "summary":
+        _summary(args)
+    elif args.command == "classify":
+        _classify(args)
     return 0
+
+
+def _summary(args: argparse.Namespace) -> None:
+    import yaml
+
+    from siamkit.models.summary import parse_input, summarize_named
+
+    options: dict[str, Any] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            from siamkit.errors import ConfigError
+
+            raise ConfigError(f"--set {item!r}: give KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    shape = parse_input(args.input) if args.input else None
+    summ = summarize_named(args.target, shape, args.embedding_dim, options)
+    _emit(summ.to_dict(), args.format, summ.table())
+
+
+def _classify(args: argparse.Namespace) -> None:
+    from siamkit.classify.study import ClassifyConfig, compare, compare_table, train_classifier
+
+    cfg = ClassifyConfig(
+        blocks=args.blocks if args.classify_command == "train" else "A", data=args.data, epochs=args.epochs,
+        budget_seconds=args.budget_seconds, limit=args.limit, val_per_class=args.val_per_class,
+        batch_size=args.batch_size, lr=args.lr, gamma=args.gamma, augment=args.augment, seed=args.seed,
+        device=args.device, name=args.name, runs_dir=args.runs_dir, progress=not args.quiet,
+        test_limit=args.test_limit,
+    )  # fmt: skip
+    if args.classify_command == "train":
+        r = train_classifier(cfg)
+        lines = [f"run: {r['run_dir']}", f"dataset: {r['dataset']}"] + ([r["note"]] if r["note"] else [])
+        lines += [
+            f"blocks {r['blocks']}: {r['trainable_parameters']:,} trainable parameters, {r['train_seconds']:.1f}s "
+            f"training ({r['epochs_run']} epochs{', budget reached' if r['budget_reached'] else ''})",
+            f"best validation accuracy {r['best_val_accuracy']:.4f} (epoch {r['best_epoch']})"
+            + (f", test accuracy {r['test_accuracy']:.4f}" if "test_accuracy" in r else ""),
+            "most confused: {} ↔ {} ({} mistakes)".format(*r["most_confused"]["names"], r["most_confused"]["count"]),
+        ]
+        _emit(r, args.format, "\n".join(lines))
+    else:
+        for b in args.blocks:
+            from siamkit.models.blocks import parse_blocks
+
+            parse_blocks(b)
+        result = compare(cfg, list(args.blocks))
+        _emit(result, args.format, compare_table(result) + f"\nwritten: {result['dir']}/compare.csv, compare.md")
 
 
 def main(argv: list[str] | None = None) -> int:

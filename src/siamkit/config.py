@@ -33,6 +33,7 @@ class AugmentConfig:
     hflip: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    saturation: float = 0.0
 
 
 @dataclass
@@ -132,12 +133,24 @@ class TrainConfig:
     step_size: int = 10
     gamma: float = 0.1
     patience: int = 5
-    """Early stopping: epochs without a lower validation loss; 0 disables."""
+    """Early stopping: epochs without an improvement of ``monitor``; 0 disables."""
+    monitor: str = "auto"
+    """What picks the kept checkpoint and drives early stopping: ``val_loss`` (lowest), ``map_at_r`` or
+    ``precision_at_1`` (highest; leave-one-out retrieval on the validation split), or ``auto``: ``map_at_r``
+    when the validation images carry class labels, else ``val_loss``."""
     device: str = "auto"
     seed: int = 0
     progress: bool = True
     channels_last: bool = True
     """Channels-last memory format for model and batches (faster convolutions on CPU and recent GPUs)."""
+    freeze_backbone: bool = False
+    """Transfer learning: train only the embedding head; the backbone gets no gradient and no optimiser state."""
+    unfreeze_epoch: int = 0
+    """With ``freeze_backbone``: from this epoch on, train the backbone too (0 = never)."""
+    unfreeze_stages: int = 0
+    """What ``unfreeze_epoch`` unfreezes: the last N stages of the backbone (0 = all of it)."""
+    backbone_lr: float | None = None
+    """Learning rate of the backbone's parameter group (None = ``lr``); the head always uses ``lr``."""
 
 
 @dataclass

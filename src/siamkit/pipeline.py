@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from siamkit.data.transforms import Preprocess, channel_stats
 from siamkit.data.tuples import TupleSampler, fixed_tuples
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
-from siamkit.evaluate.evaluator import EvalResult, evaluate_split
-from siamkit.evaluate.metrics import best_threshold, verification_accuracy
+from siamkit.evaluate.evaluator import EvalResult, embed_images, evaluate_split
+from siamkit.evaluate.metrics import best_threshold, retrieval_metrics, verification_accuracy
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.distances import as_dissimilarity, get_distance
+from siamkit.models.pretrained import backbone_preset
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
 from siamkit.train.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.train.checkpoint import read_weights, save_weights
@@ -48,7 +50,17 @@ class Prepared:
 
 
 def prepare_data(cfg: RunConfig) -> Prepared:
-    """Load and split the data; resolve normalisation statistics into ``cfg`` (written with the run)."""
+    """Load and split the data; resolve normalisation statistics into ``cfg`` (written with the run). A backbone
+    with pretrained weights sets the input size, channels and normalisation its weights expect, unless the
+    config sets them."""
+    preset = backbone_preset(cfg.model.backbone, cfg.model.backbone_args)
+    if preset is not None:
+        cfg.data.image_size = cfg.data.image_size or preset.input_size
+        cfg.data.channels = cfg.data.channels or preset.channels
+        if cfg.data.mean is None or cfg.data.std is None:
+            cfg.data.mean, cfg.data.std = list(preset.mean), list(preset.std)
+        log.info("input %d×%d, %d channels, normalisation of the %s weights", cfg.data.image_size,
+                 cfg.data.image_size, cfg.data.channels, cfg.model.backbone)  # fmt: skip
     bundle = load_dataset(cfg.data)
     splits = make_splits(bundle, cfg.data, cfg.train.seed)
     train_images = splits.train.images.images
@@ -133,7 +145,8 @@ def train_run(cfg: RunConfig, resume: bool = False, run_dir: Path | None = None)
         save_weights(m, out / WEIGHTS, _metadata(cfg, prep.input_shape, None))
 
     result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, train_source,
-                 s.val.images.images, val_source, device, out / "last.pt", on_best, resume=resume)  # fmt: skip
+                 s.val.images.images, val_source, device, out / "last.pt", on_best, resume=resume,
+                 val_metrics=retrieval_monitor(prep, device))  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out)
     metrics.update(_fit_summary(result, model, prep))
     save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))
@@ -141,6 +154,21 @@ def train_run(cfg: RunConfig, resume: bool = False, run_dir: Path | None = None)
     _write_metrics(metrics, out)
     plots.plot_history(result.history, out / "loss_curve.png")
     return {"run_dir": str(out), **metrics}
+
+
+def retrieval_monitor(prep: Prepared, device: torch.device) -> Callable[[SiameseNet], dict[str, float]] | None:
+    """Per-epoch leave-one-out P@1 and MAP@R on the validation split (None when its images have no labels)."""
+    val, cfg = prep.splits.val, prep.cfg
+    if val.tuples is not None or not val.images.has_labels or len(np.unique(val.images.labels)) < 2:
+        return None
+    distance = get_distance(cfg.eval.distance)
+
+    def compute(model: SiameseNet) -> dict[str, float]:
+        emb = embed_images(model, val.images.images, prep.preprocess, cfg.eval.batch_size, device)
+        r = retrieval_metrics(emb, val.images.labels, (1,), distance=distance)
+        return {"precision_at_1": r["precision_at_1"], "map_at_r": r["map_at_r"]}
+
+    return compute
 
 
 def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[str, Any]:
@@ -153,6 +181,7 @@ def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[s
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
+        "monitor": result.monitor,
         "stopped_early": result.stopped_early,
         "split_sizes": {k: len(getattr(prep.splits, k).images) for k in ("train", "val", "test")},
     }
@@ -194,7 +223,7 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float) -> None:
 
 def _write_history(result: FitResult, out: Path) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["epoch", "train_loss", "val_loss", "lr", "seconds"])
+    writer = csv.DictWriter(buf, fieldnames=list(result.history[0]) if result.history else ["epoch"])
     writer.writeheader()
     writer.writerows(result.history)
     atomic_write_text(out / "history.csv", buf.getvalue())

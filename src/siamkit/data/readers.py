@@ -54,6 +54,11 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         directory = None if cfg.source == "fashion-mnist" else cfg.source
         train, test = read_fashion_mnist(directory)
         bundle = DatasetBundle("fashion-mnist", train, test)
+    elif layout == "cifar10":
+        from siamkit.data.cifar import load_cifar10
+
+        train, test = load_cifar10(None if cfg.source == "cifar10" else cfg.source)
+        bundle = DatasetBundle("cifar10", train, test)
     elif layout == "idx":
         train, test = read_idx_dir(cfg.source)
         bundle = DatasetBundle(Path(cfg.source).name, train, test)
@@ -68,19 +73,20 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         bundle = DatasetBundle(Path(cfg.source).stem, images, tuples=table)
     else:
         raise DataError(
-            f"unknown data layout {layout!r}; use auto, folder, flat, pairs-csv, triplets-csv, idx, digits "
-            "or fashion-mnist"
+            f"unknown data layout {layout!r}; use auto, folder, flat, pairs-csv, triplets-csv, idx, cifar10, "
+            "digits or fashion-mnist"
         )
     return _resize_tensor_sets(bundle, cfg)
 
 
 def detect_layout(source: str) -> str:
-    if source in ("digits", "fashion-mnist"):
+    if source in ("digits", "fashion-mnist", "cifar10"):
         return source
     path = Path(source)
     if not path.exists():
         raise DataError(
-            f"data source {source!r} not found; give an existing folder or CSV file, or 'digits' / 'fashion-mnist'"
+            f"data source {source!r} not found; give an existing folder or CSV file, or 'digits' / 'fashion-mnist' "
+            "/ 'cifar10'"
         )
     if path.is_file():
         if path.suffix.lower() != ".csv":
@@ -94,6 +100,10 @@ def detect_layout(source: str) -> str:
             f"{source}: CSV header {header} is neither pairs (path_a,path_b,label) nor triplets "
             "(anchor,positive,negative); rename the columns"
         )
+    from siamkit.data.cifar import find_cifar10
+
+    if find_cifar10(path) is not None:
+        return "cifar10"
     entries = [e for e in path.iterdir() if not e.name.startswith(".")]
     if any(re.search(r"-images-idx3-ubyte(\.gz)?$", e.name) for e in entries):
         return "idx"

@@ -12,11 +12,26 @@ import torch
 import torch.nn.functional as F
 
 from siamkit.config import AugmentConfig
+from siamkit.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
 CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def augment_preset(name: str) -> AugmentConfig:
+    """Named augmentation settings: ``none``, or ``cifar`` — source B's ColorJitter(brightness = contrast =
+    saturation = 0.25), RandomAffine(±10°, translate 0.1, scale 0.9–1.1) and horizontal flip p = 0.5 (SPEC §2.5)."""
+    if name == "none":
+        return AugmentConfig(enabled=False)
+    if name == "cifar":
+        return AugmentConfig(
+            enabled=True, degrees=10.0, translate=0.1, scale_min=0.9, scale_max=1.1, hflip=0.5,
+            brightness=0.25, contrast=0.25, saturation=0.25,
+        )  # fmt: skip
+    raise ConfigError(f"unknown augmentation preset {name!r}; choose none or cifar")
 
 
 def channel_stats(images: torch.Tensor, max_items: int = 20000) -> tuple[list[float], list[float]]:
@@ -69,6 +84,10 @@ class BatchAugment:
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             factor = self._uniform(b, 1 - c.contrast, 1 + c.contrast, dev).view(b, 1, 1, 1)
             out = (out - mean) * factor + mean
+        if c.saturation > 0 and out.shape[1] == 3:  # blend with the luma image, as ColorJitter does
+            gray = (out * LUMA.to(out.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            factor = self._uniform(b, 1 - c.saturation, 1 + c.saturation, dev).view(b, 1, 1, 1)
+            out = (out - gray) * factor + gray
         return out.clamp_(0.0, 1.0)
 
 

@@ -18,11 +18,18 @@ BACKBONES: Registry[nn.Module] = Registry("backbone")
 
 
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """Build the backbone registered as ``name`` (strict keyword arguments)."""
+    """Build the backbone registered as ``name`` (strict keyword arguments); ``timm/<model>`` builds any timm
+    model when timm is installed."""
+    from siamkit.models import blocks, pretrained  # noqa: F401 - their backbones register on import
+
+    if name.startswith(pretrained.TIMM_PREFIX):
+        return pretrained.create_timm_backbone(name[len(pretrained.TIMM_PREFIX) :], **kwargs)
     return BACKBONES.create(name, **kwargs)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
+    from siamkit.models import blocks, pretrained  # noqa: F401
+
     return BACKBONES.list(pattern)
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from siamkit.config import ModelConfig
 from siamkit.models.backbones import create_backbone
+from siamkit.models.transfer import backbone_stages, frozen_norm_layers, set_frozen
 
 
 class SiameseNet(nn.Module):
@@ -40,6 +41,25 @@ class SiameseNet(nn.Module):
             with torch.no_grad():
                 self.verifier.weight.fill_(-4.0)
                 self.verifier.bias.fill_(2.0)
+
+    def freeze_backbone(self) -> None:
+        """Train only the embedding head (and sigmoid head): the backbone gets no gradient, no optimiser state,
+        and its BatchNorm statistics stay fixed."""
+        set_frozen([self.backbone], True)
+        self.train(self.training)
+
+    def unfreeze_backbone(self, last_stages: int = 0) -> None:
+        """Unfreeze the whole backbone (``last_stages=0``) or only its last ``last_stages`` stages."""
+        stages = backbone_stages(self.backbone)
+        set_frozen([self.backbone] if last_stages <= 0 else stages[-last_stages:], False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SiameseNet:
+        super().train(mode)
+        if mode:
+            for m in frozen_norm_layers(self.backbone):
+                m.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Second-to-last layer output ``(B, F)``: the input of the embedding layer."""

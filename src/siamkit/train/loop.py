@@ -23,12 +23,28 @@ from siamkit.errors import ConfigError
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
+from siamkit.models.transfer import param_groups
 from siamkit.train.batches import BatchSource, make_batch
 from siamkit.train.checkpoint import load_state, save_state
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "exponential", "cosine")
+MONITORS = ("auto", "val_loss", "map_at_r", "precision_at_1")
+ValMetrics = Callable[[SiameseNet], dict[str, float]]
+
+
+def resolve_monitor(name: str, has_metrics: bool) -> str:
+    """The quantity that selects the checkpoint: ``auto`` → ``map_at_r`` when retrieval metrics exist."""
+    if name not in MONITORS:
+        raise ConfigError(f"unknown train.monitor {name!r}; choose one of: {', '.join(MONITORS)}")
+    if name == "auto":
+        return "map_at_r" if has_metrics else "val_loss"
+    if name != "val_loss" and not has_metrics:
+        raise ConfigError(
+            f"train.monitor={name} needs class labels on the validation images (this data has none); use val_loss"
+        )
+    return name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +88,10 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_loss: float = math.inf
+    """The validation loss of the kept epoch."""
+    monitor: str = "val_loss"
+    best_score: float = math.inf
+    """The monitored value of the kept epoch, as minimised (a retrieval metric negated)."""
     train_seconds: float = 0.0
     images_seen: int = 0
     stopped_early: bool = False
@@ -112,9 +132,11 @@ def fit(
     train_images: torch.Tensor, train_source: BatchSource, val_images: torch.Tensor, val_source: BatchSource,
     device: torch.device, state_path: Path | None = None,
     on_best: Callable[[SiameseNet, int, float], None] | None = None, resume: bool = False,
+    val_metrics: ValMetrics | None = None,
 ) -> FitResult:  # fmt: skip
-    """Train ``model`` for ``cfg.epochs``; keep (and restore at the end) the weights with the lowest validation
-    loss; stop after ``cfg.patience`` epochs without improvement. With ``resume`` and an existing
+    """Train ``model`` for ``cfg.epochs``; keep (and restore at the end) the weights of the best epoch by
+    ``cfg.monitor`` (the validation loss, or a retrieval metric that ``val_metrics`` computes on the validation
+    split); stop after ``cfg.patience`` epochs without improvement. With ``resume`` and an existing
     ``state_path``, continue from the last finished epoch."""
     from tqdm import tqdm
 
@@ -122,10 +144,13 @@ def fit(
     model.to(device)
     model.to(memory_format=fmt)
     loss_fn.to(device)
-    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
-    opt = build_optimizer(params, cfg)
+    if cfg.unfreeze_epoch and not cfg.freeze_backbone:
+        raise ConfigError("train.unfreeze_epoch is set but train.freeze_backbone is false; set both or neither")
+    if cfg.freeze_backbone:
+        model.freeze_backbone()
+    opt = build_optimizer(param_groups(model, cfg.lr, cfg.backbone_lr, list(loss_fn.parameters())), cfg)
     sched = build_scheduler(opt, cfg)
-    result = FitResult()
+    result = FitResult(monitor=resolve_monitor(cfg.monitor, val_metrics is not None))
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs, start_epoch = 0, 1
     if resume and state_path is not None and state_path.is_file():
@@ -138,6 +163,7 @@ def fit(
         best_state = st["best_model"]
         result.history = list(st["history"])
         result.best_epoch, result.best_val_loss = int(st["best_epoch"]), float(st["best_val_loss"])
+        result.best_score = float(st.get("best_score", result.best_val_loss))
         result.train_seconds, result.images_seen = float(st["train_seconds"]), int(st["images_seen"])
         bad_epochs, start_epoch = int(st["bad_epochs"]), int(st["epoch"]) + 1
         log.info("resumed from %s at epoch %d", state_path, start_epoch)
@@ -146,6 +172,15 @@ def fit(
         if cfg.patience and bad_epochs >= cfg.patience:
             result.stopped_early = True
             break
+        if (
+            cfg.freeze_backbone
+            and cfg.unfreeze_epoch
+            and epoch >= cfg.unfreeze_epoch
+            and epoch in (cfg.unfreeze_epoch, start_epoch)
+        ):
+            model.unfreeze_backbone(cfg.unfreeze_stages)
+            log.info("epoch %d: backbone unfrozen (%s)", epoch,
+                     f"last {cfg.unfreeze_stages} stages" if cfg.unfreeze_stages else "all stages")  # fmt: skip
         t0 = time.perf_counter()
         plan = train_source.plan(epoch)
         total, n, n_images = torch.zeros((), device=device), 0, 0
@@ -173,17 +208,17 @@ def fit(
         result.train_seconds += train_seconds
         result.images_seen += n_images
         val = validation_loss(model, loss_fn, val_images, val_source, preprocess, device, cfg.channels_last)
-        row = {
-            "epoch": epoch,
-            "train_loss": float(total) / max(n, 1),
-            "val_loss": val,
-            "lr": lr,
-            "seconds": train_seconds,
-        }
+        row = {"epoch": epoch, "train_loss": float(total) / max(n, 1), "val_loss": val}
+        if val_metrics is not None:
+            row.update({f"val_{k}": v for k, v in val_metrics(model).items()})
+            model.train()
+        row.update({"lr": lr, "seconds": train_seconds})
         result.history.append(row)
-        log.info("epoch %d: train %.4f  val %.4f  (%.1fs)", epoch, row["train_loss"], val, train_seconds)
-        if val < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, bad_epochs = val, epoch, 0
+        score = val if result.monitor == "val_loss" else -row[f"val_{result.monitor}"]
+        shown = "" if result.monitor == "val_loss" else f"  val {result.monitor} {-score:.4f}"
+        log.info("epoch %d: train %.4f  val %.4f%s  (%.1fs)", epoch, row["train_loss"], val, shown, train_seconds)
+        if score < result.best_score:
+            result.best_score, result.best_val_loss, result.best_epoch, bad_epochs = score, val, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
             if on_best is not None:
                 on_best(model, epoch, val)
@@ -194,6 +229,7 @@ def fit(
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else {}, "best_model": best_state,
                 "history": result.history, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                "best_score": result.best_score,
                 "train_seconds": result.train_seconds, "images_seen": result.images_seen,
                 "bad_epochs": bad_epochs, "epoch": epoch,
             })  # fmt: skip

@@ -1,0 +1,1 @@
+"""The CIFAR-10 block-CNN classification study."""

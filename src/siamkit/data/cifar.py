@@ -1,0 +1,175 @@
+"""CIFAR-10 (python batches, SPEC §2.1): a reader, a checksum-verified downloader with a cache, and the offline
+stand-in (Fashion-MNIST padded to 32×32, three channels) for machines that cannot download it.
+
+The batches are pickled dicts (``data`` uint8 N×3072 in channel-major order, ``labels``). Pickle can run code,
+so they are read with an unpickler that admits only the numpy array reconstruction a batch needs: a
+tampered file is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from siamkit.data.imageset import ImageSet
+from siamkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+STAND_IN_NOTE = "stand-in: Fashion-MNIST padded to 32×32 and repeated to 3 channels (CIFAR-10 cannot be had offline)"
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+}  # fmt: skip
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def cache_dir() -> Path:
+    """``$SIAMKIT_CACHE`` or ``~/.cache/siamkit``."""
+    return Path(os.environ.get("SIAMKIT_CACHE") or Path.home() / ".cache" / "siamkit")
+
+
+def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[torch.Tensor, np.ndarray]:
+    """One python batch file → uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)``."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = _BatchUnpickler(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({exc}); re-download it") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: not a CIFAR-10 batch (a {type(raw).__name__}, expected a dict)")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    labels = batch.get("labels", batch.get("fine_labels"))
+    data = batch.get("data")
+    if data is None or labels is None:
+        raise DataError(f"{path}: a CIFAR-10 batch needs 'data' and 'labels'; found {sorted(batch)}")
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise DataError(f"{path}: 'data' must be uint8 N×3072 with one label per row, got {data.dtype} {data.shape}")
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def find_cifar10(root: str | os.PathLike[str]) -> Path | None:
+    """The folder under ``root`` (itself or ``cifar-10-batches-py``) holding all six batch files."""
+    for cand in (Path(root), Path(root) / CIFAR10_FOLDER):
+        if all((cand / name).is_file() for name in (*TRAIN_BATCHES, TEST_BATCH)):
+            return cand
+    return None
+
+
+def read_cifar10(directory: str | os.PathLike[str]) -> tuple[ImageSet, ImageSet]:
+    """Training (50,000) and test (10,000) sets from a folder of python batches."""
+    found = find_cifar10(directory)
+    if found is None:
+        raise DataError(f"{directory}: no CIFAR-10 python batches (data_batch_1..5, test_batch) found there")
+    parts = [read_cifar_batch(found / name) for name in TRAIN_BATCHES]
+    train = ImageSet(torch.cat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), list(CIFAR10_CLASSES))
+    test_x, test_y = read_cifar_batch(found / TEST_BATCH)
+    return train, ImageSet(test_x, test_y, list(CIFAR10_CLASSES))
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_cifar10(
+    root: str | os.PathLike[str] | None = None, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 30.0
+) -> Path:
+    """Fetch (unless cached), verify and unpack CIFAR-10 under ``root`` (default: the cache); return the batch
+    folder. A cached archive is re-verified; a download goes to a temporary file that is renamed only once
+    its checksum is right, so a broken transfer never leaves a half-written archive behind."""
+    root = Path(root) if root is not None else cache_dir() / "cifar10"
+    found = find_cifar10(root)
+    if found is not None:
+        return found
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / CIFAR10_ARCHIVE
+    if not archive.is_file():
+        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=".download-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out)
+            _check_md5(tmp, md5, url)
+            tmp.replace(archive)
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(
+                f"cannot download CIFAR-10 ({exc}); on a machine with internet fetch {url} and put "
+                f"{CIFAR10_ARCHIVE} (or its unpacked {CIFAR10_FOLDER}/ folder) into {root}, or pass --data DIR"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        _check_md5(archive, md5, url)
+    with tarfile.open(archive, "r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):  # refuses absolute paths, links out of root, device files
+            tar.extractall(root, filter="data")
+        else:  # pragma: no cover - Python < 3.10.12
+            tar.extractall(root)
+    found = find_cifar10(root)
+    if found is None:
+        raise DataError(f"{archive}: the archive holds no CIFAR-10 batches; delete it and download again")
+    return found
+
+
+def _check_md5(path: Path, md5: str, url: str) -> None:
+    got = md5sum(path)
+    if got != md5:
+        raise DataError(
+            f"{path}: checksum mismatch (md5 {got}, expected {md5}): a corrupt or different file; delete it and "
+            f"fetch {url} again"
+        )
+
+
+def load_cifar10(directory: str | None = None, download: bool = True) -> tuple[ImageSet, ImageSet]:
+    """CIFAR-10 from ``directory``, ``$SIAMKIT_CIFAR10``, the cache, or (with ``download``) the internet."""
+    for cand in (directory, os.environ.get("SIAMKIT_CIFAR10"), cache_dir() / "cifar10"):
+        if cand and find_cifar10(cand) is not None:
+            return read_cifar10(cand)
+    if directory:
+        raise DataError(f"{directory}: no CIFAR-10 python batches (data_batch_1..5, test_batch) found there")
+    if not download:
+        raise DataError(
+            f"CIFAR-10 not found in the cache {cache_dir() / 'cifar10'}; fetch {CIFAR10_URL} and unpack it there, "
+            "or pass --data DIR (offline: --data fashion-mnist runs the 32×32 stand-in)"
+        )
+    return read_cifar10(download_cifar10())
+
+
+def fashion_stand_in(images: ImageSet) -> ImageSet:
+    """Fashion-MNIST 28×28×1 → 32×32×3: zero-padded by 2 on each side and the gray channel repeated."""
+    x = torch.nn.functional.pad(images.images, (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
+    return ImageSet(x, images.labels, images.class_names, images.paths)

@@ -63,6 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a backbone option, e.g. --set widths=[32,64]")  # fmt: skip
     _common(s)
 
+    st = sub.add_parser("study", help="studies: hyper-parameter search, margin sensitivity, loss comparison")
+    ssub = st.add_subparsers(dest="study_command", required=True)
+    ss = ssub.add_parser("search", help="random, grid or TPE search over config keys (Optuna; resumable)",
+                         description="Each --param is KEY=v1,v2,... (a list to draw from) or, for tpe, "
+                         "KEY=float:LOW:HIGH, log:LOW:HIGH, int:LOW:HIGH. Run it again to resume.")  # fmt: skip
+    ss.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUES", required=True)
+    ss.add_argument("--strategy", choices=("random", "grid", "tpe"), default="random")
+    ss.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (random, tpe)")
+    ss.add_argument("--objective", choices=("val_loss", "map_at_r", "precision_at_1"), default="val_loss")
+    ss.add_argument("--storage", help="Optuna storage URL shared by workers (default: STUDY_DIR/study.db)")
+    ss.add_argument("--pruner", choices=("none", "median"), default="none")
+    ss.add_argument("--seed", type=int, default=0)
+    sm = ssub.add_parser("margins", help="TPR@FPR on train and validation per loss and margin (SPEC §6)")
+    sm.add_argument("--losses", nargs="+", default=["triplet", "contrastive"])
+    sm.add_argument("--margins", nargs="+", type=float, default=[0.1, 1.0, 10.0])
+    sc = ssub.add_parser("compare", help="one run per loss on the same data and budget, with an overlaid ROC")
+    sc.add_argument("--losses", nargs="+", default=["triplet", "contrastive", "fdc", "fdt", "bce"])
+    for sp in (ss, sm, sc):
+        sp.add_argument("config", nargs="?", help="YAML run config every trial starts from")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run of the study (repeatable)")  # fmt: skip
+        sp.add_argument("--data", help="shortcut for --set data.source=...")
+        sp.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=...")
+        sp.add_argument("--name", help="study folder under --runs-dir (default: the study kind)")
+        sp.add_argument("--runs-dir", default="runs")
+        _common(sp)
+
+    rp = sub.add_parser("report", help="(re)write report.html of a run or study folder")
+    rp.add_argument("directory", metavar="RUN_OR_STUDY_DIR")
+    _common(rp)
+
     c = sub.add_parser("classify", help="the CIFAR-10 block-CNN classification study (BaseCNN blocks A–E)")
     csub = c.add_subparsers(dest="classify_command", required=True)
     ct = csub.add_parser("train", help="train one BaseCNN classifier and write its figures")
@@ -127,7 +158,10 @@ def summary_table(result: dict[str, Any]) -> str:
 
 
 def _emit(result: dict[str, Any], fmt: str, table: str) -> None:
-    print(json.dumps(result, default=float) if fmt == "json" else table)
+    from siamkit.distributed import current
+
+    if current().is_main:  # under torchrun, rank 0 alone reports
+        print(json.dumps(result, default=float) if fmt == "json" else table)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,7 +192,40 @@ def run(args: argparse.Namespace) -> int:
         _summary(args)
     elif args.command == "classify":
         _classify(args)
+    elif args.command == "study":
+        _study(args)
+    elif args.command == "report":
+        from siamkit.report import write_report
+
+        path = write_report(args.directory)
+        _emit({"report": str(path)}, args.format, f"written: {path}")
     return 0
+
+
+def _study(args: argparse.Namespace) -> None:
+    from siamkit import studies
+
+    base = list(args.overrides)
+    if args.data:
+        base.insert(0, f"data.source={args.data}")
+    if args.epochs:
+        base.insert(0, f"train.epochs={args.epochs}")
+    name = args.name or args.study_command
+    if args.study_command == "search":
+        params = [studies.parse_param(p) for p in args.params]
+        r = studies.search(name, params, base, args.config, args.strategy, args.trials, args.objective,
+                           args.storage, args.seed, args.pruner, args.runs_dir)  # fmt: skip
+    elif args.study_command == "margins":
+        r = studies.margins(name, args.losses, args.margins, base, args.config, args.runs_dir)
+    else:
+        r = studies.compare(name, args.losses, base, args.config, args.runs_dir)
+    lines = [f"study: {r['study_dir']}"]
+    if r.get("best"):
+        lines.append("best: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r["best"].items()))
+    for t in r["tables"][:1]:
+        lines.append(studies.text_table(t["columns"], t["rows"]))
+    lines.append(f"report: {r['study_dir']}/report.html   tables: {r['study_dir']}/tables.md")
+    _emit(r, args.format, "\n".join(lines))
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -210,8 +277,10 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from siamkit.distributed import cleanup, env_info
+
     args = build_parser().parse_args(argv)
-    _setup_logging(args.quiet or args.format == "json")
+    _setup_logging(args.quiet or args.format == "json" or not env_info().is_main)
     try:
         return run(args)
     except SiamkitError as exc:
@@ -219,3 +288,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"siamkit: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        cleanup()

@@ -149,6 +149,8 @@ class TrainConfig:
     """With ``freeze_backbone``: from this epoch on, train the backbone too (0 = never)."""
     unfreeze_stages: int = 0
     """What ``unfreeze_epoch`` unfreezes: the last N stages of the backbone (0 = all of it)."""
+    sync_batchnorm: bool = False
+    """Distributed training on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)."""
     backbone_lr: float | None = None
     """Learning rate of the backbone's parameter group (None = ``lr``); the head always uses ``lr``."""
 
@@ -160,6 +162,8 @@ class EvalConfig:
     n_triplets: int = 5000
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     batch_size: int = 512
+    tsne_points: int = 2000
+    """t-SNE map of at most this many test embeddings in the run's report (0: none)."""
     distance: str = "euclidean"
     """How embeddings are compared for verification, retrieval and ``verify``: euclidean, squared_euclidean,
     cosine, or cosine_similarity (a similarity: thresholds then apply to its negative)."""

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from siamkit.config import RunConfig, atomic_write_text, dump_config, from_dict, to_dict
+from siamkit import distributed
+from siamkit.config import RunConfig, atomic_write_bytes, atomic_write_text, dump_config, from_dict, to_dict
 from siamkit.data.images import load_image
+from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import DatasetBundle, load_dataset
 from siamkit.data.samplers import PKSampler
 from siamkit.data.splits import Splits, make_splits
@@ -125,17 +127,24 @@ def _metadata(cfg: RunConfig, input_shape: tuple[int, int, int], threshold: floa
     return meta
 
 
-def train_run(cfg: RunConfig, resume: bool = False, run_dir: Path | None = None) -> dict[str, Any]:
-    """Train and evaluate; write config.yaml, history.csv, metrics.json, model.safetensors and plots."""
+def train_run(
+    cfg: RunConfig, resume: bool = False, run_dir: Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train and evaluate; write config.yaml, history.csv, metrics.json, model.safetensors, plots and
+    report.html. ``on_epoch`` sees each epoch's history row (see ``fit``)."""
+    info, dist_device = distributed.setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     prep = prepare_data(cfg)
     s = prep.splits
     loss_fn = make_loss(cfg, 1 + max(int(x.images.labels.max(initial=-1)) for x in (s.train, s.val, s.test)))
     model = build_model(cfg.model, prep.input_shape[0])
-    device = resolve_device(cfg.train.device)
+    device = dist_device or resolve_device(cfg.train.device)
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    out = Path(distributed.broadcast_object(str(out)))  # rank 0's choice: one run directory for all ranks
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
     s = prep.splits
     train_source, val_source = batch_sources(cfg, loss_fn, s)
     log.info("training %s (%s, %d trainable parameters) on %s, device %s", cfg.model.backbone, cfg.loss.name,
@@ -146,13 +155,20 @@ def train_run(cfg: RunConfig, resume: bool = False, run_dir: Path | None = None)
 
     result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, train_source,
                  s.val.images.images, val_source, device, out / "last.pt", on_best, resume=resume,
-                 val_metrics=retrieval_monitor(prep, device))  # fmt: skip
+                 val_metrics=retrieval_monitor(prep, device), dist_info=info, on_epoch=on_epoch)  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out)
     metrics.update(_fit_summary(result, model, prep))
-    save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))
-    _write_history(result, out)
-    _write_metrics(metrics, out)
-    plots.plot_history(result.history, out / "loss_curve.png")
+    if info.enabled:
+        metrics["world_size"] = info.world_size
+    if info.is_main:
+        save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))
+        _write_history(result, out)
+        _write_metrics(metrics, out)
+        plots.plot_history(result.history, out / "loss_curve.png")
+        from siamkit.report import write_report
+
+        write_report(out)
+    distributed.barrier()  # the run directory is complete before any rank returns
     return {"run_dir": str(out), **metrics}
 
 
@@ -210,15 +226,48 @@ def evaluate_prepared(
         train_images = train_images.subset(np.sort(pick))
     train = evaluate_split(model, train_images, s.train.tuples, prep.preprocess, cfg.eval, threshold, seed + 17, device)
     target = out_dir or Path(cfg.runs_dir) / cfg.name
-    _plots(target, {"train": train, "validation": val, "test": test}, threshold)
+    if distributed.current().is_main:
+        _plots(target, {"train": train, "validation": val, "test": test}, threshold, s.test.images, cfg)
     return {"threshold": threshold, "test": test.metrics, "validation": val.metrics, "train": train.metrics}
 
 
-def _plots(out: Path, results: dict[str, EvalResult], threshold: float) -> None:
+SCORES = "scores.npz"
+
+
+def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_images: ImageSet, cfg: RunConfig) -> None:
+    """ROC, distance distributions, nearest neighbours of 5 random test queries and a t-SNE map of the test
+    embeddings; the pair distances go to ``scores.npz`` (a study overlays its runs' ROC curves from them)."""
     curves = {k: (r.pairs.labels, r.pairs.distances) for k, r in results.items()}
     plots.plot_roc(curves, out / "roc.png")
     t = results["test"].pairs
     plots.plot_distances(t.labels, t.distances, threshold, out / "distances.png")
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, **{f"{k}_{f}": getattr(r.pairs, f) for k, r in results.items() for f in ("distances", "labels")}
+    )
+    atomic_write_bytes(out / SCORES, buf.getvalue())
+    emb = results["test"].embeddings
+    if emb is None or len(emb) < 3:
+        return
+    rng = np.random.default_rng(cfg.train.seed)
+    names = test_images.class_names
+    queries = np.sort(rng.choice(len(emb), min(5, len(emb)), replace=False))
+    distance = get_distance(cfg.eval.distance)
+    d = as_dissimilarity(distance.matrix(emb[torch.from_numpy(queries)], emb), distance)
+    d[torch.arange(len(queries)), torch.from_numpy(queries)] = float("inf")
+    k = min(10, len(emb) - 1)
+    near = torch.topk(d, k, dim=1, largest=False)
+    images = test_images.images.numpy()
+    plots.plot_neighbours(images, test_images.labels, queries, near.indices.numpy(), near.values.numpy(),
+                          out / "neighbours.png", names)  # fmt: skip
+    if cfg.eval.tsne_points > 0:
+        from sklearn.manifold import TSNE
+
+        pick = np.sort(rng.permutation(len(emb))[: cfg.eval.tsne_points])
+        perplexity = float(min(30.0, max(2.0, (len(pick) - 1) / 3)))
+        pts = TSNE(2, perplexity=perplexity, init="pca", random_state=cfg.train.seed).fit_transform(emb[pick].numpy())
+        title = f"t-SNE of {len(pick)} test embeddings"
+        plots.plot_embedding_map(pts, test_images.labels[pick], out / "tsne.png", title, names)
 
 
 def _write_history(result: FitResult, out: Path) -> None:

@@ -35,6 +35,7 @@ from siamkit.data.transforms import CIFAR10_MEAN, CIFAR10_STD, Preprocess, augme
 from siamkit.errors import ConfigError, DataError
 from siamkit.models.blocks import BaseCNN, parse_blocks
 from siamkit.models.siamese import count_parameters
+from siamkit.report import write_report
 from siamkit.train.checkpoint import save_weights
 from siamkit.train.loop import resolve_device
 
@@ -233,6 +234,7 @@ def _finish(
     _write_history(history, out / "history.csv")
     _figures(cfg, data, model, names, history, cm, val_feats.numpy(), out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_report(out)
     return {"run_dir": str(out), **metrics}
 
 

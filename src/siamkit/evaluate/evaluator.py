@@ -22,7 +22,23 @@ def embed_images(
     model: SiameseNet, images: torch.Tensor, preprocess: Preprocess, batch_size: int = 512,
     device: torch.device | str = "cpu", progress: bool = False,
 ) -> torch.Tensor:  # fmt: skip
-    """Embeddings ``(N, D)`` (float32, on the CPU) of uint8 images ``(N, C, H, W)``, in eval mode."""
+    """Embeddings ``(N, D)`` (float32, on the CPU) of uint8 images ``(N, C, H, W)``, in eval mode. Under
+    distributed training each rank embeds its share and every rank gets all rows, in order, without the padding
+    duplicates (``siamkit.distributed.gather_embeddings``)."""
+    from siamkit.distributed import current, gather_embeddings
+
+    info = current()
+    if info.enabled and len(images):
+        return gather_embeddings(
+            lambda idx: _embed_local(model, images[idx], preprocess, batch_size, device, progress), len(images), info
+        )
+    return _embed_local(model, images, preprocess, batch_size, device, progress)
+
+
+def _embed_local(
+    model: SiameseNet, images: torch.Tensor, preprocess: Preprocess, batch_size: int, device: torch.device | str,
+    progress: bool,
+) -> torch.Tensor:  # fmt: skip
     was_training = model.training
     model.eval()
     out = []

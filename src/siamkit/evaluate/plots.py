@@ -89,3 +89,75 @@ def plot_distances(labels: np.ndarray, distances: np.ndarray, threshold: float |
     ax2.set_title("Distance histogram")
     ax2.legend()
     return _save(fig, path)
+
+
+def _panel(ax: Any, img: np.ndarray) -> None:
+    """uint8 ``(C, H, W)`` → an image panel."""
+    arr = np.transpose(img, (1, 2, 0))
+    ax.imshow(arr[..., 0] if arr.shape[2] == 1 else arr, cmap="gray" if arr.shape[2] == 1 else None, vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_neighbours(
+    images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray,
+    path: Path, names: Sequence[str] = (),
+) -> Path:  # fmt: skip
+    """One row per query: the query, then its nearest gallery items with their distances; a red frame marks a
+    neighbour of another class (SPEC §7)."""
+    k = neighbours.shape[1]
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.25 * (k + 1), 1.5 * len(queries)), squeeze=False)
+
+    def name(c: int) -> str:
+        return names[c] if 0 <= c < len(names) else str(c)
+
+    for row, q in enumerate(queries):
+        _panel(axes[row, 0], images[q])
+        axes[row, 0].set_title(f"query\n{name(int(labels[q]))}", fontsize=7)
+        for col in range(k):
+            ax = axes[row, col + 1]
+            n = neighbours[row, col]
+            _panel(ax, images[n])
+            ax.set_title(f"{distances[row, col]:.3f}", fontsize=7)
+            ok = labels[n] == labels[q]
+            for spine in ax.spines.values():
+                spine.set_edgecolor("green" if ok else "red")
+                spine.set_linewidth(2)
+    fig.suptitle("Nearest neighbours (distance above each; red = another class)")
+    return _save(fig, path)
+
+
+def plot_embedding_map(
+    points: np.ndarray, labels: np.ndarray, path: Path, title: str, names: Sequence[str] = ()
+) -> Path:
+    """2-d map (t-SNE) of embeddings coloured by class."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for c in np.unique(labels):
+        m = labels == c
+        ax.scatter(points[m, 0], points[m, 1], s=5, label=names[c] if 0 <= c < len(names) else str(c))
+    if len(np.unique(labels)) <= 20:
+        ax.legend(markerscale=3, fontsize=7, loc="best")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """Several runs' test ROC curves on one log-FPR plot (a study's comparison)."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name, (labels, distances) in curves.items():
+        scores = -np.asarray(distances)
+        fpr, tpr, _ = M.roc(labels, scores)
+        ax.plot(np.clip(fpr, 1e-5, 1), tpr, label=f"{name} (AUC {M.auc(labels, scores):.3f})")
+    for t in M.DEFAULT_FPRS:
+        ax.axvline(t, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate (log)")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

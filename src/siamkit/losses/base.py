@@ -8,6 +8,7 @@ miner, a ``LabelBatch`` of images and class labels (a P×K batch) whose pairs or
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -61,6 +62,14 @@ class SiameseLoss(nn.Module):
     miner_outputs: ClassVar[tuple[str, ...]] = ("pairs", "triplets")
     needs_sigmoid_head: ClassVar[bool] = False
     miner: Miner | None = None
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Set by distributed training: all-gathers per-sample rows (embeddings, features, labels) across ranks, so
+    that mining and the loss see the global batch (``siamkit.distributed.Gatherer``)."""
+
+    def gathered(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rows of every rank (this rank's alone when not distributed)."""
+        gather = self.gather
+        return tensors if gather is None else tuple(gather(t) for t in tensors)
 
     @property
     def input_kind(self) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from siamkit.errors import ConfigError
 from siamkit.losses.base import LOSSES, Batch, LabelBatch, PairBatch, SiameseLoss, TripletBatch, empty_loss, expect
 from siamkit.losses.distances import as_dissimilarity, get_distance
-from siamkit.losses.functional import fdc_loss, fdt_loss, fisher_trace
+from siamkit.losses.functional import fdc_loss, fdt_loss, fisher_trace_projected
 from siamkit.models.siamese import SiameseNet
 
 
@@ -42,14 +42,29 @@ class FisherLoss(SiameseLoss):
         self.lam, self.alpha, self.eps = lam, alpha, eps
         self.distance = get_distance(distance)  # used only to mine a labelled batch
 
-    def traces(self, diff_w: torch.Tensor, diff_b: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return fisher_trace(diff_w, u, self.eps), fisher_trace(diff_b, u, self.eps)
+    def traces(self, zdiff_w: torch.Tensor, zdiff_b: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``tr(Uᵀ S_W U)`` and ``tr(Uᵀ S_B U)`` from *projected* feature differences ``(o_a − o_p)·U``
+        ``(b, D)``, through the identity ``tr(Uᵀ(ΔᵀΔ + εI)U) = ||ΔU||²_F + ε||U||²_F``. The features are
+        projected once per row, before pairing, so no ``(b, F)`` difference or F×F scatter is ever built
+        (``functional.fisher_trace`` is the scatter form: the same value, tested)."""
+        return fisher_trace_projected(zdiff_w, u, self.eps), fisher_trace_projected(zdiff_b, u, self.eps)
 
-    def mined_features(self, model: SiameseNet, batch: LabelBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature rows and the mining distance on their projection ``o·U`` (the embedding before bias)."""
-        feats = model.features(batch.x)
-        raw = feats @ projection(model)
-        return feats, as_dissimilarity(self.distance.matrix(raw, raw), self.distance)
+    def mined_features(self, model: SiameseNet, batch: LabelBatch) -> tuple[torch.Tensor, ...]:
+        """Feature rows (of every rank), their labels and the mining distance on their projection ``o·U`` (the
+        embedding before bias)."""
+        feats, labels = self.gathered(model.features(batch.x), batch.labels)
+        with torch.no_grad():
+            raw = feats @ projection(model)
+        return feats, labels, as_dissimilarity(self.distance.matrix(raw, raw), self.distance)
+
+    @staticmethod
+    def touch_head(model: SiameseNet, loss: torch.Tensor) -> torch.Tensor:
+        """The loss ignores the head's bias (and, when nothing was mined, its weight); a zero term gives them a
+        (zero) gradient every step, which DistributedDataParallel needs from every parameter. The value and all
+        gradients are unchanged."""
+        head = projection(model)
+        bias = getattr(getattr(model, "head", None), "bias", None)
+        return loss + 0.0 * head.sum() + (0.0 * bias.sum() if bias is not None else 0.0)
 
 
 @LOSSES.register("fdt")
@@ -63,17 +78,18 @@ class FDTLoss(FisherLoss):
         expect(batch, TripletBatch, LabelBatch)
         u = projection(model)
         if isinstance(batch, LabelBatch):
-            feats, dist = self.mined_features(model, batch)
-            t = self.mine_triplets(dist, batch.labels)
+            feats, labels, dist = self.mined_features(model, batch)
+            t = self.mine_triplets(dist, labels)
             if len(t) == 0:
-                return empty_loss(feats)
-            diff_w, diff_b = feats[t.a] - feats[t.p], feats[t.a] - feats[t.n]
+                return self.touch_head(model, empty_loss(feats))
+            z = feats @ u
+            diff_w, diff_b = z[t.a] - z[t.p], z[t.a] - z[t.n]
         else:
             assert isinstance(batch, TripletBatch)
-            oa, op, on = model.features(torch.cat([batch.a, batch.p, batch.n])).split(len(batch.a))
-            diff_w, diff_b = oa - op, oa - on
+            oa, op, on = self.gathered(*model.features(torch.cat([batch.a, batch.p, batch.n])).split(len(batch.a)))
+            diff_w, diff_b = (oa - op) @ u, (oa - on) @ u
         tr_w, tr_b = self.traces(diff_w, diff_b, u)
-        return fdt_loss(tr_w, tr_b, self.lam, self.alpha)
+        return self.touch_head(model, fdt_loss(tr_w, tr_b, self.lam, self.alpha))
 
 
 @LOSSES.register("fdc")
@@ -88,15 +104,17 @@ class FDCLoss(FisherLoss):
         expect(batch, PairBatch, LabelBatch)
         u = projection(model)
         if isinstance(batch, LabelBatch):
-            feats, dist = self.mined_features(model, batch)
-            m = self.mine_pairs(dist, batch.labels)
+            feats, labels, dist = self.mined_features(model, batch)
+            m = self.mine_pairs(dist, labels)
             if len(m) == 0:
-                return empty_loss(feats)
-            diff, y = feats[m.i] - feats[m.j], m.y
+                return self.touch_head(model, empty_loss(feats))
+            z = feats @ u
+            diff, y = z[m.i] - z[m.j], m.y
         else:
             assert isinstance(batch, PairBatch)
             oa, ob = model.features(torch.cat([batch.a, batch.b])).split(len(batch.a))
-            diff, y = oa - ob, batch.y
+            oa, ob, y = self.gathered(oa, ob, batch.y)
+            diff = (oa - ob) @ u
         same = y > 0.5
         tr_w, tr_b = self.traces(diff[same], diff[~same], u)
-        return fdc_loss(tr_w, tr_b, self.lam, self.alpha)
+        return self.touch_head(model, fdc_loss(tr_w, tr_b, self.lam, self.alpha))

@@ -51,6 +51,11 @@ def fisher_trace(diff: torch.Tensor, u: torch.Tensor, eps: float = 1e-4) -> torc
     return torch.trace(u.T @ scatter @ u)
 
 
+def fisher_trace_projected(projected_diff: torch.Tensor, u: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """``tr(Uᵀ S U)`` from the projected differences ``diff·U`` ``(b, D)``: ``||diff·U||²_F + ε·||U||²_F``."""
+    return projected_diff.pow(2).sum() + eps * u.pow(2).sum()
+
+
 def fdt_loss(tr_w: torch.Tensor, tr_b: torch.Tensor, lam: float = 0.01, alpha: float = 0.25) -> torch.Tensor:
     """Fisher Discriminant Triplet: ``[(2 − λ)·tr(Uᵀ S_W U) − λ·tr(Uᵀ S_B U) + α]₊`` (Ghojogh et al. 2020)."""
     return F.relu((2.0 - lam) * tr_w - lam * tr_b + alpha)

@@ -30,15 +30,15 @@ class PairLoss(SiameseLoss):
     def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
         expect(batch, PairBatch, LabelBatch)
         if isinstance(batch, LabelBatch):
-            emb = model.embed(batch.x)
+            emb, labels = self.gathered(model.embed(batch.x), batch.labels)
             dist = _EUCLIDEAN.matrix(emb, emb)
-            mined = self.mine_pairs(dist, batch.labels)
+            mined = self.mine_pairs(dist, labels)
             if len(mined) == 0:
                 return empty_loss(emb)
             return self.pair_loss(model, dist[mined.i, mined.j], mined.y)
         assert isinstance(batch, PairBatch)
-        ea, eb = embed_many(model, batch.a, batch.b)
-        return self.pair_loss(model, model.distance(ea, eb), batch.y)
+        ea, eb, y = self.gathered(*embed_many(model, batch.a, batch.b), batch.y)
+        return self.pair_loss(model, _EUCLIDEAN.pairwise(ea, eb), y)
 
 
 @LOSSES.register("contrastive")

@@ -42,8 +42,8 @@ class NormalizedSoftmaxLoss(SiameseLoss):
     def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
         expect(batch, LabelBatch)
         assert isinstance(batch, LabelBatch)
-        emb = F.normalize(model.embed(batch.x), dim=1)
-        logits = emb @ F.normalize(self.proxies, dim=1).T / self.temperature
-        if int(batch.labels.max()) >= len(self.proxies):
-            raise ConfigError(f"class label {int(batch.labels.max())} ≥ loss.params.num_classes={len(self.proxies)}")
-        return F.cross_entropy(logits, batch.labels)
+        emb, labels = self.gathered(model.embed(batch.x), batch.labels)
+        logits = F.normalize(emb, dim=1) @ F.normalize(self.proxies, dim=1).T / self.temperature
+        if int(labels.max()) >= len(self.proxies):
+            raise ConfigError(f"class label {int(labels.max())} ≥ loss.params.num_classes={len(self.proxies)}")
+        return F.cross_entropy(logits, labels)

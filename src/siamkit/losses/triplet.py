@@ -30,15 +30,15 @@ class TripletLoss(SiameseLoss):
     def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
         expect(batch, TripletBatch, LabelBatch)
         if isinstance(batch, LabelBatch):
-            emb = model.embed(batch.x)
+            emb, labels = self.gathered(model.embed(batch.x), batch.labels)
             dist = as_dissimilarity(self.distance.matrix(emb, emb), self.distance)
-            t = self.mine_triplets(dist, batch.labels)
+            t = self.mine_triplets(dist, labels)
             if len(t) == 0:
                 return empty_loss(emb)
             d_ap, d_an = dist[t.a, t.p], dist[t.a, t.n]
         else:
             assert isinstance(batch, TripletBatch)
-            ea, ep, en = embed_many(model, batch.a, batch.p, batch.n)
+            ea, ep, en = self.gathered(*embed_many(model, batch.a, batch.p, batch.n))
             d_ap = as_dissimilarity(self.distance.pairwise(ea, ep), self.distance)
             d_an = as_dissimilarity(self.distance.pairwise(ea, en), self.distance)
         return triplet_margin_loss(d_ap, d_an, self.margin, self.soft_margin)

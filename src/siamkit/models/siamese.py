@@ -84,7 +84,14 @@ class SiameseNet(nn.Module):
             raise RuntimeError("this model has no sigmoid head (model.sigmoid_head=false)")
         return self.verifier(distance.unsqueeze(1)).squeeze(1)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None, mode: str = "distance") -> torch.Tensor:
+        """``mode="distance"``: the per-row distance of ``a`` and ``b``; ``"embed"`` / ``"features"``: those of
+        ``a`` (the entry points DistributedDataParallel calls through)."""
+        if mode == "embed":
+            return self.embed(a)
+        if mode == "features":
+            return self.features(a)
+        assert b is not None, "SiameseNet(a, b) needs two batches"
         emb = self.embed(torch.cat([a, b]))
         return self.distance(*emb.split(len(a)))
 

@@ -102,3 +102,24 @@ def make_batch(
         assert b.labels is not None
         return PairBatch(cols[0], cols[1], torch.from_numpy(b.labels).to(device=device, dtype=torch.float32))
     return TripletBatch(cols[0], cols[1], cols[2])
+
+
+class ShardedBatches:
+    """One rank's share of another source's global batches: the contiguous slice ``shard(len, rank, world)`` of
+    each (a P×K batch splits by whole classes when P is divisible by the world size). The ranks' shares of a
+    batch together are the batch; global batches too small to give every rank two rows are dropped (BatchNorm
+    cannot train on one)."""
+
+    def __init__(self, source: BatchSource, rank: int, world: int) -> None:
+        self.source, self.rank, self.world = source, rank, world
+
+    def plan(self, epoch: int) -> list[BatchIndex]:
+        from siamkit.distributed import shard
+
+        out = []
+        for b in self.source.plan(epoch):
+            if len(b.index) < 2 * self.world:
+                continue
+            sl = shard(len(b.index), self.rank, self.world)
+            out.append(BatchIndex(b.index[sl], None if b.labels is None else b.labels[sl]))
+        return out

@@ -19,12 +19,13 @@ from torch import nn
 
 from siamkit.config import TrainConfig
 from siamkit.data.transforms import Preprocess
+from siamkit.distributed import SINGLE, DistInfo, Gatherer, all_reduce_sum, convert_sync_batchnorm, wrap_model
 from siamkit.errors import ConfigError
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
 from siamkit.models.transfer import param_groups
-from siamkit.train.batches import BatchSource, make_batch
+from siamkit.train.batches import BatchSource, ClassBatches, ShardedBatches, make_batch
 from siamkit.train.checkpoint import load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ def validation_loss(
     average over the tuples a miner keeps is no yardstick, since as the model improves fewer, harder tuples
     are kept (batch-all, semi-hard) and that average can rise."""
     model.eval()
-    miner = loss_fn.miner
+    miner, gather = loss_fn.miner, loss_fn.gather
+    loss_fn.gather = None  # every rank scores the whole validation plan itself
     if miner is not None:
         loss_fn.miner = AllTriplets() if miner.output == "triplets" else AllPairs()
     total, n = 0.0, 0
@@ -122,7 +124,7 @@ def validation_loss(
             total += float(loss_fn(model, batch)) * len(b.index)
             n += len(b.index)
     finally:
-        loss_fn.miner = miner
+        loss_fn.miner, loss_fn.gather = miner, gather
         model.train()
     return total / max(n, 1)
 
@@ -132,12 +134,18 @@ def fit(
     train_images: torch.Tensor, train_source: BatchSource, val_images: torch.Tensor, val_source: BatchSource,
     device: torch.device, state_path: Path | None = None,
     on_best: Callable[[SiameseNet, int, float], None] | None = None, resume: bool = False,
-    val_metrics: ValMetrics | None = None,
+    val_metrics: ValMetrics | None = None, dist_info: DistInfo | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:  # fmt: skip
     """Train ``model`` for ``cfg.epochs``; keep (and restore at the end) the weights of the best epoch by
     ``cfg.monitor`` (the validation loss, or a retrieval metric that ``val_metrics`` computes on the validation
     split); stop after ``cfg.patience`` epochs without improvement. With ``resume`` and an existing
-    ``state_path``, continue from the last finished epoch."""
+    ``state_path``, continue from the last finished epoch.
+
+    Distributed (``dist_info.enabled``, under torchrun): the model trains inside DistributedDataParallel, each
+    rank on its share of every global batch, and the loss sees the rows of all ranks; only rank 0 writes
+    ``state_path`` and calls ``on_best``. ``on_epoch(row)`` sees every epoch's history row (a study's pruner
+    raises from it to stop a hopeless trial)."""
     from tqdm import tqdm
 
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -146,9 +154,18 @@ def fit(
     loss_fn.to(device)
     if cfg.unfreeze_epoch and not cfg.freeze_backbone:
         raise ConfigError("train.unfreeze_epoch is set but train.freeze_backbone is false; set both or neither")
+    info = dist_info or SINGLE
+    if cfg.sync_batchnorm and info.enabled:
+        model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
     if cfg.freeze_backbone:
         model.freeze_backbone()
     opt = build_optimizer(param_groups(model, cfg.lr, cfg.backbone_lr, list(loss_fn.parameters())), cfg)
+    if info.enabled:
+        loss_fn.gather = Gatherer(info)
+        if isinstance(train_source, ClassBatches) and train_source.sampler.p % info.world_size:
+            log.warning("sampling.p=%d is not divisible by the world size %d: ranks share classes in a batch",
+                        train_source.sampler.p, info.world_size)  # fmt: skip
+        train_source = ShardedBatches(train_source, info.rank, info.world_size)
     sched = build_scheduler(opt, cfg)
     result = FitResult(monitor=resolve_monitor(cfg.monitor, val_metrics is not None))
     best_state = copy.deepcopy(model.state_dict())
@@ -168,6 +185,7 @@ def fit(
         bad_epochs, start_epoch = int(st["bad_epochs"]), int(st["epoch"]) + 1
         log.info("resumed from %s at epoch %d", state_path, start_epoch)
     model.train()
+    train_model: Any = wrap_model(model, info, device) if info.enabled else model
     for epoch in range(start_epoch, cfg.epochs + 1):
         if cfg.patience and bad_epochs >= cfg.patience:
             result.stopped_early = True
@@ -179,6 +197,8 @@ def fit(
             and epoch in (cfg.unfreeze_epoch, start_epoch)
         ):
             model.unfreeze_backbone(cfg.unfreeze_stages)
+            if info.enabled:  # DDP synchronises the parameters that trained when it was built: build it anew
+                train_model = wrap_model(model, info, device)
             log.info("epoch %d: backbone unfrozen (%s)", epoch,
                      f"last {cfg.unfreeze_stages} stages" if cfg.unfreeze_stages else "all stages")  # fmt: skip
         t0 = time.perf_counter()
@@ -186,11 +206,11 @@ def fit(
         total, n, n_images = torch.zeros((), device=device), 0, 0
         bar = tqdm(
             plan, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-            disable=None if cfg.progress else True,
+            disable=None if cfg.progress and info.is_main else True,
         )  # fmt: skip
         for b in bar:
             batch = make_batch(train_images, b, preprocess, device, train=True, channels_last=cfg.channels_last)
-            loss = loss_fn(model, batch)
+            loss = loss_fn(train_model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower train.lr")
             opt.zero_grad(set_to_none=True)
@@ -206,7 +226,7 @@ def fit(
             sched.step()
         train_seconds = time.perf_counter() - t0
         result.train_seconds += train_seconds
-        result.images_seen += n_images
+        result.images_seen += int(all_reduce_sum(n_images, device))  # every rank's images
         val = validation_loss(model, loss_fn, val_images, val_source, preprocess, device, cfg.channels_last)
         row = {"epoch": epoch, "train_loss": float(total) / max(n, 1), "val_loss": val}
         if val_metrics is not None:
@@ -220,11 +240,13 @@ def fit(
         if score < result.best_score:
             result.best_score, result.best_val_loss, result.best_epoch, bad_epochs = score, val, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-            if on_best is not None:
+            if on_best is not None and info.is_main:
                 on_best(model, epoch, val)
         else:
             bad_epochs += 1
-        if state_path is not None:
+        if on_epoch is not None:
+            on_epoch(row)
+        if state_path is not None and info.is_main:
             save_state(state_path, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else {}, "best_model": best_state,

@@ -1,0 +1,182 @@
+"""``report.html`` for a run or a study: one self-contained page, readable offline (images embedded as data
+URIs, no scripts, no outside links). ``write_report(DIR)`` (``siamkit report DIR``) regenerates it from the
+files the run or study wrote: nothing is recomputed, so it works on any machine that has the folder.
+
+A training run's page: config, metrics table (per split: AUC, EER, TPR at FPR 0.5/0.1/0.01/0.001, P@1, MAP@R,
+verification and similarity accuracy), loss curves, ROC with annotations, distance box plot and histogram,
+nearest neighbours of 5 random test queries, and the t-SNE map of the test embeddings. A study's page: its
+tables and plots, with links to each trial's own report. A classification run's page: its metrics and figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from siamkit.config import atomic_write_text
+from siamkit.errors import DataError
+
+REPORT = "report.html"
+STUDY_FILE = "study.json"
+FPRS = ("0.5", "0.1", "0.01", "0.001")
+RUN_SECTIONS = (
+    ("Loss curves", "loss_curve.png"),
+    ("ROC (TPR at FPR annotated)", "roc.png"),
+    ("Distance distributions", "distances.png"),
+    ("Nearest neighbours of 5 random test queries", "neighbours.png"),
+    ("t-SNE map of test embeddings", "tsne.png"),
+)
+CLASSIFY_SECTIONS = (
+    ("Accuracy and loss curves", "curves.png"),
+    ("Confusion matrix", "confusion.png"),
+    ("t-SNE of penultimate features", "tsne.png"),
+    ("Feature maps of every conv layer", "feature_maps.png"),
+    ("Random training images", "samples.png"),
+    ("Validation class distribution", "val_classes.png"),
+    ("Augmentation preview", "augment.png"),
+)
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
+.note{color:#a33}
+"""
+
+
+def _img(path: Path) -> str:
+    if not path.is_file():
+        return f'<p class="note">{html.escape(path.name)} was not produced for this run.</p>'
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return html.escape("–" if v is None else str(v))
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, parts: list[str]) -> str:
+    head = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+    return f"{head}</head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+
+
+def _tpr(m: dict[str, Any]) -> dict[str, float]:
+    return {str(t["fpr"]): t["tpr_interpolated"] for t in m.get("tpr_at_fpr", [])}
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """One row per split: AUC, EER, TPR at the four FPRs, P@1, MAP@R, verification and similarity accuracy."""
+    rows = []
+    for split in ("train", "validation", "test"):
+        m = metrics.get(split)
+        if not m:
+            continue
+        tpr = _tpr(m)
+        rows.append([split, m.get("auc"), m.get("eer"), *(tpr.get(f) for f in FPRS), m.get("precision_at_1"),
+                     m.get("map_at_r"), m.get("verification_accuracy"), m.get("similarity_accuracy")])  # fmt: skip
+    return rows
+
+
+METRIC_COLUMNS = ["split", "AUC", "EER", *(f"TPR@{f}" for f in FPRS), "P@1", "MAP@R", "VerAcc", "SimAcc"]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read it ({exc}); is this a finished run or study?") from None
+    return data
+
+
+def run_report(run_dir: Path) -> str:
+    metrics = _read_json(run_dir / "metrics.json")
+    parts = []
+    summary = [
+        ("dataset", metrics.get("dataset")), ("trainable parameters", metrics.get("trainable_parameters")),
+        ("train seconds", metrics.get("train_seconds")), ("images/s", metrics.get("images_per_second")),
+        ("epochs run", metrics.get("epochs_run")), ("best epoch", metrics.get("best_epoch")),
+        ("checkpoint chosen by", metrics.get("monitor")), ("threshold (validation)", metrics.get("threshold")),
+    ]  # fmt: skip
+    parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
+    parts.append("<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, metrics_rows(metrics)))
+    parts.append("<p>TPR at FPR is interpolated on the ROC; retrieval is leave-one-out on each split.</p>")
+    for title, name in RUN_SECTIONS:
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img(run_dir / name)}")
+    history = run_dir / "history.csv"
+    if history.is_file():
+        rows = list(csv.reader(history.open()))
+        parts.append("<h2>History</h2>" + html_table(rows[0], [[_num(v) for v in r] for r in rows[1:]]))
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        parts.append(f"<h2>Config</h2><pre>{html.escape(config.read_text())}</pre>")
+    return _page(f"siamkit run: {run_dir.name}", parts)
+
+
+def _num(v: str) -> Any:
+    try:
+        return float(v) if "." in v or "e" in v else int(v)
+    except ValueError:
+        return v
+
+
+def classify_report(run_dir: Path) -> str:
+    m = _read_json(run_dir / "metrics.json")
+    keys = ("blocks", "dataset", "note", "trainable_parameters", "train_seconds", "epochs_run", "best_epoch",
+            "best_val_accuracy", "test_accuracy")  # fmt: skip
+    parts = ["<h2>Summary</h2>" + html_table(["", "value"], [[k, m.get(k)] for k in keys if m.get(k) is not None])]
+    mc = m.get("most_confused", {})
+    if mc:
+        parts.append(f"<p>Most confused pair: {html.escape(' ↔ '.join(mc['names']))} ({mc['count']} mistakes)</p>")
+    for title, name in CLASSIFY_SECTIONS:
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img(run_dir / name)}")
+    return _page(f"siamkit classification run: {run_dir.name}", parts)
+
+
+def study_report(study_dir: Path) -> str:
+    study = _read_json(study_dir / STUDY_FILE)
+    parts = [f"<p>{html.escape(study.get('description', ''))}</p>"]
+    if study.get("command"):
+        parts.append(f"<pre>{html.escape(study['command'])}</pre>")
+    if study.get("best"):
+        best = study["best"]
+        parts.append("<h2>Best trial</h2>" + html_table(["", "value"], [[k, v] for k, v in best.items()]))
+    for table in study.get("tables", []):
+        parts.append(f"<h2>{html.escape(table['title'])}</h2>" + html_table(table["columns"], table["rows"]))
+    for title, name in study.get("figures", []):
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img(study_dir / name)}")
+    runs = [r for r in study.get("runs", []) if (study_dir / r / REPORT).is_file()]
+    if runs:
+        links = "".join(f'<li><a href="{html.escape(r)}/{REPORT}">{html.escape(r)}</a></li>' for r in runs)
+        parts.append(f"<h2>Runs</h2><ul>{links}</ul>")
+    return _page(f"siamkit study: {study.get('kind', '')} — {study_dir.name}", parts)
+
+
+def write_report(directory: str | Path) -> Path:
+    """(Re)write ``report.html`` for the run, classification run or study in ``directory``."""
+    d = Path(directory)
+    if (d / STUDY_FILE).is_file():
+        text = study_report(d)
+    elif (d / "metrics.json").is_file() and (d / "config.yaml").is_file():
+        is_classify = "blocks" in _read_json(d / "metrics.json")
+        text = classify_report(d) if is_classify else run_report(d)
+    else:
+        raise DataError(
+            f"{d}: neither a run (metrics.json + config.yaml) nor a study ({STUDY_FILE}); give such a folder"
+        )
+    atomic_write_text(d / REPORT, text)
+    return d / REPORT

@@ -129,7 +129,7 @@ def test_margins_study_table_matches_the_runs(tmp_path):
         assert row[cols.index("val SimAcc")] == m["validation"]["similarity_accuracy"]
     lines = (tmp_path / "m" / "margins.csv").read_text().strip().splitlines()
     assert len(lines) == 5 and lines[0].startswith("loss,margin,train TPR@0.5")
-    assert "| triplet | 0.1 |" in (tmp_path / "m" / "tables.md").read_text()
+    assert "| triplet | 0.1000 |" in (tmp_path / "m" / "tables.md").read_text()
     # run again: every setting is reused, nothing retrains
     calls = Interrupting()
     studies.margins("m", ["triplet", "contrastive"], [0.1, 1.0], TINY, runs_dir=str(tmp_path), train=calls)

@@ -154,6 +154,9 @@ def _write_study(study_dir: Path, study: dict[str, Any], started: float | None =
         md += ["Made by:", "", "```bash", study["command"], "```", ""]
     if study.get("wall_seconds") is not None:
         md += [f"Wall time of this invocation: {study['wall_seconds']:.0f} s.", ""]
+    if study.get("best"):
+        best = study["best"]
+        md += ["## Best trial", "", markdown_table(list(best), [list(best.values())]), ""]
     for t in study["tables"]:
         md += [f"## {t['title']}", "", markdown_table(t["columns"], t["rows"]), ""]
     atomic_write_text(study_dir / "tables.md", "\n".join(md))

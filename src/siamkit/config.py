@@ -273,6 +273,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_write_csv(path: Path, columns: list[str], rows: list[Any]) -> None:
+    """A CSV with a header; ``rows`` are sequences, or dicts keyed by the columns. Written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(columns)
+    w.writerows([[r.get(c) for c in columns] if isinstance(r, dict) else r for r in rows])
+    atomic_write_text(path, buf.getvalue())
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -16,7 +15,15 @@ import numpy as np
 import torch
 
 from siamkit import distributed
-from siamkit.config import RunConfig, atomic_write_bytes, atomic_write_text, dump_config, from_dict, to_dict
+from siamkit.config import (
+    RunConfig,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_text,
+    dump_config,
+    from_dict,
+    to_dict,
+)
 from siamkit.data.images import load_image
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import DatasetBundle, load_dataset
@@ -261,21 +268,14 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_ima
     plots.plot_neighbours(images, test_images.labels, queries, near.indices.numpy(), near.values.numpy(),
                           out / "neighbours.png", names)  # fmt: skip
     if cfg.eval.tsne_points > 0:
-        from sklearn.manifold import TSNE
-
         pick = np.sort(rng.permutation(len(emb))[: cfg.eval.tsne_points])
-        perplexity = float(min(30.0, max(2.0, (len(pick) - 1) / 3)))
-        pts = TSNE(2, perplexity=perplexity, init="pca", random_state=cfg.train.seed).fit_transform(emb[pick].numpy())
+        pts = plots.tsne_2d(emb[pick].numpy(), cfg.train.seed)
         title = f"t-SNE of {len(pick)} test embeddings"
         plots.plot_embedding_map(pts, test_images.labels[pick], out / "tsne.png", title, names)
 
 
 def _write_history(result: FitResult, out: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(result.history[0]) if result.history else ["epoch"])
-    writer.writeheader()
-    writer.writerows(result.history)
-    atomic_write_text(out / "history.csv", buf.getvalue())
+    atomic_write_csv(out / "history.csv", list(result.history[0]) if result.history else ["epoch"], result.history)
 
 
 def _write_metrics(metrics: dict[str, Any], out: Path, name: str = "metrics.json") -> None:

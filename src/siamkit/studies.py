@@ -20,7 +20,6 @@ data and budget; a run already finished in the folder is reused, so these resume
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import logging
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from siamkit.config import atomic_write_text, load_config
+from siamkit.config import atomic_write_csv, atomic_write_text, load_config
 from siamkit.errors import ConfigError, DataError
 from siamkit.report import METRIC_COLUMNS, STUDY_FILE, metrics_rows, write_report
 
@@ -118,14 +117,6 @@ def _read_history(run_dir: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(columns)
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))
@@ -148,7 +139,7 @@ def _write_study(study_dir: Path, study: dict[str, Any], started: float | None =
         study["wall_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(study_dir / STUDY_FILE, json.dumps(study, indent=2, default=float) + "\n")
     for t in study["tables"]:
-        _write_csv(study_dir / t["file"], t["columns"], t["rows"])
+        atomic_write_csv(study_dir / t["file"], t["columns"], t["rows"])
     md = [f"# {study['kind']} study: {study_dir.name}", "", study.get("description", ""), ""]
     if study.get("command"):
         md += ["Made by:", "", "```bash", study["command"], "```", ""]

@@ -58,26 +58,6 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_tsne(points: np.ndarray, labels: np.ndarray, names: Sequence[str], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for c in np.unique(labels):
-        m = labels == c
-        ax.scatter(points[m, 0], points[m, 1], s=6, label=names[c] if c < len(names) else str(c))
-    ax.set_title(title)
-    ax.legend(markerscale=3, fontsize=7, loc="best")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return _save(fig, path)
-
-
-def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
-    """scikit-learn t-SNE to 2-d (perplexity capped for small sets)."""
-    from sklearn.manifold import TSNE
-
-    perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3)))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
-
-
 @torch.no_grad()
 def plot_feature_maps(model: nn.Module, image: torch.Tensor, path: Path, per_layer: int = 8) -> tuple[Path, int]:
     """The first ``per_layer`` channels of every Conv2d's output for one preprocessed image ``(1, C, H, W)``;

@@ -10,9 +10,7 @@ fixed count per class carved from the training set (1,000 in source B); augmenta
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import time
@@ -26,13 +24,14 @@ import torch.nn.functional as F
 import yaml
 
 from siamkit.classify import figures
-from siamkit.config import atomic_write_text
+from siamkit.config import atomic_write_csv, atomic_write_text
 from siamkit.data.cifar import STAND_IN_NOTE, fashion_stand_in, load_cifar10
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import read_fashion_mnist
 from siamkit.data.splits import split_indices
 from siamkit.data.transforms import CIFAR10_MEAN, CIFAR10_STD, Preprocess, augment_preset, channel_stats
 from siamkit.errors import ConfigError, DataError
+from siamkit.evaluate import plots
 from siamkit.models.blocks import BaseCNN, parse_blocks
 from siamkit.models.siamese import count_parameters
 from siamkit.report import write_report
@@ -231,19 +230,11 @@ def _finish(
         "format": "siamkit-classifier-v1", "blocks": cfg.blocks, "num_classes": str(len(names)),
         "input_shape": json.dumps(list(data.train.shape)), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
     })  # fmt: skip
-    _write_history(history, out / "history.csv")
+    atomic_write_csv(out / "history.csv", list(history[0]), history)
     _figures(cfg, data, model, names, history, cm, val_feats.numpy(), out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(out)
     return {"run_dir": str(out), **metrics}
-
-
-def _write_history(history: list[dict[str, float]], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]))
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
 
 
 FIGURES = ("curves.png", "confusion.png", "tsne.png", "feature_maps.png", "samples.png", "val_classes.png",
@@ -259,7 +250,8 @@ def _figures(
     figures.plot_confusion(cm, names, out / "confusion.png")
     pick = np.sort(rng.permutation(len(val_feats))[: cfg.tsne_points])
     title = f"t-SNE of penultimate features ({len(pick)} validation images)"
-    figures.plot_tsne(figures.tsne_2d(val_feats[pick], cfg.seed), data.val.labels[pick], names, out / "tsne.png", title)
+    points = plots.tsne_2d(val_feats[pick], cfg.seed)
+    plots.plot_embedding_map(points, data.val.labels[pick], out / "tsne.png", title, names)
     pre = Preprocess(data.mean, data.std)
     figures.plot_feature_maps(model, pre(data.val.images[:1]), out / "feature_maps.png")
     grid = rng.permutation(len(data.train))[:32]
@@ -295,29 +287,18 @@ def compare(cfg: ClassifyConfig, block_list: list[str]) -> dict[str, Any]:
         })  # fmt: skip
     result = {"dataset": data.name, "note": data.note, "budget_seconds": cfg.budget_seconds, "epochs": cfg.epochs,
               "limit": cfg.limit, "rows": rows, "dir": str(base)}  # fmt: skip
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(base / "compare.csv", buf.getvalue())
+    atomic_write_csv(base / "compare.csv", list(rows[0]), rows)
     atomic_write_text(base / "compare.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(base / "compare.md", compare_table(result, markdown=True) + "\n")
     return result
 
 
 def compare_table(result: dict[str, Any], markdown: bool = False) -> str:
+    from siamkit.studies import markdown_table, text_table
+
     head = ["block", "params", "time (s)", "epochs", "best val acc", "most confused pair"]
     rows = [[r["block"], f"{r['params']:,}", f"{r['train_seconds']:.1f}", str(r["epochs"]),
              f"{r['best_val_accuracy']:.4f}", f"{r['most_confused']} ({r['confused_count']})"]
             for r in result["rows"]]  # fmt: skip
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-    else:
-        widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-        lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [f"dataset: {result['dataset']}"]
-    if result.get("note"):
-        notes.append(result["note"])
-    return "\n".join([*notes, *lines])
+    notes = [f"dataset: {result['dataset']}"] + ([result["note"]] if result.get("note") else [])
+    return "\n".join([*notes, (markdown_table if markdown else text_table)(head, rows)])

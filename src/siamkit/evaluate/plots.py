@@ -129,6 +129,14 @@ def plot_neighbours(
     return _save(fig, path)
 
 
+def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """scikit-learn t-SNE to 2-d (perplexity capped for small sets)."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3)))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+
+
 def plot_embedding_map(
     points: np.ndarray, labels: np.ndarray, path: Path, title: str, names: Sequence[str] = ()
 ) -> Path:

@@ -49,13 +49,15 @@ class FisherLoss(SiameseLoss):
         (``functional.fisher_trace`` is the scatter form: the same value, tested)."""
         return fisher_trace_projected(zdiff_w, u, self.eps), fisher_trace_projected(zdiff_b, u, self.eps)
 
-    def mined_features(self, model: SiameseNet, batch: LabelBatch) -> tuple[torch.Tensor, ...]:
-        """Feature rows (of every rank), their labels and the mining distance on their projection ``o·U`` (the
-        embedding before bias)."""
+    def mined_projection(
+        self, model: SiameseNet, batch: LabelBatch, u: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """The projected feature rows ``z = o·U`` (of every rank; the embedding before bias), their labels, and
+        the mining distance on ``z``, computed once for both."""
         feats, labels = self.gathered(model.features(batch.x), batch.labels)
-        with torch.no_grad():
-            raw = feats @ projection(model)
-        return feats, labels, as_dissimilarity(self.distance.matrix(raw, raw), self.distance)
+        z = feats @ u
+        zd = z.detach()
+        return z, labels, as_dissimilarity(self.distance.matrix(zd, zd), self.distance)
 
     @staticmethod
     def touch_head(model: SiameseNet, loss: torch.Tensor) -> torch.Tensor:
@@ -78,11 +80,10 @@ class FDTLoss(FisherLoss):
         expect(batch, TripletBatch, LabelBatch)
         u = projection(model)
         if isinstance(batch, LabelBatch):
-            feats, labels, dist = self.mined_features(model, batch)
+            z, labels, dist = self.mined_projection(model, batch, u)
             t = self.mine_triplets(dist, labels)
             if len(t) == 0:
-                return self.touch_head(model, empty_loss(feats))
-            z = feats @ u
+                return self.touch_head(model, empty_loss(z))
             diff_w, diff_b = z[t.a] - z[t.p], z[t.a] - z[t.n]
         else:
             assert isinstance(batch, TripletBatch)
@@ -104,11 +105,10 @@ class FDCLoss(FisherLoss):
         expect(batch, PairBatch, LabelBatch)
         u = projection(model)
         if isinstance(batch, LabelBatch):
-            feats, labels, dist = self.mined_features(model, batch)
+            z, labels, dist = self.mined_projection(model, batch, u)
             m = self.mine_pairs(dist, labels)
             if len(m) == 0:
-                return self.touch_head(model, empty_loss(feats))
-            z = feats @ u
+                return self.touch_head(model, empty_loss(z))
             diff, y = z[m.i] - z[m.j], m.y
         else:
             assert isinstance(batch, PairBatch)

@@ -23,6 +23,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
 
 
+def _backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="run the model on PyTorch (default) or ONNX Runtime (RUN_DIR/model.onnx or --onnx)")  # fmt: skip
+    p.add_argument("--onnx", dest="onnx_path", help="the ONNX file for --backend onnx")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siamkit", description="Siamese networks and deep metric learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,11 +53,78 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _common(e)
 
-    v = sub.add_parser("verify", help="are two images the same identity? (distance vs the saved threshold)")
+    v = sub.add_parser("verify", help="are two images the same identity? (distance vs the saved threshold)",
+                       description="Two images, or --pairs CSV (path_a,path_b[,label]) for a decision per row.")  # fmt: skip
     v.add_argument("run_dir")
-    v.add_argument("image_a")
-    v.add_argument("image_b")
+    v.add_argument("image_a", nargs="?")
+    v.add_argument("image_b", nargs="?")
+    v.add_argument("--pairs", metavar="CSV", help="decide every pair of this CSV (columns path_a, path_b, label?)")
+    v.add_argument("--out", help="decisions CSV to write (default: <CSV>_decisions.csv beside it)")
+    v.add_argument("--skip-bad", action="store_true", help="drop pairs whose image cannot be read")
+    _backend(v)
     _common(v)
+
+    ix = sub.add_parser("index", help="galleries: build, add to, remove from, describe (faiss + sidecar)")
+    isub = ix.add_subparsers(dest="index_command", required=True)
+    ib = isub.add_parser("build", help="embed images with a run's model into a new gallery",
+                         description="IMAGES are image files, class-per-folder roots (labels = folder names), "
+                         "flat folders, or CSVs with a path (and label) column.")  # fmt: skip
+    ib.add_argument("run_dir")
+    ib.add_argument("images", nargs="+")
+    ib.add_argument("--out", required=True, metavar="GALLERY_DIR")
+    ib.add_argument("--index", dest="kind", choices=("flat", "hnsw", "ivf"), default="flat",
+                    help="flat: exact (default); hnsw or ivf: approximate, for large galleries")  # fmt: skip
+    ib.add_argument("--m", type=int, help="HNSW links per node (default 32)")
+    ib.add_argument("--ef-construction", type=int, help="HNSW build breadth (default 80)")
+    ib.add_argument("--ef-search", type=int, help="HNSW search breadth (default 64)")
+    ib.add_argument("--nlist", type=int, help="IVF cells (default 1024; needs at least that many images)")
+    ib.add_argument("--nprobe", type=int, help="IVF cells visited per query (default 16)")
+    ib.add_argument("--overwrite", action="store_true", help="replace an existing gallery in GALLERY_DIR")
+    ia = isub.add_parser("add", help="embed more images into a gallery")
+    ia.add_argument("gallery_dir")
+    ia.add_argument("images", nargs="+")
+    ia.add_argument("--label", help="label for images not in a class folder")
+    ia.add_argument("--run", dest="run_dir", help="the run to embed with (default: the gallery's own)")
+    ir = isub.add_parser("remove", help="remove items by id")
+    ir.add_argument("gallery_dir")
+    ir.add_argument("ids", nargs="+", type=int)
+    ii = isub.add_parser("info", help="size, model, index and labels of a gallery")
+    ii.add_argument("gallery_dir")
+    ii.add_argument("--limit", type=int, default=20, help="list this many items")
+    for sp in (ib, ia):
+        sp.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+        _backend(sp)
+    for sp in (ib, ia, ir, ii):
+        _common(sp)
+
+    se = sub.add_parser("search", help="nearest gallery items of query images")
+    se.add_argument("gallery_dir")
+    se.add_argument("queries", nargs="+", metavar="QUERY", help="image files or folders")
+    se.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    se.add_argument("--run", dest="run_dir", help="the run to embed with (default: the gallery's own)")
+    se.add_argument("--figure", metavar="PNG", help="write the neighbours figure (first 5 queries)")
+    se.add_argument("--figure-style", choices=("grid", "hub"), default="grid")
+    _backend(se)
+    _common(se)
+
+    ex = sub.add_parser("export", help="export a run's embedding model (ONNX, parity-checked against PyTorch)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", dest="export_format", choices=("onnx",), default="onnx")
+    ex.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
+    ex.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    ex.add_argument("--debug", action="store_true", help="show tracebacks")
+    ex.add_argument("-q", "--quiet", action="store_true")
+
+    sv = sub.add_parser("serve", help="HTTP service + web page: embed, verify, search, gallery edits")
+    sv.add_argument("run_dir")
+    sv.add_argument("--gallery", dest="gallery_dir", help="gallery for /search and /gallery")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit (413 above)")
+    sv.add_argument("--max-pixels", type=int, default=25_000_000, help="per-image pixel limit (422 above)")
+    _backend(sv)
+    sv.add_argument("--debug", action="store_true", help="show tracebacks")
+    sv.add_argument("-q", "--quiet", action="store_true")
 
     s = sub.add_parser("summary", help="layer-by-layer output shapes and parameter counts of a model",
                        description="A block string (AAAAAAAA, BBBBBBBB, Ddw, ...) summarises the BaseCNN "
@@ -184,10 +257,24 @@ def run(args: argparse.Namespace) -> int:
         result = pipeline.evaluate_run(args.run_dir, args.data, args.overrides)
         _emit(result, args.format, summary_table(result))
     elif args.command == "verify":
-        r = pipeline.verify_images(args.run_dir, args.image_a, args.image_b)
-        verdict = "unknown (no threshold saved)" if r["same"] is None else ("same" if r["same"] else "different")
-        thr = "none" if r["threshold"] is None else f"{r['threshold']:.4f}"
-        _emit(r, args.format, f"distance {r['distance']:.4f}  threshold {thr}  → {verdict}")
+        _verify(args)
+    elif args.command == "index":
+        _index(args)
+    elif args.command == "search":
+        _search(args)
+    elif args.command == "export":
+        from siamkit.export import export_onnx
+
+        r = export_onnx(args.run_dir, args.out, args.opset)
+        print(f"written: {r['onnx']} ({r['bytes']:,} bytes, opset {r['opset']}, input {r['input']}); parity with "
+              f"PyTorch: max |difference| {r['max_abs_diff']:.2e} (tolerance {r['tolerance']:g})")  # fmt: skip
+    elif args.command == "serve":
+        from siamkit.serve.app import serve
+        from siamkit.serve.uploads import UploadLimits
+
+        limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
+        serve(args.run_dir, args.gallery_dir, args.host, args.port, args.backend, args.onnx_path, limits,
+              "warning" if args.quiet else "info")  # fmt: skip
     elif args.command == "summary":
         _summary(args)
     elif args.command == "classify":
@@ -200,6 +287,71 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(args.directory)
         _emit({"report": str(path)}, args.format, f"written: {path}")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from siamkit import pipeline
+    from siamkit.errors import ConfigError
+
+    if args.pairs:
+        if args.image_a or args.image_b:
+            raise ConfigError("give either two images or --pairs CSV, not both")
+        r = pipeline.verify_pairs(args.run_dir, args.pairs, args.out, args.backend, args.skip_bad)
+        acc = f", accuracy {r['accuracy']:.4f} against the label column" if "accuracy" in r else ""
+        same = f"{r['same']} judged same" if "same" in r else "no threshold saved"
+        _emit(r, args.format, f"{r['pairs']} pairs: {same}{acc}\nwritten: {r['decisions']}")
+        return
+    if not (args.image_a and args.image_b):
+        raise ConfigError("verify needs two images (IMAGE_A IMAGE_B) or --pairs CSV")
+    r = pipeline.verify_images(args.run_dir, args.image_a, args.image_b, args.backend)
+    verdict = "unknown (no threshold saved)" if r["same"] is None else ("same" if r["same"] else "different")
+    thr = "none" if r["threshold"] is None else f"{r['threshold']:.4f}"
+    _emit(r, args.format, f"distance {r['distance']:.4f}  threshold {thr}  → {verdict}")
+
+
+def _index(args: argparse.Namespace) -> None:
+    from siamkit.index import ops
+
+    progress = not args.quiet and args.format != "json"
+    if args.index_command == "build":
+        names = ("m", "ef_construction", "ef_search", "nlist", "nprobe")
+        options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+        r = ops.build(args.run_dir, args.images, args.out, args.kind, options, args.backend, progress, args.skip_bad,
+                      args.overwrite)  # fmt: skip
+        text = f"gallery {r['directory']}: {r['added']} images embedded ({r['index']['kind']} index, {r['metric']})"
+    elif args.index_command == "add":
+        r = ops.add(args.gallery_dir, args.images, args.label, args.run_dir, args.backend, progress, args.skip_bad)
+        ids = r["added_ids"]
+        span = f"ids {ids[0]}–{ids[-1]}" if ids else "nothing"
+        text = f"gallery {r['directory']}: added {len(ids)} ({span}); size {r['size']}"
+    elif args.index_command == "remove":
+        r = ops.remove(args.gallery_dir, args.ids)
+        text = f"gallery {r['directory']}: removed {len(r['removed_ids'])}; size {r['size']}"
+    else:
+        r = ops.info(args.gallery_dir, args.limit)
+        lines = [f"gallery {r['directory']}: {r['size']} items, {r['dim']}-d, {r['metric']}, index {r['index']}",
+                 f"model {r['model_hash'][:12]} (run {r['run_dir']})",
+                 "labels: " + ", ".join(f"{k} ({v})" for k, v in sorted(r["labels"].items()))]  # fmt: skip
+        lines += [f"  {it['id']:>6}  {it['label'] or '-':<16} {it['path']}" for it in r["items"]]
+        text = "\n".join(lines)
+    if r.get("skipped"):
+        text += f"\n{len(r['skipped'])} unreadable images skipped"
+    _emit(r, args.format, text)
+
+
+def _search(args: argparse.Namespace) -> None:
+    from siamkit.index import ops
+
+    r = ops.search(args.gallery_dir, args.queries, args.k, args.run_dir, args.backend, args.figure,
+                   args.figure_style)  # fmt: skip
+    lines = []
+    for res in r["results"]:
+        lines.append(f"query {res['query']}" + (f"  (label {res['label']})" if res["label"] else ""))
+        lines += [f"  {h['rank']:>3}  id {h['id']:<7} {h['distance']:.4f}  {h['label'] or '-':<14} {h['path']}"
+                  for h in res["neighbours"]]  # fmt: skip
+    if "figure" in r:
+        lines.append(f"figure: {r['figure']}")
+    _emit(r, args.format, "\n".join(lines))
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -280,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     from siamkit.distributed import cleanup, env_info
 
     args = build_parser().parse_args(argv)
-    _setup_logging(args.quiet or args.format == "json" or not env_info().is_main)
+    _setup_logging(args.quiet or getattr(args, "format", "table") == "json" or not env_info().is_main)
     try:
         return run(args)
     except SiamkitError as exc:

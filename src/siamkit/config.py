@@ -285,11 +285,22 @@ def atomic_write_csv(path: Path, columns: list[str], rows: list[Any]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _file_mode() -> int:
+    umask = os.umask(0o022)  # read once, at import (single-threaded), and restored at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
+    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file. The file
+    gets the usual permissions (0666 less the umask), not the temp file's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
         os.replace(tmp, path)

@@ -24,7 +24,6 @@ from siamkit.config import (
     from_dict,
     to_dict,
 )
-from siamkit.data.images import load_image
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import DatasetBundle, load_dataset
 from siamkit.data.samplers import PKSampler
@@ -35,6 +34,7 @@ from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import EvalResult, embed_images, evaluate_split
 from siamkit.evaluate.metrics import best_threshold, retrieval_metrics, verification_accuracy
+from siamkit.inference import WEIGHTS
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.distances import as_dissimilarity, get_distance
@@ -45,7 +45,6 @@ from siamkit.train.checkpoint import read_weights, save_weights
 from siamkit.train.loop import FitResult, fit, resolve_device
 
 log = logging.getLogger(__name__)
-WEIGHTS = "model.safetensors"
 MAX_TRAIN_EVAL = 10000  # training-set verification metrics use at most this many images
 
 
@@ -343,16 +342,49 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, overrides: list[s
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
 
 
-@torch.no_grad()
-def verify_images(run_dir: str | Path, path_a: str, path_b: str) -> dict[str, Any]:
+def verify_images(run_dir: str | Path, path_a: str, path_b: str, backend: str = "torch") -> dict[str, Any]:
     """Distance between two image files under a trained model, and the same/different decision at the saved
     threshold."""
-    run = load_run(run_dir)
-    c, h, w = run.input_shape
-    x = torch.from_numpy(np.stack([load_image(p, c, (h, w)) for p in (path_a, path_b)]))
-    emb = run.model.embed(run.preprocess(x))
-    dist = get_distance(run.cfg.eval.distance)
-    d = float(as_dissimilarity(dist.pairwise(emb[:1], emb[1:]), dist)[0])
-    out: dict[str, Any] = {"image_a": path_a, "image_b": path_b, "distance": d, "threshold": run.threshold}
-    out["same"] = None if run.threshold is None else bool(d <= run.threshold)
-    return out
+    from siamkit.inference import open_embedder
+
+    embedder = open_embedder(run_dir, backend)
+    emb = embedder.embed_files([path_a, path_b])
+    d = float(embedder.pair_distances(emb[:1], emb[1:])[0])
+    return {"image_a": path_a, "image_b": path_b, "distance": d, "threshold": embedder.threshold,
+            "same": embedder.decide(d)}  # fmt: skip
+
+
+def verify_pairs(
+    run_dir: str | Path, pairs_csv: str | Path, out: str | Path | None = None, backend: str = "torch",
+    skip_bad: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Decide every pair of a CSV (columns ``path_a,path_b`` and optionally ``label``, 1 = same; relative paths
+    from the CSV's folder). Writes ``out`` (default ``<csv>_decisions.csv`` beside the CSV) with the distance and
+    decision per pair (and ``correct`` when labelled); returns counts and, with labels, the accuracy at the saved
+    threshold. Each distinct image is decoded and embedded once."""
+    from siamkit.data.readers import read_tuples_csv
+    from siamkit.inference import open_embedder
+
+    embedder = open_embedder(run_dir, backend)
+    c, h, w = embedder.input_shape
+    images, table = read_tuples_csv(pairs_csv, "pairs", c, (h, w), skip_bad, require_label=False)
+    emb = embedder.embed(images.images)
+    d = embedder.pair_distances(emb[table.index[:, 0]], emb[table.index[:, 1]])
+    assert images.paths is not None
+    columns = ["path_a", "path_b", "distance", "same"]
+    rows: list[list[Any]] = []
+    for r, (i, j) in enumerate(table.index):
+        same = embedder.decide(float(d[r]))
+        rows.append([images.paths[i], images.paths[j], f"{d[r]:.6f}", "" if same is None else int(same)])
+    result: dict[str, Any] = {"pairs": len(rows), "threshold": embedder.threshold, "skipped_images": images.skipped}
+    if embedder.threshold is not None:
+        result["same"] = int((d <= embedder.threshold).sum())
+    if table.labels is not None:
+        columns += ["label", "correct"]
+        for row, lab in zip(rows, table.labels, strict=True):
+            row += [int(lab), "" if row[3] == "" else int(row[3] == lab)]
+        if embedder.threshold is not None:
+            result["accuracy"] = verification_accuracy(d, table.labels, embedder.threshold)
+    path = Path(out) if out is not None else Path(pairs_csv).with_name(Path(pairs_csv).stem + "_decisions.csv")
+    atomic_write_csv(path, columns, rows)
+    return {"decisions": str(path), **result}

@@ -66,7 +66,12 @@ def natural_channels(img: Image.Image) -> int:
 
 def load_image(path: str | os.PathLike[str], channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """Read ``path`` as a ``(C, H, W)`` uint8 array, resized (bilinear) to ``size`` = (H, W) if given."""
-    img = to_mode(open_image(path), channels)
+    return image_to_array(open_image(path), channels, size)
+
+
+def image_to_array(img: Image.Image, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """A decoded PIL image as a ``(C, H, W)`` uint8 array of ``channels`` channels, resized to ``size`` = (H, W)."""
+    img = to_mode(img, channels)
     if size is not None and (img.height, img.width) != size:
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)

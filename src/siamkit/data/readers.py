@@ -285,18 +285,21 @@ def _csv_header(path: Path) -> list[str]:
 
 def read_tuples_csv(
     path: str | os.PathLike[str], kind: str, channels: int | None = None, size: tuple[int, int] | None = None,
-    skip_bad: bool = False,
+    skip_bad: bool = False, require_label: bool = True,
 ) -> tuple[ImageSet, TupleTable]:  # fmt: skip
     """A CSV of pairs (``path_a,path_b,label``; 1 = same) or triplets (``anchor,positive,negative``).
 
     Columns are found by header name (case-insensitive), never by position; relative paths are resolved
-    against the CSV's folder. Rows naming a skipped image are dropped.
+    against the CSV's folder. Rows naming a skipped image are dropped. With ``require_label=False`` a pairs CSV
+    may lack the label column (the table's labels are then ``None``).
     """
     path = Path(path)
-    needed = TUPLE_COLUMNS[kind]
+    needed: tuple[str, ...] = TUPLE_COLUMNS[kind]
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        if kind == "pairs" and not require_label and "label" not in header:
+            needed = needed[:2]
         missing = [c for c in needed if c not in header]
         if missing:
             raise DataError(f"{path}: missing column {missing[0]!r}; a {kind} CSV needs the header {','.join(needed)}")
@@ -313,7 +316,7 @@ def read_tuples_csv(
             full = value if os.path.isabs(value) else str(path.parent / value)
             positions[line - 2, j] = files.setdefault(full, len(files))
     labels = None
-    if kind == "pairs":
+    if kind == "pairs" and len(needed) == 3:
         try:
             labels = np.asarray([int(float(r[2])) for r in rows], np.int64)
         except ValueError:

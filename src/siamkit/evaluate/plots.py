@@ -96,7 +96,23 @@ def plot_neighbours(
     path: Path, names: Sequence[str] = (),
 ) -> Path:  # fmt: skip
     """One row per query: the query, then its nearest gallery items with their distances; a green frame marks a
-    neighbour of the query's class, a red one another class (SPEC §7). Drawn as one mosaic (one axes: fast)."""
+    neighbour of the query's class, a red one another class (SPEC §7)."""
+
+    def name(cls: int) -> str:
+        return names[cls] if 0 <= cls < len(names) else str(cls)
+
+    correct = labels[neighbours] == labels[queries][:, None]
+    titles = [f"query: {name(int(labels[q]))}" for q in queries]
+    return plot_neighbour_grid(images, queries, neighbours, distances, path, correct, titles)
+
+
+def plot_neighbour_grid(
+    images: np.ndarray, queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray, path: Path,
+    correct: np.ndarray | None = None, titles: Sequence[str] = (),
+) -> Path:  # fmt: skip
+    """Tiles ``images`` ``(N, C, H, W)`` uint8 in rows: ``images[queries[r]]`` then ``images[neighbours[r, j]]``
+    captioned with ``distances[r, j]``; ``correct[r, j]`` (bool, or None/absent: unknown) frames a neighbour green
+    or red. Drawn as one mosaic on one axes (fast)."""
     c, h, w = images.shape[1:]
     k = neighbours.shape[1]
     frame, gap, band = max(1, h // 14), max(2, h // 8), max(6, h // 3)  # frame, white gutter, text band
@@ -110,22 +126,64 @@ def plot_neighbours(
         img = np.transpose(images[idx], (1, 2, 0))
         canvas[y + frame : y + frame + h, x + frame : x + frame + w] = img if c == 3 else np.repeat(img, 3, axis=2)
 
-    def name(cls: int) -> str:
-        return names[cls] if 0 <= cls < len(names) else str(cls)
-
     for row, q in enumerate(queries):
         put(row, 0, int(q), None)
         for col in range(k):
-            put(row, col + 1, int(neighbours[row, col]), bool(labels[neighbours[row, col]] == labels[q]))
+            ok = None if correct is None or correct[row, col] is None else bool(correct[row, col])
+            put(row, col + 1, int(neighbours[row, col]), ok)
     fig, ax = plt.subplots(figsize=(1.2 * (k + 1), 1.5 * len(queries)))
     ax.imshow(canvas, interpolation="nearest")
-    for row, q in enumerate(queries):
+    for row in range(len(queries)):
         y = row * cell_h + band + gap / 2
-        ax.text(cell_w / 2, y, f"query: {name(int(labels[q]))}", ha="center", va="bottom", fontsize=7)
+        title = titles[row] if row < len(titles) else "query"
+        ax.text(cell_w / 2, y, title, ha="center", va="bottom", fontsize=7)
         for col in range(k):
             ax.text((col + 1.5) * cell_w, y, f"{distances[row, col]:.3f}", ha="center", va="bottom", fontsize=7)
     ax.axis("off")
-    ax.set_title("Nearest neighbours with distances (green frame: same class, red: another class)", fontsize=9, pad=14)
+    legend = " (green frame: same class, red: another class)" if correct is not None else ""
+    ax.set_title(f"Nearest neighbours with distances{legend}", fontsize=9, pad=14)
+    return _save(fig, path)
+
+
+def plot_neighbour_hubs(
+    queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray, path: Path,
+    correct: np.ndarray | None = None, titles: Sequence[str] = (),
+) -> Path:  # fmt: skip
+    """The hub-graph style of source C, one panel per query: the query image (``queries`` ``(Q, C, H, W)``) in the
+    centre and its neighbours (``neighbours`` ``(Q, k, C, H, W)``) on spokes labelled with ``distances`` ``(Q, k)``.
+    Spoke length grows with the distance (nearest at 0.6, farthest at 1.0 of the radius); the nearest sits at
+    twelve o'clock, the rest clockwise; ``correct`` colours spokes green/red (grey: unknown)."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    def rgb(img: np.ndarray) -> np.ndarray:
+        t = np.transpose(img, (1, 2, 0))
+        return t if t.shape[2] == 3 else np.repeat(t, 3, axis=2)
+
+    n_q, k = distances.shape
+    zoom = 26 / max(queries.shape[2:])  # tiles about 26 points wide, whatever the image size
+    fig, axes = plt.subplots(1, n_q, figsize=(5.2 * n_q, 5.4), squeeze=False)
+    for q, ax in enumerate(axes[0]):
+        d = np.asarray(distances[q], dtype=np.float64)
+        span = float(d.max() - d.min()) if k else 0.0
+        radius = 0.6 + 0.4 * ((d - d.min()) / span if span > 0 else np.zeros_like(d))
+        for j in range(k):
+            angle = np.pi / 2 - 2 * np.pi * j / k
+            x, y = radius[j] * np.cos(angle), radius[j] * np.sin(angle)
+            ok = None if correct is None or correct[q, j] is None else bool(correct[q, j])
+            colour = {True: "tab:green", False: "tab:red", None: "0.5"}[ok]
+            ax.plot([0, x], [0, y], color=colour, lw=1.2, zorder=1)
+            ax.text(x * 0.5, y * 0.5, f"{d[j]:.3f}", fontsize=7, ha="center", va="center", zorder=3,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})  # fmt: skip
+            ax.add_artist(AnnotationBbox(OffsetImage(rgb(neighbours[q, j]), zoom=zoom), (x, y),
+                                         bboxprops={"edgecolor": colour, "lw": 2}, zorder=2))  # fmt: skip
+        ax.add_artist(AnnotationBbox(OffsetImage(rgb(queries[q]), zoom=zoom * 1.4), (0, 0),
+                                     bboxprops={"edgecolor": "black", "lw": 2}, zorder=4))  # fmt: skip
+        ax.set_xlim(-1.3, 1.3)
+        ax.set_ylim(-1.3, 1.3)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(f"{titles[q] if q < len(titles) else 'query'}: {k} nearest", fontsize=9)
+    fig.suptitle("Nearest neighbours as a hub (spoke length grows with distance)", fontsize=10)
     return _save(fig, path)
 
 

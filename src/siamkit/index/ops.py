@@ -1,0 +1,192 @@
+"""Gallery jobs behind ``siamkit index build|add|remove|info`` and ``siamkit search``: list images from the
+core layouts, embed them in batches with a progress bar, update and commit the gallery."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from siamkit.data.images import SKIP_HINT
+from siamkit.errors import DataError
+from siamkit.index.gallery import Gallery, Hit, locked
+from siamkit.inference import Embedder, open_embedder
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def collect_images(sources: Sequence[str], label: str | None = None) -> list[tuple[str, str | None]]:
+    """``(path, label)`` for every image named by ``sources``:
+
+    - an image file: itself (label ``label``, else unknown);
+    - a folder with sub-folders (class-per-folder layout): every file of every class folder, labelled by it;
+    - a flat folder: every file in it (label ``label``, else unknown);
+    - a CSV with a ``path`` column (and optionally ``label``): its rows, relative paths read from the CSV's folder.
+    """
+    out: list[tuple[str, str | None]] = []
+    for src in sources:
+        p = Path(src)
+        if not p.exists():
+            raise DataError(f"{src}: not found; give image files, folders of images, or a CSV with a path column")
+        if p.is_file() and p.suffix.lower() == ".csv":
+            out += _read_list_csv(p)
+        elif p.is_file():
+            out.append((str(p.resolve()), label))
+        else:
+            classes = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+            if classes:
+                out += [(str(f.resolve()), c.name) for c in classes for f in _files(c)]
+            else:
+                out += [(str(f.resolve()), label) for f in _files(p)]
+    if not out:
+        raise DataError(f"no images found in {', '.join(sources)}")
+    return out
+
+
+def _read_list_csv(path: Path) -> list[tuple[str, str | None]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in reader.fieldnames or []]
+        if "path" not in fields:
+            raise DataError(f"{path}: the CSV needs a 'path' column (and optionally 'label'); header is {fields}")
+        reader.fieldnames = fields
+        rows = list(reader)
+    base = path.parent
+    return [
+        (str((base / r["path"].strip()).resolve()), (r.get("label") or "").strip() or None) for r in rows if r["path"]
+    ]
+
+
+def embed_paths(
+    embedder: Embedder, items: Sequence[tuple[str, str | None]], batch_size: int = 256, progress: bool = False,
+    skip_bad: bool = False,
+) -> tuple[np.ndarray, list[tuple[str, str | None]], list[str]]:  # fmt: skip
+    """Decode and embed ``items`` batch by batch (memory stays one batch of images). Returns (embeddings ``(N, D)``,
+    the items kept, the paths skipped as unreadable — only with ``skip_bad``; otherwise the first bad file is a
+    ``DataError`` naming it)."""
+    from tqdm import tqdm
+
+    kept: list[tuple[str, str | None]] = []
+    skipped: list[str] = []
+    parts: list[np.ndarray] = []
+    bar = tqdm(total=len(items), desc="embed", unit="img", disable=not progress, leave=False)
+    for s in range(0, len(items), batch_size):
+        arrays = []
+        for path, lab in items[s : s + batch_size]:
+            try:
+                arrays.append(embedder.load(path))
+                kept.append((path, lab))
+            except DataError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append(path)
+                log.warning("skipped %s", exc)
+        if arrays:
+            parts.append(embedder.embed(torch.from_numpy(np.stack(arrays))))
+        bar.update(min(batch_size, len(items) - s))
+    bar.close()
+    if skipped:
+        log.warning("%d unreadable images skipped", len(skipped))
+    vectors = np.concatenate(parts) if parts else np.empty((0, embedder.embedding_dim), np.float32)
+    return vectors, kept, skipped
+
+
+def build(
+    run_dir: str, sources: Sequence[str], out: str, kind: str = "flat", options: dict[str, Any] | None = None,
+    backend: str = "torch", progress: bool = False, skip_bad: bool = False, overwrite: bool = False,
+    batch_size: int = 256,
+) -> dict[str, Any]:  # fmt: skip
+    """Embed every image of ``sources`` with the run's model and write a new gallery to ``out``."""
+    embedder = open_embedder(run_dir, backend)
+    gallery = Gallery.create(out, embedder.describe(), kind, options, overwrite)
+    items = collect_images(sources)
+    vectors, kept, skipped = embed_paths(embedder, items, batch_size, progress, skip_bad)
+    if not kept:
+        raise DataError(f"none of the {len(items)} images could be read; {SKIP_HINT}")
+    with locked(out):
+        gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
+        gallery.save()
+    return {**gallery.describe(), "added": len(kept), "skipped": skipped}
+
+
+def _open_for(gallery_dir: str, run_dir: str | None, backend: str) -> tuple[Gallery, Embedder]:
+    gallery = Gallery.open(gallery_dir)
+    embedder = open_embedder(run_dir or gallery.meta["run_dir"], backend)
+    gallery.check_model(embedder.describe())
+    return gallery, embedder
+
+
+def add(
+    gallery_dir: str, sources: Sequence[str], label: str | None = None, run_dir: str | None = None,
+    backend: str = "torch", progress: bool = False, skip_bad: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Embed ``sources`` and add them (a folder per class gives labels; ``label`` labels the rest)."""
+    with locked(gallery_dir):
+        gallery, embedder = _open_for(gallery_dir, run_dir, backend)
+        vectors, kept, skipped = embed_paths(embedder, collect_images(sources, label), progress=progress,
+                                             skip_bad=skip_bad)  # fmt: skip
+        ids = gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
+        gallery.save()
+    return {**gallery.describe(), "added_ids": ids, "skipped": skipped}
+
+
+def remove(gallery_dir: str, ids: Sequence[int]) -> dict[str, Any]:
+    """Remove items by id (all or none)."""
+    with locked(gallery_dir):
+        gallery = Gallery.open(gallery_dir)
+        try:
+            removed = gallery.remove(ids)
+        except KeyError as exc:
+            raise DataError(f"{gallery_dir}: {exc.args[0]}; list the ids with: siamkit index info {gallery_dir}") \
+                from None  # fmt: skip
+        gallery.save()
+    for item in removed:  # uploads belong to the gallery: delete them once the removal is committed
+        if not Path(item.path).is_absolute():
+            gallery.resolve(item).unlink(missing_ok=True)
+    return {**gallery.describe(), "removed_ids": [it.id for it in removed]}
+
+
+def hits_to_dicts(hits: list[Hit]) -> list[dict[str, Any]]:
+    return [{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "path": h.path} for h in hits]
+
+
+def search(
+    gallery_dir: str, queries: Sequence[str], k: int = 10, run_dir: str | None = None, backend: str = "torch",
+    figure: str | None = None, figure_style: str = "grid",
+) -> dict[str, Any]:  # fmt: skip
+    """The ``k`` nearest gallery items of each query image; optionally the neighbours figure (SPEC §7)."""
+    gallery, embedder = _open_for(gallery_dir, run_dir, backend)
+    items = collect_images(queries)
+    vectors, kept, _ = embed_paths(embedder, items)
+    distances, ids = gallery.search(vectors, k)
+    hits = gallery.hits(distances, ids)
+    results = [
+        {"query": path, "label": lab, "neighbours": hits_to_dicts(h)} for (path, lab), h in zip(kept, hits, strict=True)
+    ]
+    out: dict[str, Any] = {"gallery": str(gallery_dir), "k": k, "metric": gallery.metric, "results": results}
+    if figure is not None:
+        from siamkit.index.figures import neighbours_figure
+
+        out["figure"] = str(neighbours_figure(gallery, kept, hits, Path(figure), figure_style))
+    return out
+
+
+def info(gallery_dir: str, limit: int = 20) -> dict[str, Any]:
+    gallery = Gallery.open(gallery_dir)
+    labels: dict[str, int] = {}
+    for it in gallery.items.values():
+        key = it.label if it.label is not None else "(none)"
+        labels[key] = labels.get(key, 0) + 1
+    first = sorted(gallery.items.values(), key=lambda it: it.id)[:limit]
+    return {**gallery.describe(), "labels": labels,
+            "items": [{"id": it.id, "label": it.label, "path": it.path} for it in first]}  # fmt: skip

@@ -1,0 +1,162 @@
+"""Embedders: a trained model behind one small interface (uint8 images in, float32 embeddings out), on PyTorch
+or on ONNX Runtime. The gallery, ``search``, ``verify`` and the HTTP service use only this interface.
+
+Every embedder carries the SHA-256 of the ``model.safetensors`` it came from (``model_hash``); an ONNX export
+stores that hash in its metadata, so a gallery built on PyTorch is searchable on ONNX Runtime and vice versa,
+and any other model is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from siamkit.data.images import load_image
+from siamkit.errors import CheckpointError
+from siamkit.losses.distances import as_dissimilarity, get_distance
+
+WEIGHTS = "model.safetensors"
+ONNX_FILE = "model.onnx"
+ONNX_META_KEY = "siamkit"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Embedder:
+    """Base class. Subclasses set the attributes and implement :meth:`_embed_batch`.
+
+    Attributes: ``input_shape`` (C, H, W) the model expects; ``distance`` (a registered distance name) and
+    ``threshold`` (saved with the run; ``None`` if it had no validation data) for decisions; ``model_hash``;
+    ``backend`` (``"torch"`` or ``"onnx"``); ``run_dir``.
+    """
+
+    input_shape: tuple[int, int, int]
+    distance: str
+    threshold: float | None
+    model_hash: str
+    backend: str
+    run_dir: str
+    embedding_dim: int
+    batch_size: int = 256
+
+    def _embed_batch(self, images: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """Embeddings ``(N, D)`` float32 of uint8 images ``(N, C, H, W)`` of ``input_shape``."""
+        if tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(f"images must be (N, {', '.join(map(str, self.input_shape))}), got {tuple(images.shape)}")
+        parts = [self._embed_batch(images[s : s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
+        return np.concatenate(parts) if parts else np.empty((0, self.embedding_dim), np.float32)
+
+    def load(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """One image file decoded to the model's input, ``(C, H, W)`` uint8 (errors name the file)."""
+        c, h, w = self.input_shape
+        return load_image(path, c, (h, w))
+
+    def embed_files(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+        if not paths:
+            return np.empty((0, self.embedding_dim), np.float32)
+        return self.embed(torch.from_numpy(np.stack([self.load(p) for p in paths])))
+
+    def pair_distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Row-wise dissimilarity ``(N,)`` of embeddings ``(N, D)`` under the run's distance (smaller = closer)."""
+        dist = get_distance(self.distance)
+        return as_dissimilarity(dist.pairwise(torch.from_numpy(a), torch.from_numpy(b)), dist).numpy()
+
+    def decide(self, d: float) -> bool | None:
+        """Same identity when the distance is at most the saved threshold; ``None`` without a threshold."""
+        return None if self.threshold is None else bool(d <= self.threshold)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend, "model_hash": self.model_hash, "run_dir": self.run_dir,
+            "input_shape": list(self.input_shape), "embedding_dim": self.embedding_dim, "distance": self.distance,
+            "threshold": self.threshold,
+        }  # fmt: skip
+
+
+class TorchEmbedder(Embedder):
+    """A run directory's ``model.safetensors`` on PyTorch (eval mode, no gradients)."""
+
+    backend = "torch"
+
+    def __init__(self, run_dir: str | os.PathLike[str], device: str = "cpu"):
+        from siamkit.pipeline import load_run
+
+        run = load_run(Path(run_dir), device)
+        self.run = run
+        self.device = torch.device(device)
+        self.input_shape = run.input_shape
+        self.distance = run.cfg.eval.distance
+        self.threshold = run.threshold
+        self.model_hash = file_sha256(Path(run_dir) / WEIGHTS)
+        self.run_dir = str(Path(run_dir).resolve())
+        self.embedding_dim = run.model.embedding_dim
+        self.normalize = run.model.normalize
+
+    @torch.no_grad()
+    def _embed_batch(self, images: torch.Tensor) -> np.ndarray:
+        x = self.run.preprocess(images.to(self.device))
+        return self.run.model.embed(x).float().cpu().numpy()
+
+
+class OnnxEmbedder(Embedder):
+    """An ONNX export (``siamkit export``) on ONNX Runtime's CPU provider. The graph takes float32 pixel values
+    in [0, 255], ``(N, C, H, W)``, and includes the run's normalisation."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str | os.PathLike[str], threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CheckpointError("onnxruntime is not installed; pip install 'siamkit[serve]'") from None
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: ONNX model not found; write it with: siamkit export RUN_DIR --format onnx")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
+        if raw is None:
+            raise CheckpointError(f"{path}: no siamkit metadata; export it with: siamkit export RUN_DIR --format onnx")
+        meta = json.loads(raw)
+        self.input_shape = (int(meta["input_shape"][0]), int(meta["input_shape"][1]), int(meta["input_shape"][2]))
+        self.distance = meta["distance"]
+        self.threshold = meta["threshold"]
+        self.model_hash = meta["model_hash"]
+        self.run_dir = meta["run_dir"]
+        self.embedding_dim = int(meta["embedding_dim"])
+        self.normalize = bool(meta["normalize"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _embed_batch(self, images: torch.Tensor) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: images.numpy().astype(np.float32)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+def open_embedder(run_dir: str | os.PathLike[str], backend: str = "torch", onnx_path: str | None = None) -> Embedder:
+    """``backend="torch"``: the run's safetensors weights; ``"onnx"``: ``onnx_path`` or ``RUN_DIR/model.onnx``."""
+    if backend == "torch":
+        return TorchEmbedder(run_dir)
+    if backend == "onnx":
+        return OnnxEmbedder(onnx_path or Path(run_dir) / ONNX_FILE)
+    raise CheckpointError(f"unknown backend {backend!r}; use torch or onnx")

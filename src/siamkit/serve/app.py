@@ -1,0 +1,270 @@
+"""The HTTP service (FastAPI): embed, verify, search and gallery edits over a trained model, plus a web page.
+
+``create_app(embedder, gallery)`` builds the app (used in-process by tests); ``serve(...)`` runs it on uvicorn.
+Model inference, image decoding and gallery commits run in the thread pool, never on the event loop. Errors are
+``{"detail": "..."}`` without tracebacks. OpenAPI docs at ``/docs`` (schema ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from siamkit.config import atomic_write_bytes
+from siamkit.data.images import image_to_array
+from siamkit.errors import SiamkitError
+from siamkit.index.gallery import Gallery
+from siamkit.inference import Embedder
+from siamkit.serve.page import PAGE_HTML
+from siamkit.serve.uploads import BodyLimitMiddleware, Payload, UploadLimits, decode_image, read_payload
+
+log = logging.getLogger(__name__)
+MAX_K = 100
+THUMBNAIL = 256
+CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
+def _image_body(*fields: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAPI request body: multipart file parts, or JSON with base64 strings."""
+    props = {f: {"type": "string", "format": "binary"} for f in fields}
+    json_props = {f: {"type": "string", "format": "byte", "description": "base64 (or a data: URL)"} for f in fields}
+    for name, schema in (extra or {}).items():
+        props[name] = json_props[name] = schema
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": props, "required": list(fields)}},
+        "application/json": {"schema": {"type": "object", "properties": json_props, "required": list(fields)}},
+    }}}  # fmt: skip
+
+
+class Service:
+    """The state behind the routes: the embedder, the optional gallery and the lock that serialises its edits."""
+
+    def __init__(self, embedder: Embedder, gallery: Gallery | None, limits: UploadLimits):
+        self.embedder = embedder
+        self.gallery = gallery
+        self.limits = limits
+        self.lock = threading.Lock()
+
+    def to_input(self, data: bytes, name: str) -> np.ndarray:
+        c, h, w = self.embedder.input_shape
+        return image_to_array(decode_image(data, self.limits, name), c, (h, w))
+
+    async def images(self, payload: Payload, field: str, count: int | None = 1) -> list[np.ndarray]:
+        blobs = payload.images.get(field, [])
+        if not blobs:
+            raise HTTPException(422, f"missing image field {field!r}")
+        if count is not None and len(blobs) != count:
+            raise HTTPException(422, f"field {field!r}: expected {count} image, got {len(blobs)}")
+        return [await run_in_threadpool(self.to_input, b, field) for b in blobs]
+
+    async def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
+        batch = torch.from_numpy(np.stack(arrays))
+        return await run_in_threadpool(self.embedder.embed, batch)
+
+    def need_gallery(self) -> Gallery:
+        if self.gallery is None:
+            raise HTTPException(409, "no gallery loaded; start the service with --gallery DIR")
+        return self.gallery
+
+    def add_item(self, array: np.ndarray, vector: np.ndarray, label: str | None) -> int:
+        """Store the validated image as PNG under the gallery's uploads/ and commit the new item."""
+        gallery = self.need_gallery()
+        with self.lock:
+            item_id = int(gallery.meta["next_id"])
+            rel = f"uploads/{item_id}.png"
+            img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            atomic_write_bytes(gallery.directory / rel, buf.getvalue())
+            try:
+                (new_id,) = gallery.add(vector[None], [rel], [label])
+                gallery.save()
+            except BaseException:
+                self.gallery = Gallery.open(gallery.directory)  # back to the last committed state
+                (gallery.directory / rel).unlink(missing_ok=True)
+                raise
+            assert new_id == item_id
+            return new_id
+
+    def remove_item(self, item_id: int) -> None:
+        gallery = self.need_gallery()
+        with self.lock:
+            if item_id not in gallery.items:
+                raise HTTPException(404, f"no gallery item with id {item_id}")
+            (item,) = gallery.remove([item_id])
+            try:
+                gallery.save()
+            except BaseException:
+                self.gallery = Gallery.open(gallery.directory)
+                raise
+        if not Path(item.path).is_absolute():
+            gallery.resolve(item).unlink(missing_ok=True)
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        gallery = self.need_gallery()
+        with self.lock:
+            distances, ids = gallery.search(vectors, k)
+            hits = gallery.hits(distances, ids)
+        return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label,
+                  "image_url": f"/gallery/{h.id}/image"} for h in row] for row in hits]  # fmt: skip
+
+    def thumbnail(self, item_id: int) -> bytes:
+        gallery = self.need_gallery()
+        item = gallery.items.get(item_id)
+        if item is None:
+            raise HTTPException(404, f"no gallery item with id {item_id}")
+        path = gallery.resolve(item)
+        try:
+            with Image.open(path) as img:
+                img.thumbnail((THUMBNAIL, THUMBNAIL))
+                buf = io.BytesIO()
+                img.convert("RGBA" if img.mode in ("RGBA", "LA", "P") else "RGB").save(buf, format="PNG")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            raise HTTPException(404, f"the image of item {item_id} is no longer readable") from None
+        return buf.getvalue()
+
+
+def _int_field(payload: Payload, request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = payload.fields.get(name, request.query_params.get(name, default))
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise HTTPException(422, f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise HTTPException(422, f"{name} must be between {low} and {high}")
+    return value
+
+
+def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: UploadLimits | None = None) -> FastAPI:
+    """The service for ``embedder`` (and ``gallery``, checked to come from the same model)."""
+    limits = limits or UploadLimits()
+    if gallery is not None:
+        gallery.check_model(embedder.describe())
+    svc = Service(embedder, gallery, limits)
+    app = FastAPI(title="siamkit", version="0.1.0",
+                  description="Embed, verify and search images with a trained Siamese model.")  # fmt: skip
+    app.state.service = svc
+    app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(SiamkitError)
+    async def siamkit_error(_: Request, exc: SiamkitError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE_HTML, headers={"Content-Security-Policy": CSP})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Model and gallery in use (no server paths)."""
+        info = {k: v for k, v in embedder.describe().items() if k != "run_dir"}
+        g = svc.gallery
+        gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
+        return {"status": "ok", **info, "gallery": gal, "max_request_bytes": limits.max_request_bytes}
+
+    @app.post("/embed", openapi_extra=_image_body("image"))
+    async def embed(request: Request) -> dict[str, Any]:
+        """Embeddings of one or more images (repeat the ``image`` part, or send a JSON list)."""
+        payload = await read_payload(request, ("image",))
+        vectors = await svc.embed(await svc.images(payload, "image", count=None))
+        return {"dim": int(vectors.shape[1]), "model_hash": embedder.model_hash, "embeddings": vectors.tolist()}
+
+    @app.post("/verify", openapi_extra=_image_body("image_a", "image_b"))
+    async def verify(request: Request) -> dict[str, Any]:
+        """Distance of two images and the decision at the threshold saved with the model."""
+        payload = await read_payload(request, ("image_a", "image_b"))
+        arrays = await svc.images(payload, "image_a") + await svc.images(payload, "image_b")
+        vectors = await svc.embed(arrays)
+        d = float(embedder.pair_distances(vectors[:1], vectors[1:])[0])
+        return {"distance": d, "threshold": embedder.threshold, "same": embedder.decide(d),
+                "metric": embedder.distance}  # fmt: skip
+
+    k_schema = {"k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}}
+
+    @app.post("/search", openapi_extra=_image_body("image", extra=k_schema))
+    async def search(request: Request) -> dict[str, Any]:
+        """The ``k`` nearest gallery items of an image (``k`` as a field or query parameter, default 10)."""
+        svc.need_gallery()
+        payload = await read_payload(request, ("image",))
+        k = _int_field(payload, request, "k", 10, 1, MAX_K)
+        vectors = await svc.embed(await svc.images(payload, "image"))
+        results = await run_in_threadpool(svc.search, vectors, k)
+        return {"k": k, "metric": embedder.distance, "results": results[0]}
+
+    label_schema = {"label": {"type": "string", "description": "identity / class name (optional)"}}
+
+    @app.post("/gallery", status_code=201, openapi_extra=_image_body("image", extra=label_schema))
+    async def gallery_add(request: Request) -> dict[str, Any]:
+        """Add an image (and optional label) to the gallery; returns its id."""
+        svc.need_gallery()
+        payload = await read_payload(request, ("image",))
+        label = payload.fields.get("label")
+        if label is not None and not isinstance(label, str):
+            raise HTTPException(422, "label must be a string")
+        (array,) = await svc.images(payload, "image")
+        vectors = await svc.embed([array])
+        item_id = await run_in_threadpool(svc.add_item, array, vectors[0], label or None)
+        return {"id": item_id, "label": label or None, "size": len(svc.need_gallery())}
+
+    @app.delete("/gallery/{item_id}")
+    async def gallery_remove(item_id: int) -> dict[str, Any]:
+        """Remove an item by id (404 if unknown)."""
+        await run_in_threadpool(svc.remove_item, item_id)
+        return {"removed": item_id, "size": len(svc.need_gallery())}
+
+    @app.get("/gallery")
+    async def gallery_list(offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """Items by id (id and label; paths stay on the server)."""
+        g = svc.need_gallery()
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise HTTPException(422, "offset must be ≥ 0 and limit between 1 and 1000")
+        ids = sorted(g.items)[offset : offset + limit]
+        return {"size": len(g), "items": [{"id": i, "label": g.items[i].label} for i in ids]}
+
+    @app.get("/gallery/{item_id}/image", response_class=Response)
+    async def gallery_image(item_id: int) -> Response:
+        """A PNG thumbnail (at most 256 px) of a gallery item."""
+        return Response(await run_in_threadpool(svc.thumbnail, item_id), media_type="image/png")
+
+    return app
+
+
+def serve(
+    run_dir: str, gallery_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch",
+    onnx_path: str | None = None, limits: UploadLimits | None = None, log_level: str = "info",
+) -> None:  # fmt: skip
+    """Run the service on uvicorn until interrupted."""
+    import uvicorn
+
+    from siamkit.inference import open_embedder
+
+    embedder = open_embedder(run_dir, backend, onnx_path)
+    gallery = Gallery.open(gallery_dir) if gallery_dir else None
+    app = create_app(embedder, gallery, limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

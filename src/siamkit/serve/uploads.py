@@ -1,0 +1,169 @@
+"""Untrusted uploads → model inputs: request-size limit, format allow-list, decompression-bomb guard, base64.
+
+Every refusal is an ``HTTPException`` whose detail is one sentence for the client: 413 (too large), 415 (not an
+accepted image format, or a content type that is neither multipart nor JSON), 422 (corrupt image, too many
+pixels, bad base64, missing field).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException, Request
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """``max_request_bytes``: whole request body (multipart or JSON, base64 included); ``max_pixels``: width ×
+    height of one decoded image (the decompression-bomb guard); ``formats``: Pillow format names accepted."""
+
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 25_000_000
+    formats: tuple[str, ...] = field(default=ACCEPTED_FORMATS)
+
+
+class BodyLimitMiddleware:
+    """Answers 413 for a request body over ``limit`` bytes: at once from ``Content-Length``, or as soon as a
+    streamed (chunked) body passes the limit — the body is never buffered beyond it."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body over the {self.limit:,}-byte limit"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def decode_image(data: bytes, limits: UploadLimits, name: str = "image") -> Image.Image:
+    """Decode uploaded bytes with Pillow restricted to ``limits.formats``; check the pixel count from the header
+    before decoding the pixels (a small file can declare a huge image)."""
+    if not data:
+        raise HTTPException(422, f"{name}: empty upload")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=list(limits.formats))
+        except UnidentifiedImageError:
+            raise HTTPException(
+                415, f"{name}: not an image in an accepted format ({', '.join(limits.formats)})"
+            ) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise HTTPException(422, f"{name}: too many pixels (decompression-bomb guard)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise HTTPException(422, f"{name}: corrupt image header ({exc})") from None
+        pixels = img.width * img.height
+        if pixels > limits.max_pixels:
+            raise HTTPException(
+                422, f"{name}: {img.width}×{img.height} = {pixels:,} pixels is over the {limits.max_pixels:,} limit "
+                "(decompression-bomb guard)",
+            )  # fmt: skip
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise HTTPException(422, f"{name}: too many pixels (decompression-bomb guard)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise HTTPException(422, f"{name}: corrupt or truncated image ({exc})") from None
+    return img
+
+
+def _b64(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise HTTPException(422, f"{name}: expected a base64 string")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]  # data URL: data:image/png;base64,....
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, f"{name}: invalid base64") from None
+
+
+@dataclass
+class Payload:
+    """The images (raw bytes, by field name; a field may repeat) and the plain fields of a request."""
+
+    images: dict[str, list[bytes]]
+    fields: dict[str, Any]
+
+
+async def read_payload(request: Request, image_fields: tuple[str, ...], max_files: int = 64) -> Payload:
+    """Read ``multipart/form-data`` (file parts) or ``application/json`` (base64 strings, or lists of them).
+    File paths and URLs are never accepted: only the bytes of the request."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    images: dict[str, list[bytes]] = {f: [] for f in image_fields}
+    fields: dict[str, Any] = {}
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=max_files, max_fields=64)
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key in images:
+                    images[key].append(await value.read())
+            elif key in image_fields:
+                raise HTTPException(422, f"{key}: send the image as a file part, not a text field")
+            else:
+                fields[key] = value
+    elif ctype == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(422, "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPException(422, "JSON body must be an object")
+        for key, value in body.items():
+            if key in images:
+                values = value if isinstance(value, list) else [value]
+                images[key] = [_b64(v, key) for v in values]
+            else:
+                fields[key] = value
+    else:
+        raise HTTPException(415, "send multipart/form-data (file parts) or application/json (base64 images)")
+    return Payload(images, fields)

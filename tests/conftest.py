@@ -22,3 +22,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _seed() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_images(tmp_path_factory):
+    """scikit-learn digits 0–199 as PNG files in a class-per-folder tree ``root/<digit>/<index>.png``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digit_pngs")
+    d = load_digits()
+    for i in range(200):
+        folder = root / str(d.target[i])
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(np.round(d.images[i] * 255 / 16).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A digits model trained for 2 epochs (a few seconds): the run directory."""
+    from siamkit.cli import main
+
+    runs = tmp_path_factory.mktemp("small_runs")
+    argv = ["train", "--epochs", "2", "--runs-dir", str(runs), "--name", "small", "--format", "json", "-q"]
+    assert main(argv) == 0
+    return runs / "small"

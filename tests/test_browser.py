@@ -1,0 +1,123 @@
+"""The web page end to end in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium): upload
+two images → verdict, distance, threshold; upload one → the k nearest gallery images with distances.
+
+Skipped when /usr/bin/chromium is absent, unless SIAMKIT_REQUIRE_BROWSER=1 (set by .ci/run, which installs it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+HAVE_BROWSER = os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
+if not HAVE_BROWSER and os.environ.get("SIAMKIT_REQUIRE_BROWSER") != "1":
+    pytest.skip("Chromium not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(small_run, digits_images, tmp_path_factory):
+    import uvicorn
+
+    from siamkit.index import Gallery
+    from siamkit.index.ops import build
+    from siamkit.inference import TorchEmbedder
+    from siamkit.serve.app import create_app
+
+    gdir = tmp_path_factory.mktemp("browser") / "g"
+    build(str(small_run), [str(digits_images)], str(gdir))
+    app = create_app(TorchEmbedder(small_run), Gallery.open(gdir))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started:
+        assert time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):  # fmt: skip
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, predicate, what, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_verify_and_search_in_the_page(server, browser, small_run, digits_images):
+    from selenium.webdriver.common.by import By
+
+    from siamkit.pipeline import verify_images
+
+    browser.get(server + "/")
+    info = _wait(browser, lambda: "model" in (t := browser.find_element(By.ID, "model-info").text) and t, "health")
+    assert "gallery: 200 items" in info
+
+    a, b, c = (digits_images / p for p in ("0/000.png", "0/010.png", "1/001.png"))
+    for first, second in ((a, b), (a, c)):
+        browser.find_element(By.ID, "file-a").send_keys(str(first))
+        browser.find_element(By.ID, "file-b").send_keys(str(second))
+        browser.find_element(By.ID, "verify-btn").click()
+        want = verify_images(small_run, str(first), str(second))
+        verdict = "SAME" if want["same"] else "DIFFERENT"
+        text = _wait(browser, lambda: (t := browser.find_element(By.ID, "verify-result").text).startswith(verdict)
+                     and t, f"verdict {verdict}")  # fmt: skip
+        assert f"distance {want['distance']:.4f}" in text and f"threshold {want['threshold']:.4f}" in text
+
+    q = digits_images / "7" / "007.png"
+    browser.find_element(By.ID, "search-file").send_keys(str(q))
+    k = browser.find_element(By.ID, "search-k")
+    k.clear()
+    k.send_keys("4")
+    browser.find_element(By.ID, "search-btn").click()
+    cards = _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#search-results .hit"), "results")
+    assert len(cards) == 4
+    first = cards[0].find_element(By.CSS_SELECTOR, ".caption").text
+    assert first.startswith("#1 · 0.0") and first.endswith("· 7")
+    # every thumbnail really loaded from /gallery/{id}/image
+    _wait(browser, lambda: all(browser.execute_script("return arguments[0].naturalWidth", img) > 0
+                               for img in browser.find_elements(By.CSS_SELECTOR, "#search-results img")),
+          "thumbnails")  # fmt: skip
+
+    # an error from the API shows its detail line
+    bad = digits_images.parent / "not-an-image.png"
+    bad.write_bytes(b"plain text")
+    browser.find_element(By.ID, "search-file").send_keys(str(bad))
+    browser.find_element(By.ID, "search-btn").click()
+    _wait(browser, lambda: "not an image in an accepted format" in browser.find_element(By.ID, "search-status").text,
+          "error message")  # fmt: skip

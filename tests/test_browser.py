@@ -95,8 +95,12 @@ def test_verify_and_search_in_the_page(server, browser, small_run, digits_images
         browser.find_element(By.ID, "verify-btn").click()
         want = verify_images(small_run, str(first), str(second))
         verdict = "SAME" if want["same"] else "DIFFERENT"
-        text = _wait(browser, lambda: (t := browser.find_element(By.ID, "verify-result").text).startswith(verdict)
-                     and t, f"verdict {verdict}")  # fmt: skip
+
+        def shown(verdict=verdict):
+            text = browser.find_element(By.ID, "verify-result").text
+            return text if text.startswith(verdict) else None
+
+        text = _wait(browser, shown, f"verdict {verdict}")
         assert f"distance {want['distance']:.4f}" in text and f"threshold {want['threshold']:.4f}" in text
 
     q = digits_images / "7" / "007.png"

@@ -50,7 +50,9 @@ def test_points_on_a_line_have_known_neighbours(tmp_path):
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine", "cosine_similarity"])
-@pytest.mark.parametrize("kind,options", [("flat", {}), ("hnsw", {"ef_search": 256}), ("ivf", {"nlist": 4, "nprobe": 4})])
+@pytest.mark.parametrize(
+    "kind,options", [("flat", {}), ("hnsw", {"ef_search": 256}), ("ivf", {"nlist": 4, "nprobe": 4})]
+)
 def test_every_index_and_metric_matches_brute_force(tmp_path, distance, kind, options):
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(200, 8)).astype(np.float32)
@@ -175,12 +177,18 @@ def test_build_search_add_remove_reload_round_trip(small_run, digits_images, tmp
     r = _json(capsys, "search", str(gdir), str(queries[1]), "-k", "1")
     assert r["results"][0]["neighbours"][0]["id"] == 200 and r["results"][0]["neighbours"][0]["label"] == "copy"
     info = _json(capsys, "index", "info", str(gdir))
-    assert info["size"] == 200 and info["labels"]["copy"] == 1 and info["model_hash"] == TorchEmbedder(small_run).model_hash
+    assert (
+        info["size"] == 200
+        and info["labels"]["copy"] == 1
+        and info["model_hash"] == TorchEmbedder(small_run).model_hash
+    )
 
     # the figure, both styles, is a real PNG
     for style in ("grid", "hub"):
         fig = tmp_path / f"{style}.png"
-        r = _json(capsys, "search", str(gdir), str(digits_images), "-k", "10", "--figure", str(fig), "--figure-style", style)
+        r = _json(
+            capsys, "search", str(gdir), str(digits_images), "-k", "10", "--figure", str(fig), "--figure-style", style
+        )
         assert len(r["results"]) == 200 and Image.open(fig).size[0] > 300
 
     # the text table names ranks, ids and distances
@@ -223,7 +231,9 @@ def test_bad_images_name_the_file_or_are_skipped(small_run, digits_images, tmp_p
 def test_hnsw_and_ivf_galleries_from_the_cli(small_run, digits_images, tmp_path, capsys):
     for kind, extra in (("hnsw", ["--m", "8", "--ef-search", "200"]), ("ivf", ["--nlist", "4", "--nprobe", "4"])):
         gdir = tmp_path / kind
-        r = _json(capsys, "index", "build", str(small_run), str(digits_images), "--out", str(gdir), "--index", kind, *extra)
+        r = _json(
+            capsys, "index", "build", str(small_run), str(digits_images), "--out", str(gdir), "--index", kind, *extra
+        )
         assert r["index"]["kind"] == kind and r["size"] == 200
         q = str(digits_images / "4")
         r = _json(capsys, "search", str(gdir), q, "-k", "1")

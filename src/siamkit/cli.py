@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from siamkit.errors import SiamkitError
@@ -25,7 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="run the model on PyTorch (default) or ONNX Runtime (RUN_DIR/model.onnx or --onnx)")  # fmt: skip
+                   help="PyTorch (default) or ONNX Runtime (RUN_DIR/model.onnx, or --onnx FILE)")  # fmt: skip
     p.add_argument("--onnx", dest="onnx_path", help="the ONNX file for --backend onnx")
 
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
 
     v = sub.add_parser("verify", help="are two images the same identity? (distance vs the saved threshold)",
-                       description="Two images, or --pairs CSV (path_a,path_b[,label]) for a decision per row.")  # fmt: skip
+                       description="Two images, or --pairs CSV (path_a,path_b[,label]).")  # fmt: skip
     v.add_argument("run_dir")
     v.add_argument("image_a", nargs="?")
     v.add_argument("image_b", nargs="?")
@@ -256,37 +257,31 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         result = pipeline.evaluate_run(args.run_dir, args.data, args.overrides)
         _emit(result, args.format, summary_table(result))
-    elif args.command == "verify":
-        _verify(args)
-    elif args.command == "index":
-        _index(args)
-    elif args.command == "search":
-        _search(args)
-    elif args.command == "export":
-        from siamkit.export import export_onnx
-
-        r = export_onnx(args.run_dir, args.out, args.opset)
-        print(f"written: {r['onnx']} ({r['bytes']:,} bytes, opset {r['opset']}, input {r['input']}); parity with "
-              f"PyTorch: max |difference| {r['max_abs_diff']:.2e} (tolerance {r['tolerance']:g})")  # fmt: skip
-    elif args.command == "serve":
-        from siamkit.serve.app import serve
-        from siamkit.serve.uploads import UploadLimits
-
-        limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
-        serve(args.run_dir, args.gallery_dir, args.host, args.port, args.backend, args.onnx_path, limits,
-              "warning" if args.quiet else "info")  # fmt: skip
-    elif args.command == "summary":
-        _summary(args)
-    elif args.command == "classify":
-        _classify(args)
-    elif args.command == "study":
-        _study(args)
+    elif args.command in HANDLERS:
+        HANDLERS[args.command](args)
     elif args.command == "report":
         from siamkit.report import write_report
 
         path = write_report(args.directory)
         _emit({"report": str(path)}, args.format, f"written: {path}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    from siamkit.export import export_onnx
+
+    r = export_onnx(args.run_dir, args.out, args.opset)
+    print(f"written: {r['onnx']} ({r['bytes']:,} bytes, opset {r['opset']}, input {r['input']}); parity with "
+          f"PyTorch: max |difference| {r['max_abs_diff']:.2e} (tolerance {r['tolerance']:g})")  # fmt: skip
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from siamkit.serve.app import serve
+    from siamkit.serve.uploads import UploadLimits
+
+    limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
+    serve(args.run_dir, args.gallery_dir, args.host, args.port, args.backend, args.onnx_path, limits,
+          "warning" if args.quiet else "info")  # fmt: skip
 
 
 def _verify(args: argparse.Namespace) -> None:
@@ -426,6 +421,12 @@ def _classify(args: argparse.Namespace) -> None:
             parse_blocks(b)
         result = compare(cfg, list(args.blocks))
         _emit(result, args.format, compare_table(result) + f"\nwritten: {result['dir']}/compare.csv, compare.md")
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "verify": _verify, "index": _index, "search": _search, "export": _export, "serve": _serve, "summary": _summary,
+    "classify": _classify, "study": _study,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,117 @@
+"""Gallery search speed and quality on random vectors: siamkit's Gallery against raw faiss with the same index.
+
+For each index kind (flat = exact, hnsw, ivf) this builds the same faiss index twice — once inside a siamkit
+Gallery (ids, sidecar items, distance conversion), once bare — on N random 128-d vectors, runs the same Q
+queries through both, and prints one JSON line: queries/s of each, the ratio, build seconds and, for the
+approximate kinds, recall@10 against the exact answer.
+
+    .venv/bin/python benchmarks/search.py                       # 1M × 128, 1,000 queries, all kinds
+    .venv/bin/python benchmarks/search.py --n 100000 --kinds flat ivf
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from siamkit.index.gallery import Gallery, index_options, new_index, set_search_params
+
+
+def _model(dim: int) -> dict[str, object]:
+    return {"model_hash": "benchmark", "run_dir": "-", "input_shape": [1, 1, 1], "embedding_dim": dim,
+            "distance": "squared_euclidean", "threshold": None}  # fmt: skip
+
+
+def _qps(search, queries: np.ndarray, k: int, repeats: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+    search(queries[:10], k)  # warm-up
+    best = float("inf")
+    out = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = search(queries, k)
+        best = min(best, time.perf_counter() - t)
+    assert out is not None
+    return len(queries) / best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--kinds", nargs="+", default=["flat", "hnsw", "ivf"], choices=("flat", "hnsw", "ivf"))
+    ap.add_argument("--nlist", type=int, default=1024)
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 64, 256], help="IVF: one line per value")
+    ap.add_argument("--m", type=int, default=32)
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 256], help="HNSW: one line per value")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    import faiss
+
+    rng = np.random.default_rng(args.seed)
+    data = rng.standard_normal((args.n, args.dim), dtype=np.float32)
+    queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+    paths = [f"v{i}" for i in range(args.n)]
+    labels: list[str | None] = [None] * args.n
+    exact_ids = None
+    for kind in ["flat", *[k for k in args.kinds if k != "flat"]]:
+        opts = {"flat": {}, "hnsw": {"m": args.m, "ef_search": args.ef_search[0]},
+                "ivf": {"nlist": args.nlist, "nprobe": args.nprobe[0]}}[kind]  # fmt: skip
+        t = time.perf_counter()
+        gallery = Gallery.create("/nonexistent-benchmark-gallery", _model(args.dim), kind, opts)
+        gallery.add(data, paths, labels)
+        build_siamkit = time.perf_counter() - t
+        # the same faiss index, bare: no id map, no sidecar, no distance conversion
+        full = index_options(kind, opts)
+        t = time.perf_counter()
+        if kind == "flat":
+            raw = faiss.IndexFlatL2(args.dim)
+        elif kind == "hnsw":
+            raw = faiss.IndexHNSWFlat(args.dim, full["m"])
+            raw.hnsw.efConstruction = full["ef_construction"]
+        else:
+            raw = new_index(kind, args.dim, "squared_euclidean", full)
+            raw.train(data)
+        raw.add(data)
+        build_raw = time.perf_counter() - t
+        settings = {"flat": [{}], "hnsw": [{"ef_search": v} for v in args.ef_search],
+                    "ivf": [{"nprobe": v} for v in args.nprobe]}[kind]  # fmt: skip
+        for setting in settings:
+            params = {**full, **setting}
+            if kind == "hnsw":
+                raw.hnsw.efSearch = params["ef_search"]
+            elif kind == "ivf":
+                set_search_params(raw, "ivf", params)
+            ours = functools.partial(gallery.search, **setting)  # the per-call nprobe / ef_search override
+            qps_siamkit, (_, ids) = _qps(ours, queries, args.k, args.repeats)
+            qps_raw, (_, raw_ids) = _qps(raw.search, queries, args.k, args.repeats)
+            assert (ids == raw_ids).mean() > 0.95, "the wrapped and bare index disagree"
+            line: dict[str, object] = {
+                "benchmark": "search", "kind": kind, "n": args.n, "dim": args.dim, "queries": args.queries,
+                "k": args.k, "options": params, "qps_siamkit": round(qps_siamkit, 1),
+                "qps_raw_faiss": round(qps_raw, 1),
+                "siamkit_over_raw": round(qps_siamkit / qps_raw, 3), "build_s_siamkit": round(build_siamkit, 2),
+                "build_s_raw": round(build_raw, 2),
+            }  # fmt: skip
+            if kind == "flat":
+                exact_ids = ids
+            else:
+                assert exact_ids is not None
+                hits = sum(len(set(a) & set(b)) for a, b in zip(ids.tolist(), exact_ids.tolist(), strict=True))
+                line["recall_at_10"] = round(hits / exact_ids.size, 4)
+            line.update({"faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(), "cpus": os.cpu_count(),
+                         "machine": platform.machine()})  # fmt: skip
+            print(json.dumps(line), flush=True)
+        del gallery, raw
+
+
+if __name__ == "__main__":
+    main()

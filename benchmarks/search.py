@@ -7,6 +7,7 @@ approximate kinds, recall@10 against the exact answer.
 
     .venv/bin/python benchmarks/search.py                       # 1M × 128, 1,000 queries, all kinds
     .venv/bin/python benchmarks/search.py --n 100000 --kinds flat ivf
+    .venv/bin/python benchmarks/search.py --data clustered          # 10k identities × 100: embedding-like
 """
 
 from __future__ import annotations
@@ -53,12 +54,21 @@ def main() -> None:
     ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 256], help="HNSW: one line per value")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", choices=("random", "clustered"), default="random",
+                    help="random: i.i.d. Gaussian (default); clustered: n/100 identities of 100 points")  # fmt: skip
     args = ap.parse_args()
     import faiss
 
     rng = np.random.default_rng(args.seed)
-    data = rng.standard_normal((args.n, args.dim), dtype=np.float32)
-    queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+    if args.data == "random":  # i.i.d. Gaussian: no structure at all, the hardest case for approximate search
+        data = rng.standard_normal((args.n, args.dim), dtype=np.float32)
+        queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+    else:  # identities: n/100 cluster centres, 100 points each, spread 0.5 around a unit-variance centre
+        centres = rng.standard_normal((max(1, args.n // 100), args.dim), dtype=np.float32)
+        data = centres[rng.integers(0, len(centres), args.n)]
+        data += 0.5 * rng.standard_normal(data.shape, dtype=np.float32)
+        queries = centres[rng.integers(0, len(centres), args.queries)]
+        queries += 0.5 * rng.standard_normal(queries.shape, dtype=np.float32)
     paths = [f"v{i}" for i in range(args.n)]
     labels: list[str | None] = [None] * args.n
     exact_ids = None
@@ -95,8 +105,8 @@ def main() -> None:
             qps_raw, (_, raw_ids) = _qps(raw.search, queries, args.k, args.repeats)
             assert (ids == raw_ids).mean() > 0.95, "the wrapped and bare index disagree"
             line: dict[str, object] = {
-                "benchmark": "search", "kind": kind, "n": args.n, "dim": args.dim, "queries": args.queries,
-                "k": args.k, "options": params, "qps_siamkit": round(qps_siamkit, 1),
+                "benchmark": "search", "data": args.data, "kind": kind, "n": args.n, "dim": args.dim,
+                "queries": args.queries, "k": args.k, "options": params, "qps_siamkit": round(qps_siamkit, 1),
                 "qps_raw_faiss": round(qps_raw, 1),
                 "siamkit_over_raw": round(qps_siamkit / qps_raw, 3), "build_s_siamkit": round(build_siamkit, 2),
                 "build_s_raw": round(build_raw, 2),

@@ -91,3 +91,34 @@ def test_missing_onnx_file_is_one_line(small_run, tmp_path, capsys):
     (run / "model.onnx").write_bytes(b"not onnx")
     assert main(["verify", str(run), "a.png", "b.png", "--backend", "onnx"]) == 2
     assert "not a loadable ONNX model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "backbone,shape,extra",
+    [("seed_cnn", (1, 28, 28), []), ("basecnn", (3, 32, 32), ["model.backbone_args={blocks: Ddw}"]),
+     ("resnet18", (3, 64, 64), []), ("efficientnet_b0", (3, 64, 64), []), ("timm/resnet10t", (3, 64, 64), [])],
+)  # fmt: skip
+def test_every_backbone_family_exports_with_parity(backbone, shape, extra, tmp_path):
+    """Untrained weights written as a run directory; the export must match PyTorch and the embeddings must vary
+    with the input (a constant graph would match trivially)."""
+    from siamkit.config import load_config
+    from siamkit.models.siamese import build_model
+    from siamkit.pipeline import _metadata
+    from siamkit.train.checkpoint import save_weights
+
+    c = shape[0]
+    cfg = load_config(None, [f"model.backbone={backbone}", f"data.mean={[0.5] * c}", f"data.std={[0.25] * c}", *extra])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, c)
+    for m in model.modules():  # calibrate BatchNorm on random inputs: untrained statistics can flatten the output
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(torch.randn(8, *shape), mode="embed")
+    save_weights(model.eval(), tmp_path / "model.safetensors", _metadata(cfg, shape, 0.5))
+    r = export_onnx(tmp_path)
+    assert r["max_abs_diff"] <= 1e-4
+    x = torch.randint(0, 256, (4, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    got = OnnxEmbedder(tmp_path / "model.onnx").embed(x)
+    assert np.abs(got - TorchEmbedder(tmp_path).embed(x)).max() <= 1e-4
+    assert np.ptp(got, axis=0).max() > 1e-3

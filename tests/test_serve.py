@@ -217,3 +217,15 @@ def test_a_gallery_of_another_model_is_refused_at_start(small_run, gallery_dir, 
     g.meta["model_hash"] = "f" * 64
     with pytest.raises(CheckpointError, match="built with model ffffffffffff"):
         create_app(TorchEmbedder(small_run), g)
+
+
+def test_uploads_are_stored_as_bounded_png_copies(client):
+    big = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 600, 3), dtype=np.uint8)).save(big, format="JPEG")
+    r = client.post("/gallery", files={"image": big.getvalue()}, data={"label": "wide"})
+    assert r.status_code == 201, r.text
+    stored = Image.open(client.gallery_dir / "uploads" / f"{r.json()['id']}.png")
+    assert stored.format == "PNG" and stored.size == (512, 256) and stored.mode == "L"  # the model's mode
+    thumb = Image.open(io.BytesIO(client.get(f"/gallery/{r.json()['id']}/image").content))
+    assert max(thumb.size) == 256

@@ -22,7 +22,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from siamkit.config import atomic_write_bytes
-from siamkit.data.images import image_to_array
+from siamkit.data.images import image_to_array, to_mode
 from siamkit.errors import SiamkitError
 from siamkit.index.gallery import Gallery
 from siamkit.inference import Embedder
@@ -32,6 +32,7 @@ from siamkit.serve.uploads import BodyLimitMiddleware, Payload, UploadLimits, de
 log = logging.getLogger(__name__)
 MAX_K = 100
 THUMBNAIL = 256
+STORED_SIDE = 512
 CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
@@ -56,17 +57,25 @@ class Service:
         self.limits = limits
         self.lock = threading.Lock()
 
-    def to_input(self, data: bytes, name: str) -> np.ndarray:
-        c, h, w = self.embedder.input_shape
-        return image_to_array(decode_image(data, self.limits, name), c, (h, w))
+    def decode(self, data: bytes, name: str) -> Image.Image:
+        """The validated upload in the model's colour mode (``L`` or ``RGB``), at its own size."""
+        return to_mode(decode_image(data, self.limits, name), self.embedder.input_shape[0])
 
-    async def images(self, payload: Payload, field: str, count: int | None = 1) -> list[np.ndarray]:
+    def to_input(self, img: Image.Image) -> np.ndarray:
+        c, h, w = self.embedder.input_shape
+        return image_to_array(img, c, (h, w))
+
+    async def decoded(self, payload: Payload, field: str, count: int | None = 1) -> list[Image.Image]:
         blobs = payload.images.get(field, [])
         if not blobs:
             raise HTTPException(422, f"missing image field {field!r}")
         if count is not None and len(blobs) != count:
             raise HTTPException(422, f"field {field!r}: expected {count} image, got {len(blobs)}")
-        return [await run_in_threadpool(self.to_input, b, field) for b in blobs]
+        return [await run_in_threadpool(self.decode, b, field) for b in blobs]
+
+    async def images(self, payload: Payload, field: str, count: int | None = 1) -> list[np.ndarray]:
+        """Model inputs ``(C, H, W)`` uint8 of the images of ``field``."""
+        return [self.to_input(img) for img in await self.decoded(payload, field, count)]
 
     async def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
         batch = torch.from_numpy(np.stack(arrays))
@@ -77,15 +86,17 @@ class Service:
             raise HTTPException(409, "no gallery loaded; start the service with --gallery DIR")
         return self.gallery
 
-    def add_item(self, array: np.ndarray, vector: np.ndarray, label: str | None) -> int:
-        """Store the validated image as PNG under the gallery's uploads/ and commit the new item."""
+    def add_item(self, img: Image.Image, vector: np.ndarray, label: str | None) -> int:
+        """Store a copy of the validated image (re-encoded as PNG, at most ``STORED_SIDE`` px on its long side: no
+        byte of the upload is kept) under the gallery's uploads/ and commit the new item."""
         gallery = self.need_gallery()
         with self.lock:
             item_id = int(gallery.meta["next_id"])
             rel = f"uploads/{item_id}.png"
-            img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+            copy = img.copy()
+            copy.thumbnail((STORED_SIDE, STORED_SIDE))
             buf = io.BytesIO()
-            img.save(buf, format="PNG")
+            copy.save(buf, format="PNG")
             atomic_write_bytes(gallery.directory / rel, buf.getvalue())
             try:
                 (new_id,) = gallery.add(vector[None], [rel], [label])
@@ -227,9 +238,9 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
         label = payload.fields.get("label")
         if label is not None and not isinstance(label, str):
             raise HTTPException(422, "label must be a string")
-        (array,) = await svc.images(payload, "image")
-        vectors = await svc.embed([array])
-        item_id = await run_in_threadpool(svc.add_item, array, vectors[0], label or None)
+        (img,) = await svc.decoded(payload, "image")
+        vectors = await svc.embed([svc.to_input(img)])
+        item_id = await run_in_threadpool(svc.add_item, img, vectors[0], label or None)
         return {"id": item_id, "label": label or None, "size": len(svc.need_gallery())}
 
     @app.delete("/gallery/{item_id}")

@@ -47,6 +47,10 @@ def test_export_reports_its_parity(small_run, tmp_path, capsys):
     assert r["input"][0] == "batch"
     assert main(["export", str(small_run), "--out", str(tmp_path / "n.onnx")]) == 0
     assert "parity with PyTorch: max |difference|" in capsys.readouterr().out
+    # an ONNX file kept elsewhere is named with --onnx
+    png = str(small_run / "roc.png")  # any image: compared with itself
+    code = main(["verify", str(small_run), png, png, "--backend", "onnx", "--onnx", str(out), "--format", "json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["distance"] < 1e-3
 
 
 def test_export_refuses_a_parity_failure_and_writes_nothing(small_run, tmp_path, monkeypatch):

@@ -229,3 +229,23 @@ def test_uploads_are_stored_as_bounded_png_copies(client):
     assert stored.format == "PNG" and stored.size == (512, 256) and stored.mode == "L"  # the model's mode
     thumb = Image.open(io.BytesIO(client.get(f"/gallery/{r.json()['id']}/image").content))
     assert max(thumb.size) == 256
+
+
+def test_the_service_follows_edits_committed_by_another_process(client, small_run, digits_images, tmp_path):
+    from siamkit.index.ops import add, remove
+
+    q = digits_images / "9" / "009.png"
+    before = client.post("/search", files={"image": q.read_bytes()}, data={"k": "1"}).json()["results"][0]
+    assert before["same"] is True  # the query itself, within the threshold
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "nine.png").write_bytes(q.read_bytes())
+    add(str(client.gallery_dir), [str(extra)], label="cli-added")  # as `siamkit index add` would, beside the service
+    assert client.get("/health").json()["gallery"]["size"] == 201
+    top = client.post("/search", files={"image": q.read_bytes()}, data={"k": "2"}).json()["results"]
+    assert {h["label"] for h in top} == {"9", "cli-added"}
+    remove(str(client.gallery_dir), [200])
+    assert client.get("/health").json()["gallery"]["size"] == 200
+    # and the service's own edits go on from the reloaded state: the next id is 201, not 200 again
+    r = client.post("/gallery", files={"image": q.read_bytes()})
+    assert r.json()["id"] == 201

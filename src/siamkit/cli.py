@@ -28,6 +28,13 @@ def _backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="PyTorch (default) or ONNX Runtime (RUN_DIR/model.onnx, or --onnx FILE)")  # fmt: skip
     p.add_argument("--onnx", dest="onnx_path", help="the ONNX file for --backend onnx")
+    p.add_argument("--device", default="cpu", help="torch backend: cpu (default), cuda, cuda:1, mps or auto")
+
+
+def _source(args: argparse.Namespace) -> Any:
+    from siamkit.inference import ModelSource
+
+    return ModelSource(args.backend, args.onnx_path, args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,7 +287,7 @@ def _serve(args: argparse.Namespace) -> None:
     from siamkit.serve.uploads import UploadLimits
 
     limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
-    serve(args.run_dir, args.gallery_dir, args.host, args.port, args.backend, args.onnx_path, limits,
+    serve(args.run_dir, args.gallery_dir, args.host, args.port, _source(args), None, limits,
           "warning" if args.quiet else "info")  # fmt: skip
 
 
@@ -291,14 +298,14 @@ def _verify(args: argparse.Namespace) -> None:
     if args.pairs:
         if args.image_a or args.image_b:
             raise ConfigError("give either two images or --pairs CSV, not both")
-        r = pipeline.verify_pairs(args.run_dir, args.pairs, args.out, args.backend, args.skip_bad)
+        r = pipeline.verify_pairs(args.run_dir, args.pairs, args.out, _source(args), args.skip_bad)
         acc = f", accuracy {r['accuracy']:.4f} against the label column" if "accuracy" in r else ""
         same = f"{r['same']} judged same" if "same" in r else "no threshold saved"
         _emit(r, args.format, f"{r['pairs']} pairs: {same}{acc}\nwritten: {r['decisions']}")
         return
     if not (args.image_a and args.image_b):
         raise ConfigError("verify needs two images (IMAGE_A IMAGE_B) or --pairs CSV")
-    r = pipeline.verify_images(args.run_dir, args.image_a, args.image_b, args.backend)
+    r = pipeline.verify_images(args.run_dir, args.image_a, args.image_b, _source(args))
     verdict = "unknown (no threshold saved)" if r["same"] is None else ("same" if r["same"] else "different")
     thr = "none" if r["threshold"] is None else f"{r['threshold']:.4f}"
     _emit(r, args.format, f"distance {r['distance']:.4f}  threshold {thr}  → {verdict}")
@@ -311,11 +318,11 @@ def _index(args: argparse.Namespace) -> None:
     if args.index_command == "build":
         names = ("m", "ef_construction", "ef_search", "nlist", "nprobe")
         options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-        r = ops.build(args.run_dir, args.images, args.out, args.kind, options, args.backend, progress, args.skip_bad,
+        r = ops.build(args.run_dir, args.images, args.out, args.kind, options, _source(args), progress, args.skip_bad,
                       args.overwrite)  # fmt: skip
         text = f"gallery {r['directory']}: {r['added']} images embedded ({r['index']['kind']} index, {r['metric']})"
     elif args.index_command == "add":
-        r = ops.add(args.gallery_dir, args.images, args.label, args.run_dir, args.backend, progress, args.skip_bad)
+        r = ops.add(args.gallery_dir, args.images, args.label, args.run_dir, _source(args), progress, args.skip_bad)
         ids = r["added_ids"]
         span = f"ids {ids[0]}–{ids[-1]}" if ids else "nothing"
         text = f"gallery {r['directory']}: added {len(ids)} ({span}); size {r['size']}"
@@ -337,13 +344,14 @@ def _index(args: argparse.Namespace) -> None:
 def _search(args: argparse.Namespace) -> None:
     from siamkit.index import ops
 
-    r = ops.search(args.gallery_dir, args.queries, args.k, args.run_dir, args.backend, args.figure,
+    r = ops.search(args.gallery_dir, args.queries, args.k, args.run_dir, _source(args), args.figure,
                    args.figure_style)  # fmt: skip
     lines = []
     for res in r["results"]:
         lines.append(f"query {res['query']}" + (f"  (label {res['label']})" if res["label"] else ""))
-        lines += [f"  {h['rank']:>3}  id {h['id']:<7} {h['distance']:.4f}  {h['label'] or '-':<14} {h['path']}"
-                  for h in res["neighbours"]]  # fmt: skip
+        mark = {True: "same", False: "    ", None: "    "}
+        lines += [f"  {h['rank']:>3}  id {h['id']:<7} {h['distance']:.4f} {mark[h['same']]}  {h['label'] or '-':<14} "
+                  f"{h['path']}" for h in res["neighbours"]]  # fmt: skip
     if "figure" in r:
         lines.append(f"figure: {r['figure']}")
     _emit(r, args.format, "\n".join(lines))

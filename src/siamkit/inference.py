@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,26 @@ class OnnxEmbedder(Embedder):
         return np.asarray(out, dtype=np.float32)
 
 
-def open_embedder(run_dir: str | os.PathLike[str], backend: str = "torch", onnx_path: str | None = None) -> Embedder:
-    """``backend="torch"``: the run's safetensors weights; ``"onnx"``: ``onnx_path`` or ``RUN_DIR/model.onnx``."""
-    if backend == "torch":
-        return TorchEmbedder(run_dir)
-    if backend == "onnx":
-        return OnnxEmbedder(onnx_path or Path(run_dir) / ONNX_FILE)
-    raise CheckpointError(f"unknown backend {backend!r}; use torch or onnx")
+@dataclass(frozen=True)
+class ModelSource:
+    """How to run a run's model: ``backend`` ``"torch"`` (its safetensors weights, on ``device``: cpu, cuda,
+    auto, ...) or ``"onnx"`` (``onnx_path``, default ``RUN_DIR/model.onnx``, on ONNX Runtime's CPU provider)."""
+
+    backend: str = "torch"
+    onnx_path: str | None = None
+    device: str = "cpu"
+
+
+def open_embedder(
+    run_dir: str | os.PathLike[str], backend: str | ModelSource = "torch", onnx_path: str | None = None
+) -> Embedder:
+    """The embedder of ``run_dir`` on ``backend`` (a name, or a :class:`ModelSource` with the ONNX file and the
+    device)."""
+    source = backend if isinstance(backend, ModelSource) else ModelSource(backend, onnx_path)
+    if source.backend == "torch":
+        from siamkit.train.loop import resolve_device
+
+        return TorchEmbedder(run_dir, str(resolve_device(source.device)))
+    if source.backend == "onnx":
+        return OnnxEmbedder(source.onnx_path or Path(run_dir) / ONNX_FILE)
+    raise CheckpointError(f"unknown backend {source.backend!r}; use torch or onnx")

@@ -34,7 +34,7 @@ from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import EvalResult, embed_images, evaluate_split
 from siamkit.evaluate.metrics import best_threshold, retrieval_metrics, verification_accuracy
-from siamkit.inference import WEIGHTS
+from siamkit.inference import WEIGHTS, ModelSource
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.distances import as_dissimilarity, get_distance
@@ -342,7 +342,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, overrides: list[s
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
 
 
-def verify_images(run_dir: str | Path, path_a: str, path_b: str, backend: str = "torch") -> dict[str, Any]:
+def verify_images(
+    run_dir: str | Path, path_a: str, path_b: str, backend: str | ModelSource = "torch"
+) -> dict[str, Any]:
     """Distance between two image files under a trained model, and the same/different decision at the saved
     threshold."""
     from siamkit.inference import open_embedder
@@ -355,7 +357,7 @@ def verify_images(run_dir: str | Path, path_a: str, path_b: str, backend: str = 
 
 
 def verify_pairs(
-    run_dir: str | Path, pairs_csv: str | Path, out: str | Path | None = None, backend: str = "torch",
+    run_dir: str | Path, pairs_csv: str | Path, out: str | Path | None = None, backend: str | ModelSource = "torch",
     skip_bad: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Decide every pair of a CSV (columns ``path_a,path_b`` and optionally ``label``, 1 = same; relative paths

@@ -67,11 +67,15 @@ class Item:
 
 @dataclass(frozen=True)
 class Hit:
+    """One search result; ``same``: the distance is within the model's verification threshold (``None`` when the
+    run saved no threshold) — the identification decision "this is the gallery item's identity"."""
+
     rank: int
     id: int
     distance: float
     label: str | None
     path: str
+    same: bool | None = None
 
 
 def index_options(kind: str, options: dict[str, Any] | None = None) -> dict[str, int]:
@@ -125,7 +129,20 @@ class Gallery:
         self.meta = meta
         self.index = index
         self.items = items
+        self.stamp = self._sidecar_stamp()
         set_search_params(index, meta["index"]["kind"], meta["index"]["options"])
+
+    def _sidecar_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.directory / SIDECAR).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def is_stale(self) -> bool:
+        """True when another process has committed a newer version since this one was opened or saved (every
+        commit renames a new sidecar into place, so its inode changes)."""
+        return self._sidecar_stamp() != self.stamp
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -276,6 +293,7 @@ class Gallery:
         items = [[it.id, it.path, it.label] for it in sorted(self.items.values(), key=lambda it: it.id)]
         atomic_write_text(self.directory / SIDECAR, json.dumps({**meta, "items": items}) + "\n")
         self.meta = meta
+        self.stamp = self._sidecar_stamp()
         for old in self.directory.glob("index-*.faiss"):
             if old.name != name and re.fullmatch(r"index-\d{6}\.faiss", old.name):
                 old.unlink(missing_ok=True)
@@ -317,10 +335,12 @@ class Gallery:
 
     def hits(self, distances: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
         """Search results as :class:`Hit` rows (faiss's −1 padding dropped)."""
+        thr = self.meta.get("threshold")
         out = []
         for drow, irow in zip(distances, ids, strict=True):
             row = [(int(i), float(d)) for d, i in zip(drow, irow, strict=True) if i >= 0]
-            out.append([Hit(r + 1, i, d, self.items[i].label, self.items[i].path) for r, (i, d) in enumerate(row)])
+            out.append([Hit(r + 1, i, d, self.items[i].label, self.items[i].path, None if thr is None else d <= thr)
+                        for r, (i, d) in enumerate(row)])  # fmt: skip
         return out
 
     def resolve(self, item: Item) -> Path:

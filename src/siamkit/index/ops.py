@@ -15,7 +15,7 @@ import torch
 from siamkit.data.images import SKIP_HINT
 from siamkit.errors import DataError
 from siamkit.index.gallery import Gallery, Hit, locked
-from siamkit.inference import Embedder, open_embedder
+from siamkit.inference import Embedder, ModelSource, open_embedder
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
@@ -103,7 +103,7 @@ def embed_paths(
 
 def build(
     run_dir: str, sources: Sequence[str], out: str, kind: str = "flat", options: dict[str, Any] | None = None,
-    backend: str = "torch", progress: bool = False, skip_bad: bool = False, overwrite: bool = False,
+    backend: str | ModelSource = "torch", progress: bool = False, skip_bad: bool = False, overwrite: bool = False,
     batch_size: int = 256,
 ) -> dict[str, Any]:  # fmt: skip
     """Embed every image of ``sources`` with the run's model and write a new gallery to ``out``."""
@@ -119,7 +119,7 @@ def build(
     return {**gallery.describe(), "added": len(kept), "skipped": skipped}
 
 
-def _open_for(gallery_dir: str, run_dir: str | None, backend: str) -> tuple[Gallery, Embedder]:
+def _open_for(gallery_dir: str, run_dir: str | None, backend: str | ModelSource) -> tuple[Gallery, Embedder]:
     gallery = Gallery.open(gallery_dir)
     embedder = open_embedder(run_dir or gallery.meta["run_dir"], backend)
     gallery.check_model(embedder.describe())
@@ -128,7 +128,7 @@ def _open_for(gallery_dir: str, run_dir: str | None, backend: str) -> tuple[Gall
 
 def add(
     gallery_dir: str, sources: Sequence[str], label: str | None = None, run_dir: str | None = None,
-    backend: str = "torch", progress: bool = False, skip_bad: bool = False,
+    backend: str | ModelSource = "torch", progress: bool = False, skip_bad: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Embed ``sources`` and add them (a folder per class gives labels; ``label`` labels the rest)."""
     with locked(gallery_dir):
@@ -157,12 +157,13 @@ def remove(gallery_dir: str, ids: Sequence[int]) -> dict[str, Any]:
 
 
 def hits_to_dicts(hits: list[Hit]) -> list[dict[str, Any]]:
-    return [{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "path": h.path} for h in hits]
+    return [{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "same": h.same, "path": h.path}
+            for h in hits]  # fmt: skip
 
 
 def search(
-    gallery_dir: str, queries: Sequence[str], k: int = 10, run_dir: str | None = None, backend: str = "torch",
-    figure: str | None = None, figure_style: str = "grid",
+    gallery_dir: str, queries: Sequence[str], k: int = 10, run_dir: str | None = None,
+    backend: str | ModelSource = "torch", figure: str | None = None, figure_style: str = "grid",
 ) -> dict[str, Any]:  # fmt: skip
     """The ``k`` nearest gallery items of each query image; optionally the neighbours figure (SPEC §7)."""
     gallery, embedder = _open_for(gallery_dir, run_dir, backend)

@@ -24,8 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from siamkit.config import atomic_write_bytes
 from siamkit.data.images import image_to_array, to_mode
 from siamkit.errors import SiamkitError
-from siamkit.index.gallery import Gallery
-from siamkit.inference import Embedder
+from siamkit.index.gallery import Gallery, locked
+from siamkit.inference import Embedder, ModelSource
 from siamkit.serve.page import PAGE_HTML
 from siamkit.serve.uploads import BodyLimitMiddleware, Payload, UploadLimits, decode_image, read_payload
 
@@ -55,7 +55,7 @@ class Service:
         self.embedder = embedder
         self.gallery = gallery
         self.limits = limits
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
 
     def decode(self, data: bytes, name: str) -> Image.Image:
         """The validated upload in the model's colour mode (``L`` or ``RGB``), at its own size."""
@@ -81,43 +81,63 @@ class Service:
         batch = torch.from_numpy(np.stack(arrays))
         return await run_in_threadpool(self.embedder.embed, batch)
 
-    def need_gallery(self) -> Gallery:
-        if self.gallery is None:
-            raise HTTPException(409, "no gallery loaded; start the service with --gallery DIR")
+    def current(self) -> Gallery | None:
+        """The gallery (or None), reloaded first if another process (``siamkit index add/remove``) committed."""
+        if self.gallery is not None and self.gallery.is_stale():
+            with self.lock:
+                self._reload()
         return self.gallery
+
+    def need_gallery(self) -> Gallery:
+        gallery = self.current()
+        if gallery is None:
+            raise HTTPException(409, "no gallery loaded; start the service with --gallery DIR")
+        return gallery
+
+    def _reload(self) -> None:
+        """Re-read the committed gallery (caller holds ``self.lock``)."""
+        assert self.gallery is not None
+        if self.gallery.is_stale():
+            fresh = Gallery.open(self.gallery.directory)
+            fresh.check_model(self.embedder.describe())
+            self.gallery = fresh
 
     def add_item(self, img: Image.Image, vector: np.ndarray, label: str | None) -> int:
         """Store a copy of the validated image (re-encoded as PNG, at most ``STORED_SIDE`` px on its long side: no
         byte of the upload is kept) under the gallery's uploads/ and commit the new item."""
-        gallery = self.need_gallery()
-        with self.lock:
+        directory = self.need_gallery().directory
+        with self.lock, locked(directory):  # one writer at a time, in this process and across processes
+            self._reload()
+            gallery = self.need_gallery()
             item_id = int(gallery.meta["next_id"])
             rel = f"uploads/{item_id}.png"
             copy = img.copy()
             copy.thumbnail((STORED_SIDE, STORED_SIDE))
             buf = io.BytesIO()
             copy.save(buf, format="PNG")
-            atomic_write_bytes(gallery.directory / rel, buf.getvalue())
+            atomic_write_bytes(directory / rel, buf.getvalue())
             try:
                 (new_id,) = gallery.add(vector[None], [rel], [label])
                 gallery.save()
             except BaseException:
-                self.gallery = Gallery.open(gallery.directory)  # back to the last committed state
-                (gallery.directory / rel).unlink(missing_ok=True)
+                self.gallery = Gallery.open(directory)  # back to the last committed state
+                (directory / rel).unlink(missing_ok=True)
                 raise
             assert new_id == item_id
             return new_id
 
     def remove_item(self, item_id: int) -> None:
-        gallery = self.need_gallery()
-        with self.lock:
+        directory = self.need_gallery().directory
+        with self.lock, locked(directory):
+            self._reload()
+            gallery = self.need_gallery()
             if item_id not in gallery.items:
                 raise HTTPException(404, f"no gallery item with id {item_id}")
             (item,) = gallery.remove([item_id])
             try:
                 gallery.save()
             except BaseException:
-                self.gallery = Gallery.open(gallery.directory)
+                self.gallery = Gallery.open(directory)
                 raise
         if not Path(item.path).is_absolute():
             gallery.resolve(item).unlink(missing_ok=True)
@@ -127,7 +147,7 @@ class Service:
         with self.lock:
             distances, ids = gallery.search(vectors, k)
             hits = gallery.hits(distances, ids)
-        return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label,
+        return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "same": h.same,
                   "image_url": f"/gallery/{h.id}/image"} for h in row] for row in hits]  # fmt: skip
 
     def thumbnail(self, item_id: int) -> bytes:
@@ -195,7 +215,7 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
     async def health() -> dict[str, Any]:
         """Model and gallery in use (no server paths)."""
         info = {k: v for k, v in embedder.describe().items() if k != "run_dir"}
-        g = svc.gallery
+        g = svc.current()
         gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
         return {"status": "ok", **info, "gallery": gal, "max_request_bytes": limits.max_request_bytes}
 
@@ -267,8 +287,9 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
 
 
 def serve(
-    run_dir: str, gallery_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch",
-    onnx_path: str | None = None, limits: UploadLimits | None = None, log_level: str = "info",
+    run_dir: str, gallery_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+    backend: str | ModelSource = "torch", onnx_path: str | None = None, limits: UploadLimits | None = None,
+    log_level: str = "info",
 ) -> None:  # fmt: skip
     """Run the service on uvicorn until interrupted."""
     import uvicorn

@@ -112,7 +112,9 @@ $("search-btn").addEventListener("click", async () => {
       img.src = hit.image_url; img.alt = "gallery item " + hit.id;
       const caption = document.createElement("div");
       caption.className = "caption";
-      caption.textContent = "#" + hit.rank + " · " + hit.distance.toFixed(4) + (hit.label ? " · " + hit.label : "");
+      caption.textContent = "#" + hit.rank + " · " + hit.distance.toFixed(4) + (hit.label ? " · " + hit.label : "")
+        + (hit.same ? " ✓" : "");
+      if (hit.same) caption.title = "within the verification threshold: same identity";
       card.append(img, caption);
       list.append(card);
     }

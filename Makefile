@@ -5,7 +5,7 @@ run:
 	bash scripts/bootstrap.sh && $(VENV)/siamkit train
 
 test:
-	bash scripts/bootstrap.sh && $(VENV)/python -m pytest -q
+	bash scripts/system-deps.sh && bash scripts/bootstrap.sh && $(VENV)/python -m pytest -q
 
 lint:
 	$(VENV)/ruff check src tests benchmarks && $(VENV)/ruff format --check src tests benchmarks

@@ -7,6 +7,7 @@ approximate kinds, recall@10 against the exact answer.
 
     .venv/bin/python benchmarks/search.py                       # 1M × 128, 1,000 queries, all kinds
     .venv/bin/python benchmarks/search.py --n 100000 --kinds flat ivf
+    .venv/bin/python benchmarks/search.py --kinds flat --persist   # + commit / reopen / edit times of 1M items
     .venv/bin/python benchmarks/search.py --data clustered          # 10k identities × 100: embedding-like
 """
 
@@ -41,6 +42,33 @@ def _qps(search, queries: np.ndarray, k: int, repeats: int) -> tuple[float, tupl
     return len(queries) / best, out
 
 
+def _persistence(gallery: Gallery, labels_for: int) -> dict[str, object]:
+    """Commit the gallery to a temp folder, reopen it, remove one item and commit again: seconds and sizes."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="siamkit-gallery-bench-"))
+    try:
+        gallery.directory = folder
+        t = time.perf_counter()
+        gallery.save()
+        save_s = time.perf_counter() - t
+        t = time.perf_counter()
+        reopened = Gallery.open(folder)
+        open_s = time.perf_counter() - t
+        t = time.perf_counter()
+        reopened.remove([0])
+        reopened.save()
+        edit_s = time.perf_counter() - t
+        sizes = {f.name.split("-")[0].split(".")[0]: f.stat().st_size for f in folder.iterdir() if f.is_file()}
+        return {"benchmark": "gallery_persistence", "n": labels_for, "save_s": round(save_s, 2),
+                "open_s": round(open_s, 2), "remove_and_save_s": round(edit_s, 2),
+                "sidecar_bytes": sizes.get("gallery"), "index_bytes": sizes.get("index")}  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -54,6 +82,7 @@ def main() -> None:
     ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 256], help="HNSW: one line per value")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--persist", action="store_true", help="also time save / open / remove+save of the flat gallery")
     ap.add_argument("--data", choices=("random", "clustered"), default="random",
                     help="random: i.i.d. Gaussian (default); clustered: n/100 identities of 100 points")  # fmt: skip
     args = ap.parse_args()
@@ -69,8 +98,8 @@ def main() -> None:
         data += 0.5 * rng.standard_normal(data.shape, dtype=np.float32)
         queries = centres[rng.integers(0, len(centres), args.queries)]
         queries += 0.5 * rng.standard_normal(queries.shape, dtype=np.float32)
-    paths = [f"v{i}" for i in range(args.n)]
-    labels: list[str | None] = [None] * args.n
+    paths = [f"/data/images/id_{i % 10000:05d}/img_{i:07d}.png" for i in range(args.n)]  # realistic sidecar sizes
+    labels: list[str | None] = [f"id_{i % 10000:05d}" for i in range(args.n)]
     exact_ids = None
     for kind in ["flat", *[k for k in args.kinds if k != "flat"]]:
         opts = {"flat": {}, "hnsw": {"m": args.m, "ef_search": args.ef_search[0]},
@@ -120,6 +149,8 @@ def main() -> None:
             line.update({"faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(), "cpus": os.cpu_count(),
                          "machine": platform.machine()})  # fmt: skip
             print(json.dumps(line), flush=True)
+        if kind == "flat" and args.persist:
+            print(json.dumps(_persistence(gallery, labels_for=args.n)), flush=True)
         del gallery, raw
 
 

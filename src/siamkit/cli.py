@@ -287,7 +287,7 @@ def _serve(args: argparse.Namespace) -> None:
     from siamkit.serve.uploads import UploadLimits
 
     limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
-    serve(args.run_dir, args.gallery_dir, args.host, args.port, _source(args), None, limits,
+    serve(args.run_dir, args.gallery_dir, args.host, args.port, _source(args), limits,
           "warning" if args.quiet else "info")  # fmt: skip
 
 
@@ -346,10 +346,10 @@ def _search(args: argparse.Namespace) -> None:
 
     r = ops.search(args.gallery_dir, args.queries, args.k, args.run_dir, _source(args), args.figure,
                    args.figure_style)  # fmt: skip
+    mark = {True: "same", False: "    ", None: "    "}
     lines = []
     for res in r["results"]:
         lines.append(f"query {res['query']}" + (f"  (label {res['label']})" if res["label"] else ""))
-        mark = {True: "same", False: "    ", None: "    "}
         lines += [f"  {h['rank']:>3}  id {h['id']:<7} {h['distance']:.4f} {mark[h['same']]}  {h['label'] or '-':<14} "
                   f"{h['path']}" for h in res["neighbours"]]  # fmt: skip
     if "figure" in r:

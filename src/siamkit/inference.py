@@ -121,7 +121,7 @@ class OnnxEmbedder(Embedder):
 
     backend = "onnx"
 
-    def __init__(self, path: str | os.PathLike[str], threads: int = 0):
+    def __init__(self, path: str | os.PathLike[str]):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -129,11 +129,8 @@ class OnnxEmbedder(Embedder):
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: ONNX model not found; write it with: siamkit export RUN_DIR --format onnx")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
@@ -164,12 +161,10 @@ class ModelSource:
     device: str = "cpu"
 
 
-def open_embedder(
-    run_dir: str | os.PathLike[str], backend: str | ModelSource = "torch", onnx_path: str | None = None
-) -> Embedder:
+def open_embedder(run_dir: str | os.PathLike[str], backend: str | ModelSource = "torch") -> Embedder:
     """The embedder of ``run_dir`` on ``backend`` (a name, or a :class:`ModelSource` with the ONNX file and the
     device)."""
-    source = backend if isinstance(backend, ModelSource) else ModelSource(backend, onnx_path)
+    source = backend if isinstance(backend, ModelSource) else ModelSource(backend)
     if source.backend == "torch":
         from siamkit.train.loop import resolve_device
 

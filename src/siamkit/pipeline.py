@@ -34,7 +34,7 @@ from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import EvalResult, embed_images, evaluate_split
 from siamkit.evaluate.metrics import best_threshold, retrieval_metrics, verification_accuracy
-from siamkit.inference import WEIGHTS, ModelSource
+from siamkit.inference import WEIGHTS, ModelSource, open_embedder
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.distances import as_dissimilarity, get_distance
@@ -347,8 +347,6 @@ def verify_images(
 ) -> dict[str, Any]:
     """Distance between two image files under a trained model, and the same/different decision at the saved
     threshold."""
-    from siamkit.inference import open_embedder
-
     embedder = open_embedder(run_dir, backend)
     emb = embedder.embed_files([path_a, path_b])
     d = float(embedder.pair_distances(emb[:1], emb[1:])[0])
@@ -365,7 +363,6 @@ def verify_pairs(
     decision per pair (and ``correct`` when labelled); returns counts and, with labels, the accuracy at the saved
     threshold. Each distinct image is decoded and embedded once."""
     from siamkit.data.readers import read_tuples_csv
-    from siamkit.inference import open_embedder
 
     embedder = open_embedder(run_dir, backend)
     c, h, w = embedder.input_shape

@@ -191,8 +191,14 @@ def read_fashion_mnist(directory: str | None = None) -> tuple[ImageSet, ImageSet
     )
 
 
-def _list_files(folder: Path) -> list[Path]:
+def list_files(folder: Path) -> list[Path]:
+    """The non-hidden files of ``folder``, sorted."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The non-hidden sub-folders of ``root``, sorted: the classes of a class-per-folder layout."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def _decode_all(
@@ -226,13 +232,13 @@ def read_folder(
 ) -> ImageSet:  # fmt: skip
     """Class-per-folder layout ``root/<class>/<image>``; every non-hidden file in a class folder is an image."""
     root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in class_folders(root)]
     if not classes:
         raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>")
     paths: list[Path] = []
     labels: list[int] = []
     for ci, name in enumerate(classes):
-        files = _list_files(root / name)
+        files = list_files(root / name)
         paths += files
         labels += [ci] * len(files)
     if not paths:
@@ -249,7 +255,7 @@ def read_flat(
     ``class`` (else group 1)."""
     root = Path(root)
     pattern = re.compile(regex) if regex else None
-    paths = _list_files(root)
+    paths = list_files(root)
     if not paths:
         raise DataError(f"{root}: the folder holds no files")
     names: list[str] = []

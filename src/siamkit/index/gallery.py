@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from siamkit.config import atomic_write_text
+from siamkit.config import atomic_write_bytes, atomic_write_text
 from siamkit.errors import CheckpointError, ConfigError, DataError
 
 FORMAT = "siamkit-gallery-v1"
@@ -286,8 +286,6 @@ class Gallery:
         self.directory.mkdir(parents=True, exist_ok=True)
         generation = int(self.meta["generation"]) + 1
         name = f"index-{generation:06d}.faiss"
-        from siamkit.config import atomic_write_bytes
-
         atomic_write_bytes(self.directory / name, faiss.serialize_index(self.index).tobytes())
         meta = {**self.meta, "generation": generation, "index_file": name}
         items = [[it.id, it.path, it.label] for it in sorted(self.items.values(), key=lambda it: it.id)]
@@ -310,17 +308,13 @@ class Gallery:
         k = min(k, len(self))
         if k == 0:
             return np.empty((len(x), 0), np.float32), np.empty((len(x), 0), np.int64)
-        if nprobe is None and ef_search is None:
-            raw, ids = self.index.search(x, k)
-            return self.to_distance(raw), ids
-        opts = dict(self.meta["index"]["options"])
-        overrides = (("nprobe", nprobe), ("ef_search", ef_search))
-        opts.update({key: v for key, v in overrides if v is not None and key in opts})
-        set_search_params(self.index, self.kind, opts)  # a per-call override (benchmarks); not thread-safe
-        try:
-            raw, ids = self.index.search(x, k)
-        finally:
-            set_search_params(self.index, self.kind, self.meta["index"]["options"])
+        faiss = _faiss()
+        params = None  # per-call overrides travel with the call (thread-safe); the index keeps its defaults
+        if self.kind == "ivf" and nprobe is not None:
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+        elif self.kind == "hnsw" and ef_search is not None:
+            params = faiss.SearchParametersHNSW(efSearch=ef_search)
+        raw, ids = self.index.search(x, k, params=params)
         return self.to_distance(raw), ids
 
     def to_distance(self, raw: np.ndarray) -> np.ndarray:

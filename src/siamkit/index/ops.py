@@ -13,16 +13,12 @@ import numpy as np
 import torch
 
 from siamkit.data.images import SKIP_HINT
+from siamkit.data.readers import class_folders, list_files
 from siamkit.errors import DataError
 from siamkit.index.gallery import Gallery, Hit, locked
 from siamkit.inference import Embedder, ModelSource, open_embedder
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def collect_images(sources: Sequence[str], label: str | None = None) -> list[tuple[str, str | None]]:
@@ -43,11 +39,11 @@ def collect_images(sources: Sequence[str], label: str | None = None) -> list[tup
         elif p.is_file():
             out.append((str(p.resolve()), label))
         else:
-            classes = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+            classes = class_folders(p)
             if classes:
-                out += [(str(f.resolve()), c.name) for c in classes for f in _files(c)]
+                out += [(str(f.resolve()), c.name) for c in classes for f in list_files(c)]
             else:
-                out += [(str(f.resolve()), label) for f in _files(p)]
+                out += [(str(f.resolve()), label) for f in list_files(p)]
     if not out:
         raise DataError(f"no images found in {', '.join(sources)}")
     return out

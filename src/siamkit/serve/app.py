@@ -65,17 +65,21 @@ class Service:
         c, h, w = self.embedder.input_shape
         return image_to_array(img, c, (h, w))
 
-    async def decoded(self, payload: Payload, field: str, count: int | None = 1) -> list[Image.Image]:
+    @staticmethod
+    def blobs(payload: Payload, field: str, count: int | None = 1) -> list[bytes]:
         blobs = payload.images.get(field, [])
         if not blobs:
             raise HTTPException(422, f"missing image field {field!r}")
         if count is not None and len(blobs) != count:
             raise HTTPException(422, f"field {field!r}: expected {count} image, got {len(blobs)}")
-        return [await run_in_threadpool(self.decode, b, field) for b in blobs]
+        return blobs
+
+    def _inputs(self, blobs: list[bytes], field: str) -> list[np.ndarray]:
+        return [self.to_input(self.decode(b, field)) for b in blobs]
 
     async def images(self, payload: Payload, field: str, count: int | None = 1) -> list[np.ndarray]:
-        """Model inputs ``(C, H, W)`` uint8 of the images of ``field``."""
-        return [self.to_input(img) for img in await self.decoded(payload, field, count)]
+        """Model inputs ``(C, H, W)`` uint8 of the images of ``field``: decoded and resized in the thread pool."""
+        return await run_in_threadpool(self._inputs, self.blobs(payload, field, count), field)
 
     async def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
         batch = torch.from_numpy(np.stack(arrays))
@@ -258,8 +262,8 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
         label = payload.fields.get("label")
         if label is not None and not isinstance(label, str):
             raise HTTPException(422, "label must be a string")
-        (img,) = await svc.decoded(payload, "image")
-        vectors = await svc.embed([svc.to_input(img)])
+        img = await run_in_threadpool(svc.decode, svc.blobs(payload, "image")[0], "image")
+        vectors = await svc.embed([await run_in_threadpool(svc.to_input, img)])
         item_id = await run_in_threadpool(svc.add_item, img, vectors[0], label or None)
         return {"id": item_id, "label": label or None, "size": len(svc.need_gallery())}
 
@@ -288,15 +292,14 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
 
 def serve(
     run_dir: str, gallery_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-    backend: str | ModelSource = "torch", onnx_path: str | None = None, limits: UploadLimits | None = None,
-    log_level: str = "info",
+    backend: str | ModelSource = "torch", limits: UploadLimits | None = None, log_level: str = "info",
 ) -> None:  # fmt: skip
     """Run the service on uvicorn until interrupted."""
     import uvicorn
 
     from siamkit.inference import open_embedder
 
-    embedder = open_embedder(run_dir, backend, onnx_path)
+    embedder = open_embedder(run_dir, backend)
     gallery = Gallery.open(gallery_dir) if gallery_dir else None
     app = create_app(embedder, gallery, limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -93,22 +93,17 @@ def decode_image(data: bytes, limits: UploadLimits, name: str = "image") -> Imag
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data), formats=list(limits.formats))
+            pixels = img.width * img.height
+            if pixels > limits.max_pixels:
+                raise HTTPException(
+                    422, f"{name}: {img.width}×{img.height} = {pixels:,} pixels is over the {limits.max_pixels:,} "
+                    "limit (decompression-bomb guard)",
+                )  # fmt: skip
+            img.load()
         except UnidentifiedImageError:
             raise HTTPException(
                 415, f"{name}: not an image in an accepted format ({', '.join(limits.formats)})"
             ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise HTTPException(422, f"{name}: too many pixels (decompression-bomb guard)") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise HTTPException(422, f"{name}: corrupt image header ({exc})") from None
-        pixels = img.width * img.height
-        if pixels > limits.max_pixels:
-            raise HTTPException(
-                422, f"{name}: {img.width}×{img.height} = {pixels:,} pixels is over the {limits.max_pixels:,} limit "
-                "(decompression-bomb guard)",
-            )  # fmt: skip
-        try:
-            img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise HTTPException(422, f"{name}: too many pixels (decompression-bomb guard)") from None
         except (OSError, SyntaxError, ValueError) as exc:

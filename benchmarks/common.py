@@ -24,10 +24,17 @@ def result_line(benchmark: str, recipe: str, cfg: RunConfig, r: dict[str, Any], 
         "epochs_run": r["epochs_run"], "best_epoch": r.get("best_epoch"), "train_seconds": r["train_seconds"],
         "images_per_second": r["images_per_second"], "wall_seconds": round(wall, 1),
         "torch_threads": torch.get_num_threads(),
+        **metric_keys(test),
+        "tpr_at_fpr_conservative": {str(t["fpr"]): round(t["tpr_conservative"], 4) for t in test["tpr_at_fpr"]},
+        "n_genuine": test["n_genuine"], "n_impostor": test["n_impostor"],
+    }  # fmt: skip
+
+
+def metric_keys(test: dict[str, Any]) -> dict[str, Any]:
+    """The headline test metrics of a run or a baseline, rounded."""
+    return {
         "precision_at_1": round(test["precision_at_1"], 4), "r_precision": round(test["r_precision"], 4),
         "map_at_r": round(test["map_at_r"], 4), "auc": round(test["auc"], 4), "eer": round(test["eer"], 4),
         "tpr_at_fpr": {str(t["fpr"]): round(t["tpr_interpolated"], 4) for t in test["tpr_at_fpr"]},
-        "tpr_at_fpr_conservative": {str(t["fpr"]): round(t["tpr_conservative"], 4) for t in test["tpr_at_fpr"]},
-        "n_genuine": test["n_genuine"], "n_impostor": test["n_impostor"],
         "verification_accuracy": round(test["verification_accuracy"], 4),
     }  # fmt: skip

@@ -164,7 +164,7 @@ def test_identity_split_too_few_classes_names_the_split(tmp_path, capsys):
     _write_folder(tmp_path / "faces", n_classes=3)
     code, _, err = _run(capsys, "train", "--data", str(tmp_path / "faces"), "--runs-dir", str(tmp_path / "r"),
                         "--set", "data.split=identity")  # fmt: skip
-    assert code == 2 and "split holds" in err and err.strip().count("\n") == 0
+    assert code == 2 and "identity split leaves" in err and err.strip().count("\n") == 0
 
 
 def test_pairs_csv_dataset(tmp_path, capsys):

@@ -12,9 +12,12 @@ def _cfg(tmp_path, *extra):
 
 
 def test_early_stopping_when_validation_does_not_improve(tmp_path):
-    # lr = 0 and no BatchNorm (its running statistics would still move): the model is frozen, the validation
-    # loss never improves after epoch 1 → stop after `patience` more epochs
+    # lr = 0 and no BatchNorm (its running statistics would still move): the model is frozen, so no epoch beats
+    # the initial weights (epoch 0, a candidate too) on validation MAP@R → stop after `patience` epochs, keep epoch 0
     r = train_run(_cfg(tmp_path, "train.lr=0", "train.epochs=10", "train.patience=2", "model.backbone=seed_cnn"))
+    assert r["epochs_run"] == 2 and r["best_epoch"] == 0 and r["stopped_early"] is True
+    r = train_run(_cfg(tmp_path, "train.lr=0", "train.epochs=10", "train.patience=2", "model.backbone=seed_cnn",
+                       "train.monitor=val_loss"))  # fmt: skip
     assert r["epochs_run"] == 3 and r["best_epoch"] == 1 and r["stopped_early"] is True
 
 

@@ -213,11 +213,10 @@ def _fmt(v: Any) -> str:
 def summary_table(result: dict[str, Any]) -> str:
     """The human summary of a train/eval result: one row per split."""
     cols = ["split", "AUC", "EER", "TPR@.5", "TPR@.1", "TPR@.01", "TPR@.001", "P@1", "MAP@R", "VerAcc"]
+    from siamkit.report import split_entries
+
     rows = []
-    for split in ("train", "validation", "test"):
-        m = result.get(split)
-        if not m:
-            continue
+    for split, m in split_entries(result):
         tprs = [t["tpr_interpolated"] for t in m["tpr_at_fpr"]]
         flags = ["" if t["reliable"] else "*" for t in m["tpr_at_fpr"]]
         tpr_cells = [f"{_fmt(x)}{f}" for x, f in zip(tprs, flags, strict=True)]
@@ -235,7 +234,19 @@ def summary_table(result: dict[str, Any]) -> str:
             f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
             f"   images/s: {result['images_per_second']:.0f}   best epoch: {result['best_epoch']}"
         )
-    return "\n".join(head + lines + ["(* = fewer than 3 impostor pairs behind that FPR: not meaningful)"])
+    identities = result.get("identities")
+    if identities:
+        head.append("identity split (open set): " + "; ".join(
+            f"{part} {len(ids)} ({_names(ids)})" for part, ids in identities.items()
+        ))  # fmt: skip
+    foot = ["(* = fewer than 3 impostor pairs behind that FPR: not meaningful)"]
+    if result.get("baselines"):
+        foot.append("(raw pixels / untrained net: the same test pairs scored without training — the bar to beat)")
+    return "\n".join(head + lines + foot)
+
+
+def _names(ids: list[str], at_most: int = 6) -> str:
+    return ", ".join(ids[:at_most]) + (f", … {len(ids) - at_most} more" if len(ids) > at_most else "")
 
 
 def _emit(result: dict[str, Any], fmt: str, table: str) -> None:

@@ -53,8 +53,21 @@ class DataConfig:
     """1 (grayscale) or 3 (RGB); None takes it from the first image."""
     skip_bad: bool = False
     """Skip unreadable images and report them instead of failing."""
-    split: str = "random"
-    """How validation/test are carved: ``random`` | ``per-class`` | ``identity`` (open-set)."""
+    split: str = "auto"
+    """How validation/test are carved: ``random`` | ``per-class`` | ``identity`` (open-set: training, validation
+    and test identities pairwise disjoint) | ``auto``: ``identity`` for one's own class-per-folder or flat folders
+    holding at least 8 identities (a folder per person asks how the model does on the next person), ``random``
+    otherwise (digits, IDX sets, CIFAR-10: their standard closed-set protocol)."""
+    train_classes: list[str] | str | None = None
+    """Identity split: the training identities, by class name or index (a list, or ``"0,2,4"``); None = every
+    identity not used for validation or test. Without ``val_classes``, validation identities are carved from
+    these."""
+    val_classes: list[str] | str | None = None
+    """Identity split: the validation identities (checkpoint, early stopping, threshold); None = a
+    ``val_fraction`` of the training identities (at least 2)."""
+    test_classes: list[str] | str | None = None
+    """Identity split: the test identities; None = a ``test_fraction`` of the identities (at least 2), taken from
+    the source's own test files when it has them (IDX, CIFAR-10)."""
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     """Share held out for testing when the source has no test split of its own."""
@@ -64,7 +77,7 @@ class DataConfig:
     """Per-channel normalisation; None computes it from the training images."""
     std: list[float] | None = None
     limit: int | None = None
-    """Use only the first N training images (quick experiments)."""
+    """Use only N training images, sampled (seeded) and stratified by class (quick experiments)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -93,6 +106,8 @@ class ModelConfig:
     backbone: str = "convnet"
     backbone_args: dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 64
+    """Width of the embedding head ``Linear(num_features → embedding_dim)``; 0 = no head: the backbone's pooled
+    features are the embedding."""
     normalize: bool = True
     """L2-normalise embeddings."""
     sigmoid_head: bool = False
@@ -117,6 +132,10 @@ class LossConfig:
     """Online mining on P×K batches: all, batch-all, semi-hard, hard, batch-hard (triplets), all-pairs,
     hard-pairs, batch-hard-pairs (pairs), or ``package.module:Class``; None trains on sampled tuples."""
     miner_params: dict[str, Any] = field(default_factory=lambda: {"neg_margin": 0.5})
+    ssl_weight: float = 0.0
+    """Weight of a self-supervised term (NT-Xent, SimCLR) between two augmented views of every training image,
+    added to the loss; needs ``data.augment.enabled``. 0 = off."""
+    ssl_temperature: float = 0.1
 
 
 @dataclass
@@ -173,6 +192,10 @@ class EvalConfig:
 class RunConfig:
     name: str = "default"
     runs_dir: str = "runs"
+    recipe: str = "auto"
+    """Defaults for the keys a config file or override does not set (``siamkit.recipes``): ``closed-set`` (the
+    default recipe), ``open-set`` (tuned on identities never seen in training), or ``auto``: ``open-set`` when the
+    split is an identity split, ``closed-set`` otherwise. The run's ``config.yaml`` records the resolved values."""
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -228,7 +251,23 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             loss.setdefault("miner", None)
         if "miner" in loss:
             loss.setdefault("miner_params", {})  # likewise another miner (or none)
-    return typing.cast(RunConfig, from_dict(RunConfig, data))
+    cfg = typing.cast(RunConfig, from_dict(RunConfig, data))
+    object.__setattr__(cfg, "explicit_keys", frozenset(_dotted_keys(data)))
+    return cfg
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> list[str]:
+    """The ``a.b`` keys set in a nested config dict (a ``dict``-typed field such as ``loss.params`` is one key)."""
+    cls = cls or RunConfig
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for key, value in data.items():
+        hint = hints.get(key)
+        if isinstance(value, dict) and hint is not None and dataclasses.is_dataclass(hint):
+            keys += _dotted_keys(value, f"{prefix}{key}.", hint)
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def set_key(data: dict[str, Any], assignment: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -25,27 +26,36 @@ from siamkit.config import (
     to_dict,
 )
 from siamkit.data.imageset import ImageSet
-from siamkit.data.readers import DatasetBundle, load_dataset
+from siamkit.data.readers import DatasetBundle, load_dataset, stratified_sample
 from siamkit.data.samplers import PKSampler
 from siamkit.data.splits import Splits, make_splits
 from siamkit.data.transforms import Preprocess, channel_stats
 from siamkit.data.tuples import TupleSampler, fixed_tuples
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
-from siamkit.evaluate.evaluator import EvalResult, embed_images, evaluate_split
+from siamkit.evaluate.evaluator import (
+    EvalResult,
+    embed_images,
+    evaluate_embeddings,
+    evaluate_split,
+    pixel_embeddings,
+)
 from siamkit.evaluate.metrics import best_threshold, retrieval_metrics, verification_accuracy
 from siamkit.inference import WEIGHTS, ModelSource, open_embedder
-from siamkit.losses import create_loss
+from siamkit.losses import LOSSES, create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.distances import as_dissimilarity, get_distance
+from siamkit.losses.selfsup import SelfSupervised
 from siamkit.models.pretrained import backbone_preset
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
+from siamkit.recipes import apply_recipe
 from siamkit.train.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.train.checkpoint import read_weights, save_weights
 from siamkit.train.loop import FitResult, fit, resolve_device
 
 log = logging.getLogger(__name__)
 MAX_TRAIN_EVAL = 10000  # training-set verification metrics use at most this many images
+MAX_MONITOR_IMAGES = 4000  # the per-epoch validation retrieval monitor uses at most this many images
 
 
 @dataclass
@@ -71,6 +81,7 @@ def prepare_data(cfg: RunConfig) -> Prepared:
                  cfg.data.image_size, cfg.data.channels, cfg.model.backbone)  # fmt: skip
     bundle = load_dataset(cfg.data)
     splits = make_splits(bundle, cfg.data, cfg.train.seed)
+    apply_recipe(cfg, splits.method)
     train_images = splits.train.images.images
     if cfg.data.mean is None or cfg.data.std is None:
         cfg.data.mean, cfg.data.std = channel_stats(train_images)
@@ -84,9 +95,16 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, bundle, splits, pre, (c, h, w))
 
 
-def make_loss(cfg: RunConfig, num_classes: int = 0) -> SiameseLoss:
-    context: dict[str, object] = {"num_classes": num_classes, "embedding_dim": cfg.model.embedding_dim}
+def make_loss(cfg: RunConfig, num_classes: int = 0, embedding_dim: int | None = None) -> SiameseLoss:
+    """The configured loss; ``num_classes`` and ``embedding_dim`` (default: ``model.embedding_dim``) fill the
+    parameters of losses that ask for them (proxies, class centres)."""
+    dim = embedding_dim if embedding_dim is not None else cfg.model.embedding_dim
+    context: dict[str, object] = {"num_classes": num_classes, "embedding_dim": dim}
     loss = create_loss(cfg.loss.name, cfg.loss.params, cfg.loss.miner, cfg.loss.miner_params, context)
+    if cfg.loss.ssl_weight:
+        if loss.input_kind != "labels":
+            raise ConfigError("loss.ssl_weight needs labelled (P×K) batches: use a mining or proxy loss")
+        loss.self_supervised = SelfSupervised(cfg.loss.ssl_weight, cfg.loss.ssl_temperature)
     if loss.needs_sigmoid_head:
         cfg.model.sigmoid_head = True
     return loss
@@ -143,8 +161,12 @@ def train_run(
     torch.manual_seed(cfg.train.seed)
     prep = prepare_data(cfg)
     s = prep.splits
-    loss_fn = make_loss(cfg, 1 + max(int(x.images.labels.max(initial=-1)) for x in (s.train, s.val, s.test)))
+    n_classes = 1 + max(int(x.images.labels.max(initial=-1)) for x in (s.train, s.val, s.test))
+    if getattr(LOSSES.get(cfg.loss.name), "needs_sigmoid_head", False):
+        cfg.model.sigmoid_head = True
     model = build_model(cfg.model, prep.input_shape[0])
+    loss_fn = make_loss(cfg, n_classes, model.embedding_dim)
+    untrained = copy.deepcopy(model).eval()  # the "untrained network" baseline: these very initial weights
     device = dist_device or resolve_device(cfg.train.device)
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
     out = Path(distributed.broadcast_object(str(out)))  # rank 0's choice: one run directory for all ranks
@@ -162,7 +184,7 @@ def train_run(
     result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, train_source,
                  s.val.images.images, val_source, device, out / "last.pt", on_best, resume=resume,
                  val_metrics=retrieval_monitor(prep, device), dist_info=info, on_epoch=on_epoch)  # fmt: skip
-    metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out)
+    metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out, untrained=untrained)
     metrics.update(_fit_summary(result, model, prep))
     if info.enabled:
         metrics["world_size"] = info.world_size
@@ -184,10 +206,13 @@ def retrieval_monitor(prep: Prepared, device: torch.device) -> Callable[[Siamese
     if val.tuples is not None or not val.images.has_labels or len(np.unique(val.images.labels)) < 2:
         return None
     distance = get_distance(cfg.eval.distance)
+    images = val.images
+    if len(images) > MAX_MONITOR_IMAGES:  # a fixed stratified sample: the per-epoch cost stays bounded
+        images = images.subset(stratified_sample(images.labels, MAX_MONITOR_IMAGES, cfg.train.seed))
 
     def compute(model: SiameseNet) -> dict[str, float]:
-        emb = embed_images(model, val.images.images, prep.preprocess, cfg.eval.batch_size, device)
-        r = retrieval_metrics(emb, val.images.labels, (1,), distance=distance)
+        emb = embed_images(model, images.images, prep.preprocess, cfg.eval.batch_size, device)
+        r = retrieval_metrics(emb, images.labels, (1,), distance=distance)
         return {"precision_at_1": r["precision_at_1"], "map_at_r": r["map_at_r"]}
 
     return compute
@@ -206,7 +231,17 @@ def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[s
         "monitor": result.monitor,
         "stopped_early": result.stopped_early,
         "split_sizes": {k: len(getattr(prep.splits, k).images) for k in ("train", "val", "test")},
+        **({} if result.initial_score is None else {f"initial_val_{result.monitor}": -result.initial_score}),
     }
+
+
+def split_summary(splits: Splits) -> dict[str, Any]:
+    """How the data was split, for metrics.json and the report: the method and, for identity splits, the
+    identities of each part."""
+    out: dict[str, Any] = {"split": splits.method}
+    if splits.identities is not None:
+        out["identities"] = splits.identities
+    return out
 
 
 def evaluate_prepared(
@@ -215,9 +250,12 @@ def evaluate_prepared(
     device: torch.device,
     threshold: float | None,
     out_dir: Path | None = None,
+    untrained: SiameseNet | None = None,
 ) -> dict[str, Any]:
     """Metrics on train (subsampled), validation and test; the threshold is calibrated on validation unless
-    given. Writes the ROC and distance plots into ``out_dir`` (default: the run directory from the caller)."""
+    given. Writes the ROC and distance plots into ``out_dir`` (default: the run directory from the caller).
+    ``baselines`` holds the same validation and test metrics (same pairs, same retrieval protocol) of the raw
+    pixels and of ``untrained`` (the network before training), each with its own validation threshold."""
     cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
     model.to(device)
     val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, None, seed + 11, device)
@@ -226,6 +264,9 @@ def evaluate_prepared(
     val.metrics["threshold"] = threshold
     val.metrics["verification_accuracy"] = verification_accuracy(val.pairs.distances, val.pairs.labels, threshold)
     test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device)
+    test.metrics["verification_accuracy_best"] = verification_accuracy(
+        test.pairs.distances, test.pairs.labels, best_threshold(test.pairs.distances, test.pairs.labels)
+    )  # what an oracle threshold chosen on the test pairs would give: how well the calibration transfers
     train_images = s.train.images
     if s.train.tuples is None and len(train_images) > MAX_TRAIN_EVAL:
         pick = np.random.default_rng(seed).choice(len(train_images), MAX_TRAIN_EVAL, replace=False)
@@ -234,7 +275,43 @@ def evaluate_prepared(
     target = out_dir or Path(cfg.runs_dir) / cfg.name
     if distributed.current().is_main:
         _plots(target, {"train": train, "validation": val, "test": test}, threshold, s.test.images, cfg)
-    return {"threshold": threshold, "test": test.metrics, "validation": val.metrics, "train": train.metrics}
+    baselines = baseline_metrics(prep, device, untrained)
+    return {"threshold": threshold, "test": test.metrics, "validation": val.metrics, "train": train.metrics,
+            **split_summary(s), "baselines": baselines}  # fmt: skip
+
+
+MAX_PIXEL_VALUES = 400_000_000  # raw-pixel baseline: at most this many float32 values per split (1.6 GB)
+
+
+def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet | None) -> dict[str, Any]:
+    """Validation and test metrics of the raw-pixel embedding (flattened, L2-normalised pixels at the run's input
+    size) and of the untrained network, on the pairs and retrieval protocol the trained model is scored on. Each
+    baseline's threshold is calibrated on its own validation pairs."""
+    cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
+    embedders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    n = max(len(s.val.images), len(s.test.images))
+    if n * int(np.prod(prep.input_shape)) <= MAX_PIXEL_VALUES:
+        embedders["pixels"] = pixel_embeddings
+    else:
+        shape = "×".join(map(str, prep.input_shape))
+        log.info("raw-pixel baseline skipped: %d images of %s values are too large", n, shape)
+    if untrained is not None:
+        net = untrained
+
+        def embed_untrained(images: torch.Tensor) -> torch.Tensor:
+            return embed_images(net, images, prep.preprocess, cfg.eval.batch_size, device)
+
+        embedders["untrained"] = embed_untrained
+    out: dict[str, Any] = {}
+    for name, embed in embedders.items():
+        val = evaluate_embeddings(embed(s.val.images.images), s.val.images, s.val.tuples, cfg.eval, None, seed + 11)
+        thr = best_threshold(val.pairs.distances, val.pairs.labels)
+        val.metrics["verification_accuracy"] = verification_accuracy(val.pairs.distances, val.pairs.labels, thr)
+        test = evaluate_embeddings(embed(s.test.images.images), s.test.images, s.test.tuples, cfg.eval, thr, seed + 13)
+        out[name] = {"threshold": thr, "validation": val.metrics, "test": test.metrics}
+    if untrained is not None:
+        untrained.cpu()
+    return out
 
 
 SCORES = "scores.npz"
@@ -336,7 +413,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, overrides: list[s
     device = resolve_device(cfg.train.device)
     out = Path(run_dir) / "eval"
     out.mkdir(exist_ok=True)
-    metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out)
+    torch.manual_seed(cfg.train.seed)
+    untrained = build_model(cfg.model, run.input_shape[0]).eval()  # a fresh initialisation with the run's seed
+    metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out, untrained=untrained)
     metrics["dataset"] = prep.bundle.name
     _write_metrics(metrics, out)
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}

@@ -79,13 +79,24 @@ def _tpr(m: dict[str, Any]) -> dict[str, float]:
     return {str(t["fpr"]): t["tpr_interpolated"] for t in m.get("tpr_at_fpr", [])}
 
 
-def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
-    """One row per split: AUC, EER, TPR at the four FPRs, P@1, MAP@R, verification and similarity accuracy."""
+BASELINE_NAMES = {"pixels": "raw pixels", "untrained": "untrained net"}
+
+
+def split_entries(metrics: dict[str, Any], baselines: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """(row name, metrics) for train, validation and test, then (``baselines``) the test split of each baseline
+    (raw pixels, the untrained network): what a summary table shows."""
+    entries = [(split, metrics[split]) for split in ("train", "validation", "test") if metrics.get(split)]
+    for key, b in (metrics.get("baselines") or {}).items() if baselines else ():
+        if b.get("test"):
+            entries.append((f"test: {BASELINE_NAMES.get(key, key)}", b["test"]))
+    return entries
+
+
+def metrics_rows(metrics: dict[str, Any], baselines: bool = True) -> list[list[Any]]:
+    """One row per split (and baseline): AUC, EER, TPR at the four FPRs, P@1, MAP@R, verification and similarity
+    accuracy."""
     rows = []
-    for split in ("train", "validation", "test"):
-        m = metrics.get(split)
-        if not m:
-            continue
+    for split, m in split_entries(metrics, baselines):
         tpr = _tpr(m)
         rows.append([split, m.get("auc"), m.get("eer"), *(tpr.get(f) for f in FPRS), m.get("precision_at_1"),
                      m.get("map_at_r"), m.get("verification_accuracy"), m.get("similarity_accuracy")])  # fmt: skip
@@ -111,10 +122,20 @@ def run_report(run_dir: Path) -> str:
         ("train seconds", metrics.get("train_seconds")), ("images/s", metrics.get("images_per_second")),
         ("epochs run", metrics.get("epochs_run")), ("best epoch", metrics.get("best_epoch")),
         ("checkpoint chosen by", metrics.get("monitor")), ("threshold (validation)", metrics.get("threshold")),
+        ("split", metrics.get("split")),
     ]  # fmt: skip
     parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
     parts.append("<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, metrics_rows(metrics)))
-    parts.append("<p>TPR at FPR is interpolated on the ROC; retrieval is leave-one-out on each split.</p>")
+    parts.append(
+        "<p>TPR at FPR is interpolated on the ROC; retrieval is leave-one-out on each split. The baselines are scored "
+        "on the same test pairs: raw pixels (flattened, L2-normalised) and the network before training — a model "
+        "that does not beat them has not learned a similarity for this data.</p>"
+    )
+    identities = metrics.get("identities")
+    if identities:
+        rows = [[part, len(ids), ", ".join(ids)] for part, ids in identities.items()]
+        parts.append("<h2>Identities (open-set split: pairwise disjoint)</h2>"
+                     + html_table(["split", "identities", "names"], rows))  # fmt: skip
     for title, name in RUN_SECTIONS:
         parts.append(f"<h2>{html.escape(title)}</h2>{_img(run_dir / name)}")
     history = run_dir / "history.csv"

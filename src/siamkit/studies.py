@@ -398,7 +398,9 @@ def compare(
         t = r["test"]
         rows.append([loss, *_tpr(t), t.get("auc"), t.get("eer"), t.get("precision_at_1"), t.get("map_at_r"),
                      r.get("train_seconds"), loss])  # fmt: skip
-        per_split += [[f"{loss}: {row[0]}", *row[1:]] for row in metrics_rows(r)]
+        per_split += [[f"{loss}: {row[0]}", *row[1:]] for row in metrics_rows(r, baselines=False)]
+        if loss == losses[0]:  # the same test pairs for every loss: the baselines once
+            per_split += [[f"baseline: {row[0]}", *row[1:]] for row in metrics_rows(r)[3:]]
         runs.append(loss)
         scores = Path(r["run_dir"]) / SCORES
         if scores.is_file():

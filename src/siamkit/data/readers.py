@@ -42,6 +42,8 @@ class DatasetBundle:
     images: ImageSet
     test: ImageSet | None = None
     tuples: TupleTable | None = None
+    layout: str = ""
+    """The layout it was read with (``folder``, ``flat``, ``idx``, ...)."""
 
 
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
@@ -76,6 +78,7 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
             f"unknown data layout {layout!r}; use auto, folder, flat, pairs-csv, triplets-csv, idx, cifar10, "
             "digits or fashion-mnist"
         )
+    bundle.layout = layout
     return _resize_tensor_sets(bundle, cfg)
 
 
@@ -355,6 +358,19 @@ def _resize_tensor_sets(bundle: DatasetBundle, cfg: DataConfig) -> DatasetBundle
                 s.images.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False
             )
             s.images = resized.round().clamp(0, 255).to(torch.uint8)
-    if cfg.limit is not None and bundle.tuples is None:
-        bundle.images = bundle.images.subset(np.arange(min(cfg.limit, len(bundle.images))))
+    if cfg.limit is not None and bundle.tuples is None and cfg.limit < len(bundle.images):
+        bundle.images = bundle.images.subset(stratified_sample(bundle.images.labels, cfg.limit))
     return bundle
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` items drawn without replacement, each class keeping its share (largest remainders
+    round up), so that ``data.limit`` on class-sorted files keeps every class, not the first few."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(np.int64)
+    extra = np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]
+    take[extra] += 1
+    picks = [rng.choice(np.flatnonzero(labels == c), int(k), replace=False) for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(picks)) if picks else np.empty(0, np.int64)

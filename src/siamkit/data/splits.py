@@ -13,7 +13,11 @@ from siamkit.data.readers import DatasetBundle
 from siamkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-SPLIT_METHODS = ("random", "per-class", "identity")
+SPLIT_METHODS = ("auto", "random", "per-class", "identity")
+AUTO_IDENTITY_MIN = 8
+"""``data.split=auto`` chooses identities for class-per-folder / flat data with at least this many classes: 2 for
+validation, 2 for test and 4 or more to train on."""
+MIN_HELD_IDENTITIES = 2
 
 
 @dataclass
@@ -29,6 +33,10 @@ class Splits:
     train: Split
     val: Split
     test: Split
+    method: str = "random"
+    """The split actually made (``auto`` resolved)."""
+    identities: dict[str, list[str]] | None = None
+    """Identity splits: the class names in each of ``train``, ``validation``, ``test`` (pairwise disjoint)."""
 
 
 def split_indices(
@@ -68,10 +76,34 @@ def split_indices(
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def resolve_split(bundle: DatasetBundle, cfg: DataConfig) -> str:
+    """``data.split`` with ``auto`` resolved: identities for one's own class-per-folder or flat folders with at
+    least ``AUTO_IDENTITY_MIN`` classes (or whenever class lists are given), ``random`` otherwise."""
+    if cfg.split not in SPLIT_METHODS:
+        raise ConfigError(f"unknown data.split {cfg.split!r}; choose one of: {', '.join(SPLIT_METHODS)}")
+    if cfg.split != "auto":
+        return cfg.split
+    if any(v is not None for v in (cfg.train_classes, cfg.val_classes, cfg.test_classes)):
+        return "identity"
+    if bundle.tuples is None and bundle.layout in ("folder", "flat"):
+        n = len(np.unique(bundle.images.labels))
+        if n >= AUTO_IDENTITY_MIN:
+            return "identity"
+        log.warning("%s: %d identities are too few for an identity (open-set) split (%d needed): splitting images "
+                    "at random, so test figures are on identities seen in training", bundle.name, n,
+                    AUTO_IDENTITY_MIN)  # fmt: skip
+    return "random"
+
+
 def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
     """Carve test (unless the source has one) and validation parts, deterministically from ``seed``."""
     rng = np.random.default_rng(seed)
+    method = resolve_split(bundle, cfg)
     if bundle.tuples is not None:  # CSV manifest: split the rows; images stay shared
+        if method == "identity" and cfg.split != "auto":
+            raise ConfigError(
+                f"data.split=identity needs class labels, but {bundle.name} is a pairs/triplets CSV; use random"
+            )
         n = len(bundle.tuples)
         perm = rng.permutation(n)
         n_test = int(round(cfg.test_fraction * n))
@@ -80,16 +112,19 @@ def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
             raise DataError(f"{bundle.name}: {n} rows are too few for a train/validation/test split")
         test_rows, val_rows, train_rows = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
         rows = {"train": train_rows, "val": val_rows, "test": test_rows if n_test else val_rows}
-        return Splits(*(Split(bundle.images, bundle.tuples.rows(np.sort(r))) for r in rows.values()))
+        tr, va, te = (Split(bundle.images, bundle.tuples.rows(np.sort(r))) for r in rows.values())
+        return Splits(tr, va, te, method="random")
     pool = bundle.images
     if not pool.has_labels:
         raise DataError(f"{bundle.name}: images have no class labels")
+    if method == "identity":
+        return identity_splits(bundle, cfg, rng)
     if bundle.test is not None:
         test = bundle.test
     else:
-        keep, held = split_indices(pool.labels, cfg.split, cfg.test_fraction, cfg.test_per_class, rng)
+        keep, held = split_indices(pool.labels, method, cfg.test_fraction, cfg.test_per_class, rng)
         test, pool = pool.subset(held), pool.subset(keep)
-    keep, held = split_indices(pool.labels, cfg.split, cfg.val_fraction, cfg.val_per_class, rng)
+    keep, held = split_indices(pool.labels, method, cfg.val_fraction, cfg.val_per_class, rng)
     if len(held) == 0 or len(keep) == 0:
         raise DataError(f"{bundle.name}: the validation split is empty; raise data.val_fraction")
     for part, labels in (
@@ -102,5 +137,95 @@ def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
                 f"{bundle.name}: the {part} split holds {len(np.unique(labels))} class(es); pairs need at least 2 — "
                 "add identities or change data.val_fraction / data.test_fraction"
             )
-    log.info("split %s: train %d, validation %d, test %d", cfg.split, len(keep), len(held), len(test))
-    return Splits(Split(pool.subset(keep)), Split(pool.subset(held)), Split(test))
+    log.info("split %s: train %d, validation %d, test %d", method, len(keep), len(held), len(test))
+    return Splits(Split(pool.subset(keep)), Split(pool.subset(held)), Split(test), method=method)
+
+
+def parse_class_list(value: list[str] | str | None, names: list[str], key: str) -> list[int] | None:
+    """Class ids of ``value`` (names, or indices into ``names``; a list or a comma-separated string). A token
+    that is a class name means that class, even when it looks like a number."""
+    if value is None:
+        return None
+    tokens = [t.strip() for t in value.split(",")] if isinstance(value, str) else [str(t).strip() for t in value]
+    ids: list[int] = []
+    for tok in tokens:
+        if tok in names:
+            ids.append(names.index(tok))
+        elif tok.lstrip("-").isdigit() and 0 <= int(tok) < max(len(names), 1):
+            ids.append(int(tok))
+        else:
+            shown = ", ".join(names[:12]) + (" …" if len(names) > 12 else "")
+            raise ConfigError(f"{key}: no class {tok!r}; give class names ({shown}) or indices 0–{len(names) - 1}")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{key} names a class twice")
+    return ids
+
+
+def _pick(candidates: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    k = max(MIN_HELD_IDENTITIES, int(round(fraction * len(candidates))))
+    return np.sort(rng.permutation(candidates)[: min(k, len(candidates))])
+
+
+def identity_splits(bundle: DatasetBundle, cfg: DataConfig, rng: np.random.Generator) -> Splits:
+    """Open-set splits (SPEC §10): training, validation and test identities pairwise disjoint.
+
+    A source with test files of its own (IDX, CIFAR-10) gives the test identities' images from those files and
+    the training and validation identities' images from its training files; otherwise all come from the one
+    pool. Explicit ``data.{train,val,test}_classes`` win; the rest are drawn (seeded): test = ``test_fraction``
+    of the identities, validation = ``val_fraction`` of the training identities, at least 2 each."""
+    pool, test_pool = bundle.images, bundle.test
+    names = pool.class_names or [str(c) for c in range(int(pool.labels.max()) + 1)]
+    if test_pool is not None and len(test_pool.class_names) > len(names):
+        names = test_pool.class_names
+    names = list(names) + [str(c) for c in range(len(names), int(pool.labels.max()) + 1)]
+    given = {
+        part: parse_class_list(getattr(cfg, f"{part}_classes"), names, f"data.{part}_classes")
+        for part in ("train", "val", "test")
+    }
+    sets = [set(v) for v in given.values() if v is not None]
+    for i, a in enumerate(sets):
+        for b in sets[i + 1 :]:
+            if a & b:
+                raise ConfigError(
+                    f"data.train_classes / val_classes / test_classes overlap in {', '.join(names[c] for c in a & b)}; "
+                    "identities must be in one split only"
+                )
+    pool_classes = np.unique(pool.labels)
+    test_source = test_pool if test_pool is not None else pool
+    if given["test"] is not None:
+        test_ids = np.array(sorted(given["test"]), np.int64)
+    else:
+        taken = set(given["train"] or []) | set(given["val"] or [])
+        candidates = np.array([c for c in np.unique(test_source.labels) if c not in taken], np.int64)
+        test_ids = _pick(candidates, cfg.test_fraction, rng)
+    if given["val"] is not None:
+        val_ids = np.array(sorted(given["val"]), np.int64)
+    else:
+        base = given["train"] if given["train"] is not None else [c for c in pool_classes if c not in set(test_ids)]
+        val_ids = _pick(np.array(sorted(base), np.int64), cfg.val_fraction, rng)
+    if given["train"] is not None:
+        train_ids = np.array(sorted(set(given["train"]) - set(val_ids.tolist())), np.int64)
+    else:
+        train_ids = np.array([c for c in pool_classes if c not in set(test_ids) | set(val_ids)], np.int64)
+    parts = {"train": (pool, train_ids), "validation": (pool, val_ids), "test": (test_source, test_ids)}
+    subsets: dict[str, ImageSet] = {}
+    for part, (source, ids) in parts.items():
+        missing = [names[c] for c in ids if not (source.labels == c).any()]
+        if missing:
+            raise DataError(f"{bundle.name}: {part} identities {', '.join(missing)} have no images in that part")
+        need = 2 if part == "train" else MIN_HELD_IDENTITIES
+        if len(ids) < need:
+            raise DataError(
+                f"{bundle.name}: the identity split leaves {len(ids)} identit{'y' if len(ids) == 1 else 'ies'} for "
+                f"{part} (at least {need} needed); add identities, or set data.val_fraction / data.test_fraction "
+                "or the data.*_classes lists"
+            )
+        subsets[part] = source.subset(np.flatnonzero(np.isin(source.labels, ids)))
+    identities = {part: [names[c] for c in ids] for part, (_, ids) in parts.items()}
+    for part, held in identities.items():
+        log.info("identities %s (%d, %d images): %s", part, len(held), len(subsets[part]), ", ".join(held))
+    for part in ("validation", "test"):
+        if len(identities[part]) < 4:
+            log.warning("only %d %s identities: its figures describe very few people/classes and vary a lot from "
+                        "split to split", len(identities[part]), part)  # fmt: skip
+    return Splits(Split(subsets["train"]), Split(subsets["validation"]), Split(subsets["test"]), "identity", identities)

@@ -86,6 +86,22 @@ def evaluate_split(
     """Verification metrics on seeded pairs of the split (or its fixed CSV tuples); retrieval metrics when the
     images carry labels. ``threshold`` (chosen on validation) gives the verification accuracy."""
     emb = embed_images(model, images.images, preprocess, cfg.batch_size, device)
+    return evaluate_embeddings(emb, images, tuples, cfg, threshold, seed)
+
+
+def pixel_embeddings(images: torch.Tensor) -> torch.Tensor:
+    """The raw-pixel baseline ``(N, C·H·W)``: uint8 images ``(N, C, H, W)`` at the run's input size, flattened and
+    L2-normalised (float32)."""
+    flat = images.reshape(len(images), -1).float()
+    return torch.nn.functional.normalize(flat, dim=1)
+
+
+def evaluate_embeddings(
+    emb: torch.Tensor, images: ImageSet, tuples: TupleTable | None, cfg: EvalConfig, threshold: float | None,
+    seed: int,
+) -> EvalResult:  # fmt: skip
+    """``evaluate_split`` on given embeddings ``(N, D)`` of ``images``: the same seed draws the same pairs and
+    triplets, so a model and its baselines (raw pixels, the untrained network) are scored on one protocol."""
     labelled = tuples is None and images.has_labels
     dist = get_distance(cfg.distance)
     pairs = fixed_tuples(images.labels, tuples, "pairs", cfg.n_pairs, seed)

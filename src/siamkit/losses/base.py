@@ -17,6 +17,7 @@ from torch import nn
 
 from siamkit.errors import ConfigError
 from siamkit.losses.miners import Miner, PairIndices, TripletIndices, create_miner
+from siamkit.losses.selfsup import SelfSupervised
 from siamkit.models.siamese import SiameseNet
 from siamkit.registry import Registry
 
@@ -41,10 +42,12 @@ class TripletBatch:
 
 @dataclass
 class LabelBatch:
-    """Images ``(B, C, H, W)`` with class labels ``(B,)`` (int64), e.g. a P×K batch, for online mining."""
+    """Images ``(B, C, H, W)`` with class labels ``(B,)`` (int64), e.g. a P×K batch, for online mining;
+    ``view``: a second augmented draw of the same images ``(B, C, H, W)`` (the self-supervised term's)."""
 
     x: torch.Tensor
     labels: torch.Tensor
+    view: torch.Tensor | None = None
 
 
 Batch = PairBatch | TripletBatch | LabelBatch
@@ -62,6 +65,9 @@ class SiameseLoss(nn.Module):
     miner_outputs: ClassVar[tuple[str, ...]] = ("pairs", "triplets")
     needs_sigmoid_head: ClassVar[bool] = False
     miner: Miner | None = None
+    self_supervised: SelfSupervised | None = None
+    """A term on two augmented views of the batch's images (``losses.selfsup.SelfSupervised``), added by the fit
+    loop; ``make_batch`` then draws the second view."""
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
     """Set by distributed training: all-gathers per-sample rows (embeddings, features, labels) across ranks, so
     that mining and the loss see the global batch (``siamkit.distributed.Gatherer``)."""

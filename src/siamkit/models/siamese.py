@@ -13,7 +13,8 @@ from siamkit.models.transfer import backbone_stages, frozen_norm_layers, set_fro
 
 
 class SiameseNet(nn.Module):
-    """Shared encoder ``f`` = backbone → ``Linear(num_features → embedding_dim)`` (→ L2 normalisation).
+    """Shared encoder ``f`` = backbone → ``Linear(num_features → embedding_dim)`` (→ L2 normalisation);
+    ``embedding_dim=0``: no head, the backbone's pooled features ``(B, num_features)`` are the embedding.
 
     ``features(x)`` is the second-to-last layer's output ``(B, F)`` and ``head`` the last layer (FDC/FDT use
     both); ``embed(x)`` gives ``(B, D)``; ``forward(a, b)`` the per-row Euclidean distance ``(B,)``.
@@ -31,9 +32,11 @@ class SiameseNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         num_features: int = backbone.num_features  # type: ignore[assignment]
-        self.head = nn.Linear(num_features, embedding_dim)
+        # embedding_dim 0: no head, the pooled features are the embedding (wider, and less fitted to the
+        # training classes than a low-dimensional projection trained by the loss)
+        self.head: nn.Module = nn.Linear(num_features, embedding_dim) if embedding_dim else nn.Identity()
         self.normalize = normalize
-        self.embedding_dim = embedding_dim
+        self.embedding_dim = embedding_dim or num_features
         # Dense(1, sigmoid) on the distance: p(same) = sigmoid(w·D + b); starts at w = -4, b = 2.
         self.verifier: nn.Linear | None = None
         if sigmoid_head:

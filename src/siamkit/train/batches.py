@@ -85,9 +85,10 @@ class ClassBatches:
 
 def make_batch(
     images: torch.Tensor, b: BatchIndex, preprocess: Preprocess, device: torch.device, train: bool,
-    channels_last: bool = False,
+    channels_last: bool = False, second_view: bool = False,
 ) -> Batch:  # fmt: skip
-    """Gather and preprocess (augmenting when ``train``) the images of ``b`` on ``device``."""
+    """Gather and preprocess (augmenting when ``train``) the images of ``b`` on ``device``; ``second_view``: a
+    labelled batch also gets another augmented draw of its images (``LabelBatch.view``)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def prep(idx: np.ndarray) -> torch.Tensor:
@@ -96,7 +97,8 @@ def make_batch(
 
     if b.index.ndim == 1:
         assert b.labels is not None
-        return LabelBatch(prep(b.index), torch.from_numpy(b.labels).to(device=device, dtype=torch.int64))
+        labels = torch.from_numpy(b.labels).to(device=device, dtype=torch.int64)
+        return LabelBatch(prep(b.index), labels, prep(b.index) if second_view else None)
     cols = [prep(b.index[:, j]) for j in range(b.index.shape[1])]
     if b.index.shape[1] == 2:
         assert b.labels is not None

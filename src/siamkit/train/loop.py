@@ -21,7 +21,7 @@ from siamkit.config import TrainConfig
 from siamkit.data.transforms import Preprocess
 from siamkit.distributed import SINGLE, DistInfo, Gatherer, all_reduce_sum, convert_sync_batchnorm, wrap_model
 from siamkit.errors import ConfigError
-from siamkit.losses.base import SiameseLoss
+from siamkit.losses.base import LabelBatch, SiameseLoss
 from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
 from siamkit.models.transfer import param_groups
@@ -96,6 +96,8 @@ class FitResult:
     train_seconds: float = 0.0
     images_seen: int = 0
     stopped_early: bool = False
+    initial_score: float | None = None
+    """The monitored value of the initial weights (epoch 0), as minimised; None when not measured."""
 
     @property
     def images_per_second(self) -> float:
@@ -184,6 +186,15 @@ def fit(
         result.train_seconds, result.images_seen = float(st["train_seconds"]), int(st["images_seen"])
         bad_epochs, start_epoch = int(st["bad_epochs"]), int(st["epoch"]) + 1
         log.info("resumed from %s at epoch %d", state_path, start_epoch)
+    ssl = loss_fn.self_supervised
+    if ssl is not None and preprocess.augment is None:
+        raise ConfigError("loss.ssl_weight needs two different views of each image: set data.augment.enabled=true")
+    if val_metrics is not None and start_epoch == 1 and result.monitor != "val_loss":
+        # the initial weights are a candidate too: on identities never trained on, training can make things
+        # worse, and then the honest choice is the model before it (said at the end)
+        result.initial_score = -val_metrics(model)[result.monitor]
+        result.best_score = result.initial_score
+        log.info("epoch 0 (initial weights): val %s %.4f", result.monitor, -result.initial_score)
     model.train()
     train_model: Any = wrap_model(model, info, device) if info.enabled else model
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -209,8 +220,11 @@ def fit(
             disable=None if cfg.progress and info.is_main else True,
         )  # fmt: skip
         for b in bar:
-            batch = make_batch(train_images, b, preprocess, device, train=True, channels_last=cfg.channels_last)
+            batch = make_batch(train_images, b, preprocess, device, train=True, channels_last=cfg.channels_last,
+                               second_view=ssl is not None)  # fmt: skip
             loss = loss_fn(train_model, batch)
+            if ssl is not None and isinstance(batch, LabelBatch) and batch.view is not None:
+                loss = loss + ssl(train_model, batch.x, batch.view)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower train.lr")
             opt.zero_grad(set_to_none=True)
@@ -257,6 +271,10 @@ def fit(
             })  # fmt: skip
     if cfg.patience and bad_epochs >= cfg.patience and not result.stopped_early and len(result.history) < cfg.epochs:
         result.stopped_early = True
+    if result.best_epoch == 0 and result.history:
+        log.warning("no epoch beat the initial weights on validation %s: keeping the untrained network — training "
+                    "did not generalise to the validation identities (try fewer epochs, a lower train.lr, "
+                    "augmentation or loss.ssl_weight)", result.monitor)  # fmt: skip
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)  # as a reloaded checkpoint is: identical evaluation numbers
     return result

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import torch
-from common import protocol_overrides, result_line
+from common import metric_keys, protocol_overrides, result_line
 
 from siamkit.config import load_config
 from siamkit.errors import SiamkitError
@@ -72,6 +72,7 @@ def main() -> int:
         print(f"fashion_mnist.py: error: {exc}", file=sys.stderr)
         return 2
     line = {**result_line("fashion_mnist", args.recipe, cfg, r, wall), "overrides": args.overrides}
+    line["baselines"] = {name: metric_keys(b["test"]) for name, b in r.get("baselines", {}).items()}
     print(json.dumps(line))
     return 0
 

@@ -263,3 +263,53 @@ def test_checkpoint_and_threshold_come_from_validation_identities(open_run):
     emb = embed_images(model, prep.splits.val.images.images, prep.preprocess)
     kept = retrieval_metrics(emb, prep.splits.val.images.labels, (1,))["map_at_r"]
     assert kept == pytest.approx(scores[r["best_epoch"]], abs=1e-4)
+
+
+# --- recipes ------------------------------------------------------------------------------------------------
+
+
+def test_open_set_recipe_fills_only_unset_keys():
+    from siamkit.recipes import RECIPES, apply_recipe
+
+    cfg = load_config(None, ["data.augment.contrast=0.1"])
+    apply_recipe(cfg, "identity")
+    assert cfg.recipe == "open-set" and cfg.loss.ssl_weight == RECIPES["open-set"]["loss.ssl_weight"]
+    assert cfg.data.augment.enabled is True and cfg.data.augment.contrast == 0.1  # the user's value wins
+    cfg = load_config(None, [])
+    apply_recipe(cfg, "random")
+    assert cfg.recipe == "closed-set" and cfg.loss.ssl_weight == 0.0 and cfg.data.augment.enabled is False
+    cfg = load_config(None, ["recipe=open-set"])
+    apply_recipe(cfg, "random")  # named explicitly: applies whatever the split
+    assert cfg.loss.ssl_weight > 0
+    cfg = load_config(None, ["loss.name=triplet"])  # trains on sampled triplets: no labelled batches, no SSL term
+    apply_recipe(cfg, "identity")
+    assert cfg.loss.ssl_weight == 0.0 and cfg.data.augment.enabled is True
+    with pytest.raises(ConfigError, match="unknown recipe 'x'"):
+        apply_recipe(load_config(None, ["recipe=x"]), "random")
+
+
+def test_saved_config_reproduces_the_resolved_recipe(open_run, tmp_path):
+    from siamkit.config import dump_config, to_dict
+    from siamkit.recipes import apply_recipe
+
+    _, _, run_dir = open_run
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.recipe == "open-set" and saved.loss.ssl_weight > 0 and saved.data.augment.enabled
+    before = to_dict(saved)
+    apply_recipe(saved, "identity")  # every key is explicit in a saved config: nothing changes
+    assert to_dict(saved) == before
+    dump_config(saved, tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml") == saved
+
+
+def test_no_head_embeds_the_pooled_features_and_fisher_losses_refuse_it():
+    from siamkit.config import ModelConfig
+    from siamkit.losses import LabelBatch, create_loss
+    from siamkit.models.siamese import build_model
+
+    net = build_model(ModelConfig(embedding_dim=0), 1).eval()
+    x = torch.rand(4, 1, 28, 28)
+    assert net.embedding_dim == net.backbone.num_features == 512
+    assert torch.allclose(net.embed(x), torch.nn.functional.normalize(net.backbone(x), dim=1))
+    with pytest.raises(ConfigError, match="nn.Linear"):
+        create_loss("fdt", miner="batch-hard")(net, LabelBatch(x, torch.tensor([0, 0, 1, 1])))

@@ -3,8 +3,9 @@
 - ``closed-set``: the dataclass defaults (``docs/recipes.md``: the best closed-set figures on Fashion-MNIST
   under a 250 s CPU budget).
 - ``open-set``: for identities never seen in training (``docs/open-set.md``): the closed-set recipe plus
-  augmentation and a self-supervised NT-Xent term on two augmented views, which keeps the detail that a
-  supervised loss on few training identities throws away.
+  augmentation, a self-supervised NT-Xent term on two augmented views (it keeps the detail that a supervised
+  loss on few training identities throws away) and no projection head: the backbone's 512-d pooled features are
+  the embedding (better on unseen classes than a 64-d head, measured on three class-disjoint splits).
 
 ``recipe: auto`` (the default) picks ``open-set`` for identity splits and ``closed-set`` otherwise.
 """
@@ -29,8 +30,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data.augment.contrast": 0.3,
         "loss.ssl_weight": 1.0,
         "loss.ssl_temperature": 0.2,
+        "model.embedding_dim": 0,
     },
 }
+FISHER_LOSSES = ("fdt", "fdc")  # they project through the embedding head: it stays
 RECIPE_NAMES = ("auto", *RECIPES)
 
 
@@ -51,6 +54,8 @@ def apply_recipe(cfg: RunConfig, split: str) -> None:
     values = {k: v for k, v in RECIPES[name].items() if explicit is not None and k not in explicit}
     if values.get("loss.ssl_weight") and not _takes_labelled_batches(cfg):
         values = {k: v for k, v in values.items() if not k.startswith("loss.ssl")}
+    if cfg.loss.name in FISHER_LOSSES:
+        values.pop("model.embedding_dim", None)
     data = to_dict(cfg)
     data["recipe"] = name
     for key, value in values.items():

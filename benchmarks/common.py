@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import torch
 
 from siamkit.config import RunConfig
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--pairs, --threads and --set, shared by the training benchmarks."""
+    p.add_argument("--pairs", type=int, default=50000, help="genuine and impostor evaluation pairs, each")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def parse_run_arguments(p: argparse.ArgumentParser) -> argparse.Namespace:
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def protocol_overrides(data: str, val_fraction: float, pairs: int) -> list[str]:

@@ -15,8 +15,7 @@ import sys
 import tempfile
 import time
 
-import torch
-from common import metric_keys, protocol_overrides, result_line
+from common import add_run_arguments, metric_keys, parse_run_arguments, protocol_overrides, result_line
 
 from siamkit.config import load_config
 from siamkit.errors import SiamkitError
@@ -48,12 +47,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, help="default: the recipe's (siamkit's default: 10)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder with its IDX files")
     p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--pairs", type=int, default=50000, help="genuine and impostor evaluation pairs, each")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_run_arguments(p)
+    args = parse_run_arguments(p)
     overrides = [*protocol_overrides(args.data, args.val_fraction, args.pairs), *RECIPES[args.recipe]]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")

@@ -21,8 +21,7 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
-from common import metric_keys, result_line
+from common import add_run_arguments, metric_keys, parse_run_arguments, result_line
 
 from siamkit.config import load_config
 from siamkit.errors import SiamkitError
@@ -81,12 +80,8 @@ def main() -> int:
     p.add_argument("--folds", help="'standard' (even→odd, odd→even, 5–9→0–4) or K seeded random half/half splits")
     p.add_argument("--classes", type=int, default=10, help="--folds K: how many classes the data has")
     p.add_argument("--epochs", type=int, help="default: siamkit's")
-    p.add_argument("--pairs", type=int, default=50000, help="genuine and impostor evaluation pairs, each")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_run_arguments(p)
+    args = parse_run_arguments(p)
     if not args.folds and not (args.train_classes and args.test_classes):
         p.error("give --train-classes and --test-classes, or --folds")
     try:

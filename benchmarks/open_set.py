@@ -46,7 +46,7 @@ def run_split(args: argparse.Namespace, train: str, test: str, val: str | None) 
         t0 = time.perf_counter()
         r = train_run(cfg)
         wall = time.perf_counter() - t0
-    line = result_line("open_set", "default", cfg, r, wall)
+    line = result_line("open_set", cfg.recipe, cfg, r, wall)
     line["verification_accuracy_best"] = round(r["test"]["verification_accuracy_best"], 4)
     line["identities"] = r.get("identities")
     line["baselines"] = {name: metric_keys(b["test"]) for name, b in r["baselines"].items()}

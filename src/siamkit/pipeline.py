@@ -40,15 +40,15 @@ from siamkit.evaluate.evaluator import (
     evaluate_split,
     pixel_embeddings,
 )
-from siamkit.evaluate.metrics import best_threshold, retrieval_metrics, verification_accuracy
+from siamkit.evaluate.metrics import retrieval_metrics, verification_accuracy
 from siamkit.inference import WEIGHTS, ModelSource, open_embedder
-from siamkit.losses import LOSSES, create_loss
+from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.distances import as_dissimilarity, get_distance
 from siamkit.losses.selfsup import SelfSupervised
 from siamkit.models.pretrained import backbone_preset
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
-from siamkit.recipes import apply_recipe
+from siamkit.recipes import apply_recipe, loss_trait
 from siamkit.train.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.train.checkpoint import read_weights, save_weights
 from siamkit.train.loop import FitResult, fit, resolve_device
@@ -82,6 +82,8 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     bundle = load_dataset(cfg.data)
     splits = make_splits(bundle, cfg.data, cfg.train.seed)
     apply_recipe(cfg, splits.method)
+    if loss_trait(cfg, "needs_sigmoid_head", False):  # the model is built with the head the loss trains
+        cfg.model.sigmoid_head = True
     train_images = splits.train.images.images
     if cfg.data.mean is None or cfg.data.std is None:
         cfg.data.mean, cfg.data.std = channel_stats(train_images)
@@ -97,7 +99,8 @@ def prepare_data(cfg: RunConfig) -> Prepared:
 
 def make_loss(cfg: RunConfig, num_classes: int = 0, embedding_dim: int | None = None) -> SiameseLoss:
     """The configured loss; ``num_classes`` and ``embedding_dim`` (default: ``model.embedding_dim``) fill the
-    parameters of losses that ask for them (proxies, class centres)."""
+    parameters of losses that ask for them (proxies, class centres). A loss that needs the sigmoid head has
+    already turned ``model.sigmoid_head`` on (``prepare_data``), before the model is built."""
     dim = embedding_dim if embedding_dim is not None else cfg.model.embedding_dim
     context: dict[str, object] = {"num_classes": num_classes, "embedding_dim": dim}
     loss = create_loss(cfg.loss.name, cfg.loss.params, cfg.loss.miner, cfg.loss.miner_params, context)
@@ -105,8 +108,6 @@ def make_loss(cfg: RunConfig, num_classes: int = 0, embedding_dim: int | None = 
         if loss.input_kind != "labels":
             raise ConfigError("loss.ssl_weight needs labelled (P×K) batches: use a mining or proxy loss")
         loss.self_supervised = SelfSupervised(cfg.loss.ssl_weight, cfg.loss.ssl_temperature)
-    if loss.needs_sigmoid_head:
-        cfg.model.sigmoid_head = True
     return loss
 
 
@@ -162,8 +163,6 @@ def train_run(
     prep = prepare_data(cfg)
     s = prep.splits
     n_classes = 1 + max(int(x.images.labels.max(initial=-1)) for x in (s.train, s.val, s.test))
-    if getattr(LOSSES.get(cfg.loss.name), "needs_sigmoid_head", False):
-        cfg.model.sigmoid_head = True
     model = build_model(cfg.model, prep.input_shape[0])
     loss_fn = make_loss(cfg, n_classes, model.embedding_dim)
     untrained = copy.deepcopy(model).eval()  # the "untrained network" baseline: these very initial weights
@@ -259,14 +258,11 @@ def evaluate_prepared(
     cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
     model.to(device)
     val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, None, seed + 11, device)
-    if threshold is None:
-        threshold = best_threshold(val.pairs.distances, val.pairs.labels)
+    threshold, val.metrics["verification_accuracy"] = val.pairs.accuracy_at(threshold)
     val.metrics["threshold"] = threshold
-    val.metrics["verification_accuracy"] = verification_accuracy(val.pairs.distances, val.pairs.labels, threshold)
     test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device)
-    test.metrics["verification_accuracy_best"] = verification_accuracy(
-        test.pairs.distances, test.pairs.labels, best_threshold(test.pairs.distances, test.pairs.labels)
-    )  # what an oracle threshold chosen on the test pairs would give: how well the calibration transfers
+    # what an oracle threshold chosen on the test pairs would give: how well the calibration transfers
+    test.metrics["verification_accuracy_best"] = test.pairs.accuracy_at()[1]
     train_images = s.train.images
     if s.train.tuples is None and len(train_images) > MAX_TRAIN_EVAL:
         pick = np.random.default_rng(seed).choice(len(train_images), MAX_TRAIN_EVAL, replace=False)
@@ -305,8 +301,7 @@ def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet
     out: dict[str, Any] = {}
     for name, embed in embedders.items():
         val = evaluate_embeddings(embed(s.val.images.images), s.val.images, s.val.tuples, cfg.eval, None, seed + 11)
-        thr = best_threshold(val.pairs.distances, val.pairs.labels)
-        val.metrics["verification_accuracy"] = verification_accuracy(val.pairs.distances, val.pairs.labels, thr)
+        thr, val.metrics["verification_accuracy"] = val.pairs.accuracy_at()
         test = evaluate_embeddings(embed(s.test.images.images), s.test.images, s.test.tuples, cfg.eval, thr, seed + 13)
         out[name] = {"threshold": thr, "validation": val.metrics, "test": test.metrics}
     if untrained is not None:

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from siamkit.config import RunConfig, from_dict, set_key, to_dict
+from siamkit.config import RunConfig, from_dict, to_dict
 from siamkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,25 @@ def apply_recipe(cfg: RunConfig, split: str) -> None:
     data = to_dict(cfg)
     data["recipe"] = name
     for key, value in values.items():
-        set_key(data, f"{key}={value}")
-    out: RunConfig = from_dict(RunConfig, data)
+        *sections, last = key.split(".")
+        node = data
+        for section in sections:
+            node = node[section]
+        node[last] = value
+    out: RunConfig = from_dict(RunConfig, data)  # checked against the schema like any config
     for f in dataclasses.fields(RunConfig):
         setattr(cfg, f.name, getattr(out, f.name))
     if values:
         log.info("recipe %s: %s", name, ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-def _takes_labelled_batches(cfg: RunConfig) -> bool:
+def loss_trait(cfg: RunConfig, name: str, default: Any) -> Any:
+    """A class attribute (``needs_sigmoid_head``, ``tuple_kind``) of the loss registered as ``loss.name`` (or the
+    user's ``package.module:Object``), read before the loss is built; ``default`` for a factory without it."""
     from siamkit.losses import LOSSES
 
-    factory = LOSSES.get(cfg.loss.name)
-    return cfg.loss.miner is not None or getattr(factory, "tuple_kind", "") == "labels"
+    return getattr(LOSSES.get(cfg.loss.name), name, default)
+
+
+def _takes_labelled_batches(cfg: RunConfig) -> bool:
+    return cfg.loss.miner is not None or loss_trait(cfg, "tuple_kind", "") == "labels"

@@ -58,6 +58,13 @@ class PairScores:
     distances: np.ndarray
     labels: np.ndarray
 
+    def accuracy_at(self, threshold: float | None = None) -> tuple[float, float]:
+        """(threshold, verification accuracy) at ``threshold``, or at the best-accuracy threshold of these pairs
+        when it is None (calibration)."""
+        if threshold is None:
+            threshold = M.best_threshold(self.distances, self.labels)
+        return threshold, M.verification_accuracy(self.distances, self.labels, threshold)
+
 
 @dataclass
 class EvalResult:

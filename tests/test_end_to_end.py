@@ -44,7 +44,10 @@ def test_train_writes_run_directory(digits_run):
     for f in FILES:
         assert (digits_run / f).is_file() and (digits_run / f).stat().st_size > 0, f
     m = json.loads((digits_run / "metrics.json").read_text())
-    assert m["test"]["auc"] > 0.9 and m["test"]["precision_at_1"] > 0.85
+    # learned: clearly better than the same network before training (AUC ≈ 0.82, P@1 ≈ 0.88 untrained) and pixels
+    for base in ("untrained", "pixels"):
+        b = m["baselines"][base]["test"]
+        assert m["test"]["map_at_r"] > b["map_at_r"] + 0.1 and m["test"]["auc"] > b["auc"] + 0.03, base
     assert [t["fpr"] for t in m["test"]["tpr_at_fpr"]] == [0.5, 0.1, 0.01, 0.001]
     assert m["test"]["n_impostor"] == 5000 and m["trainable_parameters"] > 0
     rows = list(csv.DictReader((digits_run / "history.csv").open()))

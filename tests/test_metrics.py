@@ -56,12 +56,13 @@ def test_similarity_accuracy():
 
 
 def loop_retrieval(emb, labels, ks):
+    """Plain loop; ties broken against the query: sorted by (distance, same class) — misses first."""
     n = len(labels)
     res = {"precision_at_1": [], "r_precision": [], "map_at_r": [], **{f"recall_at_{k}": [] for k in ks}}
     for q in range(n):
         others = [j for j in range(n) if j != q]
         d = [float(((emb[q] - emb[j]) ** 2).sum()) for j in others]
-        ranked = [others[i] for i in np.argsort(d, kind="stable")]
+        ranked = sorted(others, key=lambda j: (d[others.index(j)], labels[j] == labels[q]))
         correct = [labels[j] == labels[q] for j in ranked]
         r = sum(labels[j] == labels[q] for j in others)
         if r == 0:
@@ -96,3 +97,43 @@ def test_map_at_r_hand_case():
     # queries: 0 → [1 A, 3 B]: AP .5 ; 1 → [0 A, 3 B]: .5 ; 2 → [3 B, 1 A]: P(2)=.5 → .25; 3 has no class mate
     assert got["map_at_r"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
     assert got["precision_at_1"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_retrieval_with_ties_is_order_independent_and_matches_loop(seed):
+    # embeddings on a coarse grid: many exactly tied distances, inside the top R and across its edge
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, 30)
+    emb = torch.from_numpy(rng.integers(0, 2, (30, 2)).astype(np.float32))
+    got = M.retrieval_metrics(emb, labels, (1, 3), chunk=8)
+    want = loop_retrieval(emb.numpy(), labels, (1, 3))
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+    perm = rng.permutation(30)
+    shuffled = M.retrieval_metrics(emb[perm], labels[perm], (1, 3), chunk=8)
+    for k in want:
+        assert shuffled[k] == pytest.approx(got[k], abs=1e-6), k
+
+
+def test_identical_embeddings_score_zero_in_any_order():
+    labels = np.repeat(np.arange(4), 5)
+    emb = torch.ones(20, 8)
+    for order in (np.arange(20), np.random.default_rng(0).permutation(20)):
+        got = M.retrieval_metrics(emb[order], labels[order], (1,))
+        assert got["map_at_r"] == 0.0 and got["precision_at_1"] == 0.0
+
+
+def test_reliable_rests_on_distinct_impostors():
+    from siamkit.evaluate.evaluator import PairScores, verification_metrics
+
+    rng = np.random.default_rng(0)
+    # 4,000 impostor rows that are only 100 distinct pairs, repeated (as a CSV with repeated rows would give)
+    imp = np.tile(np.stack([np.arange(100), np.arange(100) + 100], 1), (40, 1))
+    gen = np.stack([np.arange(50), np.arange(50) + 300], 1)
+    index = np.concatenate([gen, imp])
+    labels = np.r_[np.ones(50, int), np.zeros(len(imp), int)]
+    m = verification_metrics(PairScores(rng.random(len(labels)), labels, index), None)
+    assert m["n_impostor"] == 4000 and m["n_impostor_distinct"] == 100 and m["n_genuine_distinct"] == 50
+    at = {t["fpr"]: t for t in m["tpr_at_fpr"]}
+    assert at[0.1]["reliable"] and not at[0.01]["reliable"]  # 100 × 0.01 < 3 although 4,000 × 0.01 ≥ 3
+    assert at[0.01]["n_impostor"] == 100

@@ -387,3 +387,26 @@ def test_registries_list_their_components():
     assert {"contrastive", "triplet", "bce", "huber", "fdc", "fdt", "normalized-softmax"} <= set(LOSSES.list())
     assert {"all", "batch-all", "semi-hard", "hard", "batch-hard", "all-pairs", "hard-pairs"} <= set(MINERS.list())
     assert get_distance("cosine_similarity").higher_is_closer and not get_distance("cosine").higher_is_closer
+
+
+@pytest.mark.parametrize(
+    "loss,params,miner,miner_params,key,want",
+    [
+        ("triplet", {"margin": 1.0}, "semi-hard", {}, "margin", 1.0),
+        ("triplet", {"margin": 1.0}, "batch-all", {}, "margin", 1.0),
+        ("triplet", {"margin": 1.0}, "semi-hard", {"margin": 0.3}, "margin", 0.3),  # set: kept
+        ("contrastive", {"margin": 0.8}, "hard-pairs", {}, "neg_margin", 0.8),
+        ("contrastive", {}, "hard-pairs", {}, "neg_margin", 1.0),  # the loss's own default margin
+    ],
+)
+def test_miner_margin_defaults_to_the_loss_margin(loss, params, miner, miner_params, key, want):
+    built = create_loss(loss, params, miner, miner_params)
+    assert getattr(built.miner, key) == want
+
+
+def test_semi_hard_band_follows_the_loss_margin():
+    # d(a,p) = 1 and a negative at 1.5: inside the band for margin 1, outside for the miner's old fixed 0.2
+    dist = torch.tensor([[0.0, 1.0, 1.5], [1.0, 0.0, 3.0], [1.5, 3.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    mined = create_loss("triplet", {"margin": 1.0}, "semi-hard", {}).miner(dist, labels)
+    assert (0, 1, 2) in set(zip(mined.a.tolist(), mined.p.tolist(), mined.n.tolist(), strict=True))

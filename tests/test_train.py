@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from siamkit.config import load_config
@@ -36,3 +38,34 @@ def test_unknown_optimizer_is_named(tmp_path):
 
     with pytest.raises(ConfigError, match="'adamm'"):
         train_run(_cfg(tmp_path, "train.optimizer=adamm"))
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    # dropout (seed_cnn) and augmentation both draw random numbers every step: 2 epochs, a crash, and a resumed
+    # third epoch must give exactly the weights of 3 uninterrupted epochs
+    import torch
+
+    from siamkit.train.checkpoint import load_state
+
+    extra = ["model.backbone=seed_cnn", "data.augment.enabled=true", "train.epochs=3", "train.patience=0",
+             "train.monitor=val_loss"]  # fmt: skip
+    full = train_run(_cfg(tmp_path / "a", *extra))
+
+    def crash_after_two(row):  # epoch 3 trained but its state never written: a crash during epoch 3
+        if row["epoch"] == 3:
+            raise _Crash
+
+    run_dir = tmp_path / "b" / "default"
+    with pytest.raises(_Crash):
+        train_run(_cfg(tmp_path / "b", *extra), run_dir=run_dir, on_epoch=crash_after_two)
+    assert load_state(run_dir / "last.pt")["epoch"] == 2
+    train_run(_cfg(tmp_path / "b", *extra), resume=True, run_dir=run_dir)
+    want = load_state(Path(full["run_dir"]) / "last.pt")["model"]
+    got = load_state(run_dir / "last.pt")["model"]
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k

@@ -14,6 +14,9 @@ from siamkit.data.tuples import (
     balanced_pairs,
     coin_flip_pairs,
     combination_triplets,
+    distinct_count,
+    distinct_pairs,
+    fixed_tuples,
     per_image_pairs,
     random_triplets,
 )
@@ -95,3 +98,67 @@ def test_splits():
     assert len(set(labels[keep]) & set(labels[held])) == 0 and len(set(labels[held])) == 3
     with pytest.raises(DataError, match="cannot hold out"):
         split_indices(labels, "per-class", 0.0, 20, rng)
+
+
+def _keys(index):
+    return {(min(a, b), max(a, b)) for a, b in index.tolist()}
+
+
+def test_distinct_pairs_take_every_pair_of_a_small_split():
+    labels = np.repeat(np.arange(4), 5)  # 20 images: 40 genuine and 150 impostor pairs in all
+    t = fixed_tuples(labels, None, "pairs", 5000, seed=0)
+    _check_pairs(t, labels)
+    assert t.labels.sum() == 40 and (t.labels == 0).sum() == 150
+    assert len(_keys(t.index)) == len(t) == distinct_count(t.index)
+
+
+@pytest.mark.parametrize("n", [30, 500])
+def test_distinct_pairs_are_distinct_when_sampled(n):
+    labels = np.repeat(np.arange(10), 30)  # 4,350 genuine and 40,500 impostor pairs
+    t = distinct_pairs(labels, n, n, np.random.default_rng(1))
+    _check_pairs(t, labels)
+    assert t.labels.sum() == n and (t.labels == 0).sum() == n
+    assert len(_keys(t.index)) == 2 * n  # no pair twice, in either order
+    again = distinct_pairs(labels, n, n, np.random.default_rng(1))
+    assert np.array_equal(t.index, again.index)  # seeded
+
+
+def test_distinct_count_ignores_order():
+    assert distinct_count(np.array([[0, 1], [1, 0], [2, 3], [0, 1]])) == 2
+
+
+def _csv_bundle(n_images=40, n_rows=100, seed=0):
+    import torch
+
+    from siamkit.data.imageset import ImageSet, TupleTable
+    from siamkit.data.readers import DatasetBundle
+
+    rng = np.random.default_rng(seed)
+    images = ImageSet(torch.zeros(n_images, 1, 4, 4, dtype=torch.uint8), np.full(n_images, -1), [])
+    i, j = np.triu_indices(n_images, 1)
+    index = np.stack([i, j], 1)[rng.permutation(len(i))[:n_rows]]  # distinct rows
+    return DatasetBundle("pairs.csv", images, tuples=TupleTable(index, rng.integers(0, 2, n_rows)), layout="pairs-csv")
+
+
+def test_csv_split_never_makes_test_the_validation_rows():
+    from siamkit.config import DataConfig
+    from siamkit.data.splits import make_splits
+    from siamkit.errors import ConfigError
+
+    s = make_splits(_csv_bundle(), DataConfig(test_fraction=0.2), seed=0)
+    rows = [{tuple(r) for r in x.tuples.index.tolist()} for x in (s.train, s.val, s.test)]
+    assert len(s.test.tuples) == 20 and not (rows[1] & rows[2])
+    with pytest.raises(ConfigError, match="data.test_fraction=0.0 leaves no test rows"):
+        make_splits(_csv_bundle(), DataConfig(test_fraction=0.0), seed=0)
+
+
+def test_csv_split_warns_when_test_images_were_trained_on(caplog):
+    from siamkit.config import DataConfig
+    from siamkit.data.splits import make_splits
+
+    with caplog.at_level(logging.WARNING):
+        s = make_splits(_csv_bundle(), DataConfig(), seed=0)
+    shared = np.intersect1d(np.unique(s.test.tuples.index), np.unique(s.train.tuples.index))
+    line = [r.getMessage() for r in caplog.records if "also appear in training rows" in r.getMessage()]
+    assert len(shared) > 0 and len(line) == 1
+    assert f"{len(shared)} of the {len(np.unique(s.test.tuples.index))} images in test rows" in line[0]

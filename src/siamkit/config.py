@@ -131,7 +131,9 @@ class LossConfig:
     miner: str | None = "hard-pairs"
     """Online mining on P×K batches: all, batch-all, semi-hard, hard, batch-hard (triplets), all-pairs,
     hard-pairs, batch-hard-pairs (pairs), or ``package.module:Class``; None trains on sampled tuples."""
-    miner_params: dict[str, Any] = field(default_factory=lambda: {"neg_margin": 0.5})
+    miner_params: dict[str, Any] = field(default_factory=dict)
+    """The miner's keyword arguments; its ``margin`` (semi-hard, batch-all) or ``neg_margin`` (hard-pairs)
+    defaults to the loss's ``margin`` when not given here."""
     ssl_weight: float = 0.0
     """Weight of a self-supervised term (NT-Xent, SimCLR) between two augmented views of every training image,
     added to the loss; needs ``data.augment.enabled``. 0 = off."""

@@ -166,6 +166,8 @@ def train_run(
     model = build_model(cfg.model, prep.input_shape[0])
     loss_fn = make_loss(cfg, n_classes, model.embedding_dim)
     untrained = copy.deepcopy(model).eval()  # the "untrained network" baseline: these very initial weights
+    if info.enabled:  # same initial weights on every rank (built above), then each rank its own random draws
+        seed_rank(cfg.train.seed, info.rank, prep.preprocess)
     device = dist_device or resolve_device(cfg.train.device)
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
     out = Path(distributed.broadcast_object(str(out)))  # rank 0's choice: one run directory for all ranks
@@ -197,6 +199,14 @@ def train_run(
         write_report(out)
     distributed.barrier()  # the run directory is complete before any rank returns
     return {"run_dir": str(out), **metrics}
+
+
+def seed_rank(seed: int, rank: int, preprocess: Preprocess) -> None:
+    """Seed this rank's dropout (torch's generator) and augmentation with ``distributed.rank_seed``: ranks that
+    shared one seed would draw identical masks and augmentations for different images."""
+    s = distributed.rank_seed(seed, rank)
+    torch.manual_seed(s)
+    preprocess.reseed(s)
 
 
 def retrieval_monitor(prep: Prepared, device: torch.device) -> Callable[[SiameseNet], dict[str, float]] | None:

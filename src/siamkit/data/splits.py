@@ -95,6 +95,18 @@ def resolve_split(bundle: DatasetBundle, cfg: DataConfig) -> str:
     return "random"
 
 
+def _warn_shared_images(name: str, train: TupleTable | None, test: TupleTable | None) -> None:
+    """One line when images of the test rows also appear in training rows (the CSV split is by row)."""
+    if train is None or test is None:
+        return
+    test_images = np.unique(test.index)
+    shared = np.intersect1d(test_images, np.unique(train.index))
+    if len(shared):
+        log.warning("%s: %d of the %d images in test rows also appear in training rows: test figures are partly on "
+                    "images the model trained on (give separate CSVs, or a folder with data.split=identity, for a "
+                    "held-out test)", name, len(shared), len(test_images))  # fmt: skip
+
+
 def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
     """Carve test (unless the source has one) and validation parts, deterministically from ``seed``."""
     rng = np.random.default_rng(seed)
@@ -108,11 +120,16 @@ def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
         perm = rng.permutation(n)
         n_test = int(round(cfg.test_fraction * n))
         n_val = int(round(cfg.val_fraction * (n - n_test)))
+        if n_test < 1:
+            raise ConfigError(
+                f"{bundle.name}: data.test_fraction={cfg.test_fraction} leaves no test rows, and the test rows may "
+                "not be the validation rows (the threshold is chosen on those); set data.test_fraction > 0, e.g. 0.2"
+            )
         if n - n_test - n_val < 1 or n_val < 1:
             raise DataError(f"{bundle.name}: {n} rows are too few for a train/validation/test split")
         test_rows, val_rows, train_rows = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
-        rows = {"train": train_rows, "val": val_rows, "test": test_rows if n_test else val_rows}
-        tr, va, te = (Split(bundle.images, bundle.tuples.rows(np.sort(r))) for r in rows.values())
+        tr, va, te = (Split(bundle.images, bundle.tuples.rows(np.sort(r))) for r in (train_rows, val_rows, test_rows))
+        _warn_shared_images(bundle.name, tr.tuples, te.tuples)
         return Splits(tr, va, te, method="random")
     pool = bundle.images
     if not pool.has_labels:

@@ -99,6 +99,21 @@ class Preprocess:
         gen = torch.Generator().manual_seed(seed)
         self.augment = BatchAugment(augment, gen) if augment is not None and augment.enabled else None
 
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation draws from ``seed`` (a distributed rank's own seed)."""
+        if self.augment is not None and self.augment.generator is not None:
+            self.augment.generator.manual_seed(seed)
+
+    def rng_state(self) -> torch.Tensor | None:
+        """The augmentation generator's state (saved with a resumable checkpoint), None without augmentation."""
+        gen = None if self.augment is None else self.augment.generator
+        return None if gen is None else gen.get_state()
+
+    def set_rng_state(self, state: torch.Tensor | None) -> None:
+        gen = None if self.augment is None else self.augment.generator
+        if gen is not None and state is not None:
+            gen.set_state(state)
+
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         if train and self.augment is not None:
             x = self.augment(images.to(torch.float32) / 255.0)

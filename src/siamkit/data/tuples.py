@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from math import comb
 
 import numpy as np
@@ -94,6 +95,93 @@ def balanced_pairs(labels: np.ndarray, n_pos: int, n_neg: int, rng: np.random.Ge
     return TupleTable(pairs, tags)
 
 
+def _canonical_keys(pairs: np.ndarray, n: int) -> np.ndarray:
+    """One integer per unordered pair ``(i, j)``: (min, max) packed, so that (i, j) and (j, i) coincide."""
+    return np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1])
+
+
+def distinct_count(pairs: np.ndarray, n: int | None = None) -> int:
+    """How many distinct unordered pairs the rows of ``pairs`` ``(M, 2)`` hold."""
+    if len(pairs) == 0:
+        return 0
+    return len(np.unique(_canonical_keys(np.asarray(pairs, np.int64), n or int(pairs.max()) + 1)))
+
+
+def _all_genuine(index: ClassIndex) -> np.ndarray:
+    rows = []
+    for start, count in zip(index.starts, index.counts, strict=True):
+        if count >= 2:
+            members = index.order[start : start + count]
+            i, j = np.triu_indices(int(count), 1)
+            rows.append(np.stack([members[i], members[j]], 1))
+    return np.concatenate(rows).astype(np.int64)
+
+
+def _all_impostors(index: ClassIndex) -> np.ndarray:
+    rows = []
+    for start, count in zip(index.starts, index.counts, strict=True):
+        members, later = index.order[start : start + count], index.order[start + count :]
+        if len(later):
+            rows.append(np.stack(np.meshgrid(members, later, indexing="ij"), -1).reshape(-1, 2))
+    return np.concatenate(rows).astype(np.int64)
+
+
+def _distinct_draw(
+    n: int, total: int, enumerate_all: Callable[[], np.ndarray], draw: Callable[[int], np.ndarray],
+    size: int, rng: np.random.Generator,
+) -> np.ndarray:  # fmt: skip
+    """``n`` distinct unordered pairs out of ``total`` possible ones: every pair when ``total ≤ n``, a random
+    subset of the enumerated pairs when they are few, else repeated draws with duplicates removed (the draw's
+    own distribution, first occurrences kept)."""
+    if n <= 0:
+        return np.zeros((0, 2), np.int64)
+    if total <= 2 * n:
+        pairs = enumerate_all()
+        return pairs if total <= n else pairs[np.sort(rng.choice(len(pairs), n, replace=False))]
+    seen: set[int] = set()
+    kept: list[np.ndarray] = []
+    need = n
+    for _ in range(64):
+        cand = draw(need + need // 4 + 8)
+        keys = _canonical_keys(cand, size)
+        _, first = np.unique(keys, return_index=True)
+        first = np.sort(first)
+        fresh = np.array([k not in seen for k in keys[first].tolist()], bool)
+        pick = first[fresh][:need]
+        seen.update(keys[pick].tolist())
+        kept.append(cand[pick])
+        need -= len(pick)
+        if need == 0:
+            break
+    if need:
+        log.info("%d of %d requested distinct pairs could not be drawn", need, n)
+    return np.concatenate(kept)
+
+
+def distinct_pairs(labels: np.ndarray, n_pos: int, n_neg: int, rng: np.random.Generator) -> TupleTable:
+    """Evaluation pairs: up to ``n_pos`` distinct genuine and ``n_neg`` distinct impostor pairs (every pair of a
+    kind when the split has no more than requested). Anchors are drawn as in ``balanced_pairs``; a pair counts
+    once whichever its order, so no duplicate inflates the impostor count behind a low-FPR figure."""
+    index = ClassIndex(labels)
+    _report_small(index)
+    n = len(labels)
+    n_genuine = int(sum(comb(int(c), 2) for c in index.counts))
+    n_impostor = comb(n, 2) - n_genuine
+
+    def draw_pos(m: int) -> np.ndarray:
+        a = index.eligible[rng.integers(0, len(index.eligible), m)]
+        return np.stack([a, index.positives(a, rng)], 1)
+
+    def draw_neg(m: int) -> np.ndarray:
+        a = rng.integers(0, n, m)
+        return np.stack([a, index.negatives(a, rng)], 1)
+
+    pos = _distinct_draw(n_pos, n_genuine, lambda: _all_genuine(index), draw_pos, n, rng)
+    neg = _distinct_draw(n_neg, n_impostor, lambda: _all_impostors(index), draw_neg, n, rng)
+    tags = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
+    return TupleTable(np.concatenate([pos, neg]), tags)
+
+
 def random_triplets(labels: np.ndarray, rng: np.random.Generator) -> TupleTable:
     """One (anchor, positive, negative) per eligible image."""
     index = ClassIndex(labels)
@@ -173,12 +261,13 @@ class TupleSampler:
 
 
 def fixed_tuples(labels: np.ndarray, fixed: TupleTable | None, kind: str, n: int, seed: int) -> TupleTable:
-    """Tuples drawn once (validation loss, evaluation): n + n balanced pairs, or n random triplets."""
+    """Tuples drawn once (validation loss, evaluation): up to n + n distinct pairs (``distinct_pairs``), or n
+    random triplets."""
     if fixed is not None:
         return fixed.as_pairs() if kind == "pairs" else fixed
     rng = np.random.default_rng(seed)
     if kind == "pairs":
-        return balanced_pairs(labels, n, n, rng)
+        return distinct_pairs(labels, n, n, rng)
     index = ClassIndex(labels)
     a = index.eligible[rng.integers(0, len(index.eligible), n)]
     return TupleTable(np.stack([a, index.positives(a, rng), index.negatives(a, rng)], 1))

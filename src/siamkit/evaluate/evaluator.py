@@ -11,7 +11,7 @@ import torch
 from siamkit.config import EvalConfig
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.data.transforms import Preprocess
-from siamkit.data.tuples import fixed_tuples
+from siamkit.data.tuples import distinct_count, fixed_tuples
 from siamkit.evaluate import metrics as M
 from siamkit.losses.distances import Distance, as_dissimilarity, get_distance
 from siamkit.models.siamese import SiameseNet
@@ -57,6 +57,13 @@ class PairScores:
 
     distances: np.ndarray
     labels: np.ndarray
+    index: np.ndarray | None = None
+    """The image indices ``(M, 2)`` of each pair, when known: counts distinct pairs."""
+
+    def distinct(self, label: int) -> int:
+        """How many distinct unordered pairs carry ``label`` (every row when the indices are unknown)."""
+        rows = self.labels == label
+        return int(rows.sum()) if self.index is None else distinct_count(self.index[rows])
 
     def accuracy_at(self, threshold: float | None = None) -> tuple[float, float]:
         """(threshold, verification accuracy) at ``threshold``, or at the best-accuracy threshold of these pairs
@@ -83,7 +90,7 @@ def pair_scores(emb: torch.Tensor, table: TupleTable, distance: Distance | None 
     idx = torch.from_numpy(table.index)
     d = pair_distances(emb, idx[:, 0], idx[:, 1], distance or get_distance("euclidean")).numpy()
     assert table.labels is not None
-    return PairScores(d.astype(np.float64), table.labels)
+    return PairScores(d.astype(np.float64), table.labels, table.index)
 
 
 def evaluate_split(
@@ -133,12 +140,15 @@ def evaluate_embeddings(
 
 def verification_metrics(scores: PairScores, threshold: float | None) -> dict[str, Any]:
     s = -scores.distances
+    n_impostor_distinct = scores.distinct(0)
     out: dict[str, Any] = {
         "auc": M.auc(scores.labels, s),
         "eer": M.eer(scores.labels, s),
-        "tpr_at_fpr": [t.as_dict() for t in M.tpr_at_fpr(scores.labels, s)],
+        "tpr_at_fpr": [t.as_dict() for t in M.tpr_at_fpr(scores.labels, s, n_distinct=n_impostor_distinct)],
         "n_genuine": int((scores.labels == 1).sum()),
         "n_impostor": int((scores.labels == 0).sum()),
+        "n_genuine_distinct": scores.distinct(1),
+        "n_impostor_distinct": n_impostor_distinct,
     }
     if threshold is not None:
         out["threshold"] = threshold

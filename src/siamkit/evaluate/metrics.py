@@ -26,7 +26,7 @@ class TprAtFpr:
     tpr_conservative: float
     n_impostor: int
     reliable: bool
-    """False when the target FPR is below 3 / n_impostor: too few impostors for it to mean anything."""
+    """False when the target FPR is below 3 / n_impostor: too few (distinct) impostors for it to mean anything."""
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
@@ -53,10 +53,14 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fprs: tuple[float, ...] = DEFAULT_FPRS) -> list[TprAtFpr]:
-    """TPR (TAR) at each target FPR (FAR), interpolated and conservative."""
+def tpr_at_fpr(
+    labels: np.ndarray, scores: np.ndarray, fprs: tuple[float, ...] = DEFAULT_FPRS, n_distinct: int | None = None
+) -> list[TprAtFpr]:
+    """TPR (TAR) at each target FPR (FAR), interpolated and conservative. ``n_distinct``: how many of the impostor
+    rows are distinct pairs (default: all of them); ``reliable`` rests on that count, since a repeated pair adds
+    no evidence."""
     fpr, tpr, _ = roc(labels, scores)
-    n_imp = int((np.asarray(labels) == 0).sum())
+    n_imp = int((np.asarray(labels) == 0).sum()) if n_distinct is None else int(n_distinct)
     out = []
     for t in fprs:
         ok = fpr <= t + 1e-12
@@ -122,7 +126,9 @@ def retrieval_metrics(
 
     Returns precision@1, R-precision, MAP@R (R = number of other same-class items) and recall@k (share of
     queries with a same-class item among their k nearest). Queries whose class has no other item are left
-    out. The order among exactly tied distances is unspecified.
+    out. Ties are broken against the query: among items at exactly the same distance, those of another class
+    rank first, so the figures never depend on the order of the items (and a collapsed embedding, where every
+    distance ties, scores 0 rather than whatever the storage order gives).
     """
     emb = embeddings.float()
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
@@ -138,8 +144,7 @@ def retrieval_metrics(
         d = as_dissimilarity(dist.matrix(emb[q], emb), dist)
         rows = torch.arange(q.start, q.stop)
         d[torch.arange(len(rows)), rows] = float("inf")  # leave the query itself out
-        nn_idx = torch.topk(d, max_k, dim=1, largest=False, sorted=True).indices
-        hits = (y[nn_idx] == y[rows, None]).float()  # (q, max_k)
+        hits = _ranked_hits(d, y, rows, max_k)  # (q, max_k)
         r = counts[rows]
         keep = r > 0
         if not keep.any():
@@ -164,3 +169,20 @@ def retrieval_metrics(
     out.update({f"recall_at_{k}": sums[f"r{k}"] / valid for k in recall_at})
     out["n_queries"] = float(valid)
     return out
+
+
+def _ranked_hits(d: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Whether each of the ``k`` nearest items (by dissimilarity ``d`` ``(q, n)``, the query itself at +inf) has
+    the query's class ``(q, k)``, ties broken against the query: wrong-class items first within a run of equal
+    distances, including the run cut by the k-th place (filled by its wrong-class members first)."""
+    vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
+    hits = (y[idx] == y[rows, None]).to(torch.int8)
+    by_hit = torch.sort(hits, dim=1, stable=True).indices  # misses first, then a stable sort by distance
+    order = by_hit.gather(1, torch.sort(vals.gather(1, by_hit), dim=1, stable=True).indices)
+    vals, hits = vals.gather(1, order), hits.gather(1, order)
+    edge = vals[:, -1:]  # the run of ties that the k-th place cuts
+    in_edge = vals == edge
+    misses_at_edge = ((d == edge) & (y[None, :] != y[rows, None])).sum(1, keepdim=True)
+    rank_in_edge = in_edge.cumsum(1) - 1
+    hits = torch.where(in_edge, (rank_in_edge >= misses_at_edge).to(torch.int8), hits)
+    return hits.float()

@@ -124,10 +124,30 @@ def create_loss(
     if not isinstance(loss, SiameseLoss):
         raise ConfigError(f"loss {name!r} is a {type(loss).__name__}, not a siamkit.losses.SiameseLoss")
     if miner:
-        loss.set_miner(create_miner(miner, **(miner_params or {})))
+        loss.set_miner(create_miner(miner, **miner_margin_defaults(loss, miner, miner_params or {})))
     elif miner_params:
         raise ConfigError("loss.miner_params is set but loss.miner is not; name a miner or drop the params")
     return loss
+
+
+MINER_MARGIN_KEYS = ("margin", "neg_margin")
+
+
+def miner_margin_defaults(loss: SiameseLoss, miner: str, params: dict[str, object]) -> dict[str, object]:
+    """``params`` with the miner's margin (``margin``, or ``neg_margin`` of a pair miner) defaulting to the loss's
+    own ``margin`` when not set: a semi-hard or batch-all band, or the negatives a pair miner keeps, then match
+    the hinge the loss trains (a contrastive margin m keeps exactly the negatives with a non-zero loss)."""
+    margin = getattr(loss, "margin", None)
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool):
+        return params
+    from siamkit.losses.miners import MINERS
+
+    accepted = inspect.signature(MINERS.get(miner)).parameters
+    out = dict(params)
+    for key in MINER_MARGIN_KEYS:
+        if key in accepted and key not in out:
+            out[key] = float(margin)
+    return out
 
 
 def expect(batch: Batch, *kinds: type) -> None:

@@ -19,7 +19,15 @@ from torch import nn
 
 from siamkit.config import TrainConfig
 from siamkit.data.transforms import Preprocess
-from siamkit.distributed import SINGLE, DistInfo, Gatherer, all_reduce_sum, convert_sync_batchnorm, wrap_model
+from siamkit.distributed import (
+    SINGLE,
+    DistInfo,
+    Gatherer,
+    all_reduce_sum,
+    convert_sync_batchnorm,
+    gather_objects,
+    wrap_model,
+)
 from siamkit.errors import ConfigError
 from siamkit.losses.base import LabelBatch, SiameseLoss
 from siamkit.losses.miners import AllPairs, AllTriplets
@@ -185,6 +193,7 @@ def fit(
         result.best_score = float(st.get("best_score", result.best_val_loss))
         result.train_seconds, result.images_seen = float(st["train_seconds"]), int(st["images_seen"])
         bad_epochs, start_epoch = int(st["bad_epochs"]), int(st["epoch"]) + 1
+        _restore_rng(st.get("rng"), preprocess, info)
         log.info("resumed from %s at epoch %d", state_path, start_epoch)
     ssl = loss_fn.self_supervised
     if ssl is not None and preprocess.augment is None:
@@ -260,8 +269,10 @@ def fit(
             bad_epochs += 1
         if on_epoch is not None:
             on_epoch(row)
+        rng = gather_objects(_rng_state(preprocess))  # every rank's draws, so that a resumed run continues them
         if state_path is not None and info.is_main:
             save_state(state_path, {
+                "rng": rng,
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else {}, "best_model": best_state,
                 "history": result.history, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
@@ -278,6 +289,33 @@ def fit(
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)  # as a reloaded checkpoint is: identical evaluation numbers
     return result
+
+
+def _rng_state(preprocess: Preprocess) -> dict[str, Any]:
+    """This process's random state: torch's CPU (and CUDA) generators (dropout, mining ties) and the augmentation
+    generator. Batch plans are seeded per epoch and need none."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "augment": preprocess.rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(states: list[dict[str, Any]] | None, preprocess: Preprocess, info: DistInfo) -> None:
+    """Put back the random state saved after the last finished epoch, this rank's own: 2 epochs, a crash and a
+    resumed third are then the same run as 3 uninterrupted epochs."""
+    if not states:
+        log.warning("the checkpoint holds no random state (written by an older siamkit): the resumed epochs draw "
+                    "other augmentations and dropout masks than an uninterrupted run would")  # fmt: skip
+        return
+    if len(states) != info.world_size:
+        log.warning("the checkpoint was written by %d processes and is resumed by %d: random draws restart",
+                    len(states), info.world_size)  # fmt: skip
+        return
+    st = states[info.rank]
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+    preprocess.set_rng_state(st["augment"])
 
 
 def count_trainable(module: nn.Module) -> int:

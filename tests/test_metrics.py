@@ -137,3 +137,44 @@ def test_reliable_rests_on_distinct_impostors():
     at = {t["fpr"]: t for t in m["tpr_at_fpr"]}
     assert at[0.1]["reliable"] and not at[0.01]["reliable"]  # 100 × 0.01 < 3 although 4,000 × 0.01 ≥ 3
     assert at[0.01]["n_impostor"] == 100
+
+
+def test_threshold_at_fpr_hand_case_and_brute_force():
+    # impostors at 1..10, genuine at 0.5, 2.5: FPR ≤ 0.2 admits 2 impostors → halfway between 2 and 3
+    d = np.r_[np.arange(1.0, 11.0), 0.5, 2.5]
+    y = np.r_[np.zeros(10, int), 1, 1]
+    assert M.threshold_at_fpr(d, y, 0.2) == pytest.approx(2.5)
+    assert M.threshold_at_fpr(d, y, 0.0) < 1.0 and M.rates_at(d, y, M.threshold_at_fpr(d, y, 0.0))[0] == 0.0
+    assert M.threshold_at_fpr(d, y, 1.0) == 10.0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d = np.round(rng.random(300), 2)  # ties
+        y = rng.integers(0, 2, 300)
+        for target in (0.001, 0.05, 0.3):
+            thr = M.threshold_at_fpr(d, y, target)
+            far = M.rates_at(d, y, thr)[0]
+            assert far <= target + 1e-12
+            # no larger candidate threshold (any distance value above it) keeps the FPR within the target
+            bigger = np.unique(d[d > thr])
+            assert all(M.rates_at(d, y, t)[0] > target for t in bigger[:1])
+
+
+def test_kfold_verification_accuracy_matches_a_loop():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    d = rng.normal(1.0 - 0.6 * y, 0.4)
+    got = M.kfold_verification_accuracy(d, y, folds=10, seed=5)
+    # the same stratified fold assignment, then a brute-force best threshold per 9 folds
+    fold_rng = np.random.default_rng(5)
+    fold_of = np.empty(400, int)
+    for tag in (0, 1):
+        rows = fold_rng.permutation(np.flatnonzero(y == tag))
+        fold_of[rows] = np.arange(len(rows)) % 10
+    accs = []
+    for f in range(10):
+        tr, te = fold_of != f, fold_of == f
+        cands = np.r_[d[tr].min() - 1, (np.sort(d[tr])[1:] + np.sort(d[tr])[:-1]) / 2, d[tr].max()]
+        best = max(cands, key=lambda t: ((d[tr] <= t) == (y[tr] == 1)).mean())
+        accs.append(((d[te] <= best) == (y[te] == 1)).mean())
+    assert got["mean"] == pytest.approx(np.mean(accs), abs=0.005)
+    assert len(got["folds"]) == 10 and got["std"] == pytest.approx(np.std(got["folds"]))

@@ -290,6 +290,36 @@ def test_mined_fdt_uses_features_of_mined_triplets(seed):
     assert got == pytest.approx(max(0.0, 1.5 * tr_w - 0.5 * tr_b + 1.0), rel=1e-8)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mined_fdc_weights_distant_pairs_to_the_neighbour_count(seed):
+    # all-pairs on a labelled batch: far more anchor–distant than anchor–neighbour pairs; as in the authors'
+    # halves, S_B counts as many pairs as S_W: n_W/n_B·Σ(a−d)ᵀ(a−d) + εI
+    x, labels = batch(seed, dim=6)
+    model = feature_model(dim=6, out=3, seed=seed)
+    lam, alpha = 0.3, 50.0
+    got = float(create_loss("fdc", {"lam": lam, "alpha": alpha}, "all-pairs")(model, LabelBatch(x, labels)))
+    u = model.head.weight.detach().T
+    n = len(labels)
+    same = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] == labels[j]]
+    diff = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] != labels[j]]
+    assert len(diff) > len(same) > 0
+    tr_w = loop_trace(loop_scatter([(x[i] - x[j]).tolist() for i, j in same], 6, 1e-4), u)
+    raw_b = loop_trace(loop_scatter([(x[i] - x[j]).tolist() for i, j in diff], 6, 0.0), u)
+    tr_b = len(same) / len(diff) * raw_b + 1e-4 * float((u**2).sum())
+    assert got == pytest.approx((2 - lam) * tr_w + max(0.0, alpha - lam * tr_b), rel=1e-8)
+
+
+def test_fisher_losses_are_evaluated_unnormalised(tmp_path):
+    from siamkit.config import load_config
+    from siamkit.pipeline import prepare_data
+
+    for loss, want in (("fdt", False), ("fdc", False), ("triplet", True)):
+        cfg = load_config(None, [f"loss.name={loss}", "data.limit=200"])
+        assert prepare_data(cfg).cfg.model.normalize is want, loss
+    kept = load_config(None, ["loss.name=fdt", "model.normalize=true", "data.limit=200"])
+    assert prepare_data(kept).cfg.model.normalize is True  # an explicit setting wins
+
+
 def test_fisher_needs_a_linear_head():
     model = feature_model()
     model.head = nn.Sequential(nn.Linear(5, 4))  # type: ignore[assignment]

@@ -34,7 +34,12 @@ def _backend(p: argparse.ArgumentParser) -> None:
 def _source(args: argparse.Namespace) -> Any:
     from siamkit.inference import ModelSource
 
-    return ModelSource(args.backend, args.onnx_path, args.device)
+    return ModelSource(args.backend, args.onnx_path, args.device, getattr(args, "threshold", None))
+
+
+def _threshold_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float, metavar="DISTANCE",
+                   help="decide same/different at this distance for this call (default: the run's)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained run (optionally on other data)")
     e.add_argument("run_dir")
     e.add_argument("--data", help="evaluate on this source instead of the run's own")
+    e.add_argument("--as-test", action="store_true",
+                   help="all of --data is held-out test data: no split, scored with the run's threshold into "
+                   "RUN_DIR/eval-<name>/ (a new folder each time)")  # fmt: skip
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _common(e)
+
+    ca = sub.add_parser("calibrate", help="re-choose a run's verification threshold on your own pairs",
+                        description="DATA is a pairs CSV (path_a,path_b,label; 1 = same) or labelled images (a folder "
+                        "per identity, ...), whose distinct pairs are drawn. The new threshold is saved with the run "
+                        "(RUN_DIR/threshold.json, earlier ones kept in its history) and used by verify, search, "
+                        "serve and eval. Example: siamkit calibrate runs/default --data pairs.csv "
+                        "--fpr 0.001")  # fmt: skip
+    ca.add_argument("run_dir")
+    ca.add_argument("--data", required=True, help="pairs CSV or labelled images")
+    rule = ca.add_mutually_exclusive_group()
+    rule.add_argument("--fpr", type=float, help="the largest threshold whose false-accept rate is at most this")
+    rule.add_argument("--rule", help="accuracy (default), fpr:<rate>, or a distance")
+    ca.add_argument("--pairs-per-kind", type=int, help="labelled images: genuine and impostor pairs to draw each "
+                    "(default: the run's eval.n_pairs)")  # fmt: skip
+    ca.add_argument("--skip-bad", action="store_true", help="drop pairs whose image cannot be read")
+    _backend(ca)
+    _common(ca)
 
     v = sub.add_parser("verify", help="are two images the same identity? (distance vs the saved threshold)",
                        description="Two images, or --pairs CSV (path_a,path_b[,label]).")  # fmt: skip
@@ -69,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--pairs", metavar="CSV", help="decide every pair of this CSV (columns path_a, path_b, label?)")
     v.add_argument("--out", help="decisions CSV to write (default: <CSV>_decisions.csv beside it)")
     v.add_argument("--skip-bad", action="store_true", help="drop pairs whose image cannot be read")
+    _threshold_flag(v)
     _backend(v)
     _common(v)
 
@@ -112,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--run", dest="run_dir", help="the run to embed with (default: the gallery's own)")
     se.add_argument("--figure", metavar="PNG", help="write the neighbours figure (first 5 queries)")
     se.add_argument("--figure-style", choices=("grid", "hub"), default="grid")
+    _threshold_flag(se)
     _backend(se)
     _common(se)
 
@@ -130,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit (413 above)")
     sv.add_argument("--max-pixels", type=int, default=25_000_000, help="per-image pixel limit (422 above)")
+    _threshold_flag(sv)
     _backend(sv)
     sv.add_argument("--debug", action="store_true", help="show tracebacks")
     sv.add_argument("-q", "--quiet", action="store_true")
@@ -227,8 +255,9 @@ def summary_table(result: dict[str, Any]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = [f"run: {result.get('run_dir')}"]
-    if "threshold" in result:
-        head.append(f"threshold (chosen on validation): {result['threshold']:.4f}")
+    if result.get("threshold") is not None:
+        how = f"chosen on validation by {result['threshold_rule']}" if "threshold_rule" in result else "the run's"
+        head.append(f"threshold ({how}): {result['threshold']:.4f}")
     if "train_seconds" in result:
         head.append(
             f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
@@ -239,7 +268,13 @@ def summary_table(result: dict[str, Any]) -> str:
         head.append("identity split (open set): " + "; ".join(
             f"{part} {len(ids)} ({_names(ids)})" for part, ids in identities.items()
         ))  # fmt: skip
-    foot = ["(* = fewer than 3 impostor pairs behind that FPR: not meaningful)"]
+    test = result.get("test") or {}
+    if "verification_accuracy_10fold" in test:
+        k = test["verification_accuracy_10fold"]
+        far = f"; at the threshold: false-accept rate {test['false_accept_rate']:.4f}, false-reject rate " \
+              f"{test['false_reject_rate']:.4f}" if "false_accept_rate" in test else ""  # fmt: skip
+        lines.append(f"test verification accuracy, 10-fold (LFW protocol): {k['mean']:.4f} ± {k['std']:.4f}{far}")
+    foot = ["(* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful)"]
     if result.get("baselines"):
         foot.append("(raw pixels / untrained net: the same test pairs scored without training — the bar to beat)")
     return "\n".join(head + lines + foot)
@@ -273,8 +308,8 @@ def run(args: argparse.Namespace) -> int:
         result = pipeline.train_run(cfg, resume=args.resume)
         _emit(result, args.format, summary_table(result))
     elif args.command == "eval":
-        result = pipeline.evaluate_run(args.run_dir, args.data, args.overrides)
-        _emit(result, args.format, summary_table(result))
+        result = pipeline.evaluate_run(args.run_dir, args.data, args.overrides, args.as_test)
+        _emit(result, args.format, summary_table(result) + f"\nwritten: {result['eval_dir']}")
     elif args.command in HANDLERS:
         HANDLERS[args.command](args)
     elif args.command == "report":
@@ -283,6 +318,17 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(args.directory)
         _emit({"report": str(path)}, args.format, f"written: {path}")
     return 0
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from siamkit.calibration import calibrate_run
+
+    rule = f"fpr:{args.fpr}" if args.fpr is not None else (args.rule or "accuracy")
+    r = calibrate_run(args.run_dir, args.data, rule, _source(args), args.skip_bad, args.pairs_per_kind)
+    old = "none" if r["previous_threshold"] is None else f"{r['previous_threshold']:.4f}"
+    _emit(r, args.format, f"threshold {r['threshold']:.4f} ({rule}; was {old}) on {r['genuine_pairs']} genuine + "
+          f"{r['impostor_pairs']} impostor pairs: false-accept rate {r['false_accept_rate']:.4f}, false-reject rate "
+          f"{r['false_reject_rate']:.4f}, accuracy {r['verification_accuracy']:.4f}\nwritten: {r['file']}")  # fmt: skip
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -443,8 +489,8 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "verify": _verify, "index": _index, "search": _search, "export": _export, "serve": _serve, "summary": _summary,
-    "classify": _classify, "study": _study,
+    "calibrate": _calibrate, "verify": _verify, "index": _index, "search": _search, "export": _export,
+    "serve": _serve, "summary": _summary, "classify": _classify, "study": _study,
 }  # fmt: skip
 
 

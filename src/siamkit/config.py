@@ -185,6 +185,10 @@ class EvalConfig:
     batch_size: int = 512
     tsne_points: int = 2000
     """t-SNE map of at most this many test embeddings in the run's report (0: none)."""
+    threshold: str = "accuracy"
+    """How the verification threshold is chosen on the validation pairs: ``accuracy`` (the most pairs right),
+    ``fpr:<rate>`` (the largest threshold whose false-accept rate is at most ``rate``, e.g. ``fpr:0.001``), or a
+    fixed distance (e.g. ``0.8``)."""
     distance: str = "euclidean"
     """How embeddings are compared for verification, retrieval and ``verify``: euclidean, squared_euclidean,
     cosine, or cosine_similarity (a similarity: thresholds then apply to its negative)."""

@@ -139,9 +139,13 @@ class OnnxEmbedder(Embedder):
         meta = json.loads(raw)
         self.input_shape = (int(meta["input_shape"][0]), int(meta["input_shape"][1]), int(meta["input_shape"][2]))
         self.distance = meta["distance"]
-        self.threshold = meta["threshold"]
         self.model_hash = meta["model_hash"]
         self.run_dir = meta["run_dir"]
+        self.threshold = meta["threshold"]
+        if Path(self.run_dir).is_dir():  # a calibration after the export (siamkit calibrate) wins
+            from siamkit.calibration import read_threshold
+
+            self.threshold = read_threshold(self.run_dir, self.threshold)
         self.embedding_dim = int(meta["embedding_dim"])
         self.normalize = bool(meta["normalize"])
         self.input_name = self.session.get_inputs()[0].name
@@ -159,16 +163,23 @@ class ModelSource:
     backend: str = "torch"
     onnx_path: str | None = None
     device: str = "cpu"
+    threshold: float | None = None
+    """A decision threshold for this use only (``--threshold``), instead of the run's."""
 
 
 def open_embedder(run_dir: str | os.PathLike[str], backend: str | ModelSource = "torch") -> Embedder:
     """The embedder of ``run_dir`` on ``backend`` (a name, or a :class:`ModelSource` with the ONNX file and the
     device)."""
     source = backend if isinstance(backend, ModelSource) else ModelSource(backend)
+    embedder: Embedder
     if source.backend == "torch":
         from siamkit.train.loop import resolve_device
 
-        return TorchEmbedder(run_dir, str(resolve_device(source.device)))
-    if source.backend == "onnx":
-        return OnnxEmbedder(source.onnx_path or Path(run_dir) / ONNX_FILE)
-    raise CheckpointError(f"unknown backend {source.backend!r}; use torch or onnx")
+        embedder = TorchEmbedder(run_dir, str(resolve_device(source.device)))
+    elif source.backend == "onnx":
+        embedder = OnnxEmbedder(source.onnx_path or Path(run_dir) / ONNX_FILE)
+    else:
+        raise CheckpointError(f"unknown backend {source.backend!r}; use torch or onnx")
+    if source.threshold is not None:
+        embedder.threshold = float(source.threshold)
+    return embedder

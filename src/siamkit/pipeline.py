@@ -38,7 +38,9 @@ from siamkit.evaluate.evaluator import (
     embed_images,
     evaluate_embeddings,
     evaluate_split,
+    parse_threshold_rule,
     pixel_embeddings,
+    threshold_metrics,
 )
 from siamkit.evaluate.metrics import retrieval_metrics, verification_accuracy
 from siamkit.inference import WEIGHTS, ModelSource, open_embedder
@@ -79,11 +81,17 @@ def prepare_data(cfg: RunConfig) -> Prepared:
             cfg.data.mean, cfg.data.std = list(preset.mean), list(preset.std)
         log.info("input %d×%d, %d channels, normalisation of the %s weights", cfg.data.image_size,
                  cfg.data.image_size, cfg.data.channels, cfg.model.backbone)  # fmt: skip
+    parse_threshold_rule(cfg.eval.threshold)  # a bad rule fails now, not after training
     bundle = load_dataset(cfg.data)
     splits = make_splits(bundle, cfg.data, cfg.train.seed)
     apply_recipe(cfg, splits.method)
     if loss_trait(cfg, "needs_sigmoid_head", False):  # the model is built with the head the loss trains
         cfg.model.sigmoid_head = True
+    explicit: frozenset[str] | None = getattr(cfg, "explicit_keys", None)
+    if not loss_trait(cfg, "normalized_embedding", True) and explicit is not None and "model.normalize" not in \
+            explicit and cfg.model.normalize:  # fmt: skip
+        cfg.model.normalize = False  # evaluated in the geometry the loss trains (FDT/FDC: z = o·U)
+        log.info("loss %s trains unnormalised embeddings: model.normalize=false", cfg.loss.name)
     train_images = splits.train.images.images
     if cfg.data.mean is None or cfg.data.std is None:
         cfg.data.mean, cfg.data.std = channel_stats(train_images)
@@ -160,6 +168,7 @@ def train_run(
     report.html. ``on_epoch`` sees each epoch's history row (see ``fit``)."""
     info, dist_device = distributed.setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
+    cfg.data.source = absolute_source(cfg.data.source)  # the saved config works from any folder
     prep = prepare_data(cfg)
     s = prep.splits
     n_classes = 1 + max(int(x.images.labels.max(initial=-1)) for x in (s.train, s.val, s.test))
@@ -268,8 +277,9 @@ def evaluate_prepared(
     cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
     model.to(device)
     val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, None, seed + 11, device)
-    threshold, val.metrics["verification_accuracy"] = val.pairs.accuracy_at(threshold)
-    val.metrics["threshold"] = threshold
+    if threshold is None:
+        threshold = val.pairs.choose_threshold(cfg.eval.threshold)
+    val.metrics.update(threshold_metrics(val.pairs, threshold))
     test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device)
     # what an oracle threshold chosen on the test pairs would give: how well the calibration transfers
     test.metrics["verification_accuracy_best"] = test.pairs.accuracy_at()[1]
@@ -282,8 +292,8 @@ def evaluate_prepared(
     if distributed.current().is_main:
         _plots(target, {"train": train, "validation": val, "test": test}, threshold, s.test.images, cfg)
     baselines = baseline_metrics(prep, device, untrained)
-    return {"threshold": threshold, "test": test.metrics, "validation": val.metrics, "train": train.metrics,
-            **split_summary(s), "baselines": baselines}  # fmt: skip
+    return {"threshold": threshold, "threshold_rule": cfg.eval.threshold, "test": test.metrics,
+            "validation": val.metrics, "train": train.metrics, **split_summary(s), "baselines": baselines}  # fmt: skip
 
 
 MAX_PIXEL_VALUES = 400_000_000  # raw-pixel baseline: at most this many float32 values per split (1.6 GB)
@@ -311,7 +321,8 @@ def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet
     out: dict[str, Any] = {}
     for name, embed in embedders.items():
         val = evaluate_embeddings(embed(s.val.images.images), s.val.images, s.val.tuples, cfg.eval, None, seed + 11)
-        thr, val.metrics["verification_accuracy"] = val.pairs.accuracy_at()
+        thr = val.pairs.choose_threshold(cfg.eval.threshold)
+        val.metrics.update(threshold_metrics(val.pairs, thr))
         test = evaluate_embeddings(embed(s.test.images.images), s.test.images, s.test.tuples, cfg.eval, thr, seed + 13)
         out[name] = {"threshold": thr, "validation": val.metrics, "test": test.metrics}
     if untrained is not None:
@@ -326,7 +337,7 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_ima
     """ROC, distance distributions, nearest neighbours of 5 random test queries and a t-SNE map of the test
     embeddings; the pair distances go to ``scores.npz`` (a study overlays its runs' ROC curves from them)."""
     curves = {k: (r.pairs.labels, r.pairs.distances) for k, r in results.items()}
-    plots.plot_roc(curves, out / "roc.png")
+    plots.plot_roc(curves, out / "roc.png", threshold)
     t = results["test"].pairs
     plots.plot_distances(t.labels, t.distances, threshold, out / "distances.png")
     buf = io.BytesIO()
@@ -373,7 +384,8 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild a trained model from ``run_dir/model.safetensors`` (config and threshold are its metadata)."""
+    """Rebuild a trained model from ``run_dir/model.safetensors`` (config and threshold are its metadata; a
+    calibrated threshold, ``threshold.json``, wins over the training one)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {str(run_dir)!r} not found; give a folder written by siamkit train")
@@ -386,7 +398,9 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedR
     model.load_state_dict(state)
     model.to(device).eval()
     assert cfg.data.mean is not None and cfg.data.std is not None
-    thr = float(meta["threshold"]) if "threshold" in meta else None
+    from siamkit.calibration import read_threshold
+
+    thr = read_threshold(run_dir, float(meta["threshold"]) if "threshold" in meta else None)
     return LoadedRun(
         cfg,
         model,
@@ -396,22 +410,31 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedR
     )
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None, as_test: bool = False
+) -> dict[str, Any]:
     """Re-evaluate a trained run (on its own data, or on ``data``) with its saved threshold; writes
-    ``eval/metrics.json`` and plots inside the run directory."""
+    ``eval/metrics.json`` and plots inside the run directory. With ``as_test``, all of ``data`` is test data (no
+    split, no training or validation rows), scored into a new ``eval-<data name>`` folder of the run."""
     from siamkit.config import set_key
 
     run = load_run(run_dir)
     cfg_dict = to_dict(run.cfg)
     if data is not None:
-        cfg_dict["data"]["source"] = data
+        cfg_dict["data"]["source"] = absolute_source(data)
         cfg_dict["data"]["layout"] = "auto"
         cfg_dict["data"]["limit"] = None
+        for key in ("train_classes", "val_classes", "test_classes"):  # the run's identity lists name its own data
+            cfg_dict["data"][key] = None
     for item in overrides or []:
         set_key(cfg_dict, item)
     cfg: RunConfig = from_dict(RunConfig, cfg_dict)
     cfg.data.image_size = run.input_shape[1]
     cfg.data.channels = run.input_shape[0]
+    if as_test:
+        if data is None:
+            raise ConfigError("--as-test scores a held-out dataset: give it with --data DIR")
+        return _evaluate_as_test(Path(run_dir), run, cfg)
     torch.manual_seed(cfg.train.seed)
     prep = prepare_data(cfg)
     prep.preprocess = run.preprocess  # the training statistics, not the new data's
@@ -424,6 +447,62 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, overrides: list[s
     metrics["dataset"] = prep.bundle.name
     _write_metrics(metrics, out)
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
+
+
+def absolute_source(source: str) -> str:
+    """A data source as saved with a run: an existing path made absolute (the run then evaluates from any folder);
+    a built-in name (digits, fashion-mnist, cifar10) as is."""
+    if source in ("digits", "fashion-mnist", "cifar10"):
+        return source
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str, Any]:
+    """All of ``cfg.data.source`` scored as test data with the run's threshold, beside the raw-pixel and
+    untrained-network baselines (on the same pairs; without validation data they get no threshold of their own)."""
+    from siamkit.calibration import all_images
+
+    bundle = load_dataset(cfg.data)
+    images = bundle.images if bundle.tuples is not None else all_images(bundle)
+    tuples = bundle.tuples.as_pairs() if bundle.tuples is not None else None
+    if tuples is None and not images.has_labels:
+        raise DataError(f"{bundle.name}: images without class labels cannot be scored; give labelled folders or a "
+                        "pairs CSV")  # fmt: skip
+    device = resolve_device(cfg.train.device)
+    seed = cfg.train.seed
+    test = evaluate_split(run.model, images, tuples, run.preprocess, cfg.eval, run.threshold, seed + 13, device)
+    test.metrics["verification_accuracy_best"] = test.pairs.accuracy_at()[1]
+    torch.manual_seed(seed)
+    untrained = build_model(cfg.model, run.input_shape[0]).eval()
+    baselines: dict[str, Any] = {}
+    for name, embed in (("pixels", pixel_embeddings),
+                        ("untrained", lambda x: embed_images(untrained, x, run.preprocess, cfg.eval.batch_size,
+                                                             device))):  # fmt: skip
+        b = evaluate_embeddings(embed(images.images), images, tuples, cfg.eval, None, seed + 13)
+        baselines[name] = {"test": b.metrics}
+    out = _fresh_dir(run_dir / f"eval-{_slug(bundle.name)}")
+    _plots(out, {"test": test}, run.threshold if run.threshold is not None else test.pairs.accuracy_at()[0],
+           images, cfg)  # fmt: skip
+    metrics = {"threshold": run.threshold, "as_test": True, "data": cfg.data.source, "dataset": bundle.name,
+               "test": test.metrics, "split_sizes": {"test": len(images)}, "baselines": baselines}  # fmt: skip
+    _write_metrics(metrics, out)
+    return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name or name).strip("._") or "data"
+
+
+def _fresh_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, … : a new folder, never an earlier evaluation's."""
+    path, i = base, 2
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    path.mkdir(parents=True)
+    return path
 
 
 def verify_images(

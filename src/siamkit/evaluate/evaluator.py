@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from siamkit.config import EvalConfig
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.data.transforms import Preprocess
 from siamkit.data.tuples import distinct_count, fixed_tuples
+from siamkit.errors import ConfigError
 from siamkit.evaluate import metrics as M
 from siamkit.losses.distances import Distance, as_dissimilarity, get_distance
 from siamkit.models.siamese import SiameseNet
@@ -65,12 +67,44 @@ class PairScores:
         rows = self.labels == label
         return int(rows.sum()) if self.index is None else distinct_count(self.index[rows])
 
+    def choose_threshold(self, rule: str) -> float:
+        """The threshold ``rule`` (``eval.threshold``) picks on these pairs: ``accuracy`` (the best-accuracy
+        threshold), ``fpr:<rate>`` (the largest one whose false-accept rate is at most ``rate``) or a number."""
+        kind, value = parse_threshold_rule(rule)
+        if kind == "accuracy":
+            return M.best_threshold(self.distances, self.labels)
+        if kind == "fpr":
+            return M.threshold_at_fpr(self.distances, self.labels, value)
+        return value
+
     def accuracy_at(self, threshold: float | None = None) -> tuple[float, float]:
         """(threshold, verification accuracy) at ``threshold``, or at the best-accuracy threshold of these pairs
         when it is None (calibration)."""
         if threshold is None:
             threshold = M.best_threshold(self.distances, self.labels)
         return threshold, M.verification_accuracy(self.distances, self.labels, threshold)
+
+
+THRESHOLD_RULES = "accuracy, fpr:<rate> (e.g. fpr:0.001) or a distance (e.g. 0.8)"
+
+
+def parse_threshold_rule(rule: str | float) -> tuple[str, float]:
+    """``accuracy`` → ("accuracy", nan); ``fpr:0.001`` → ("fpr", 0.001); ``0.8`` → ("fixed", 0.8)."""
+    text = str(rule).strip().lower()
+    if text == "accuracy":
+        return "accuracy", float("nan")
+    kind, sep, raw = text.partition(":")
+    try:
+        if sep and kind.strip() in ("fpr", "far"):
+            rate = float(raw)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError
+            return "fpr", rate
+        if not sep:
+            return "fixed", float(text)
+    except ValueError:
+        pass
+    raise ConfigError(f"eval.threshold {rule!r} is not a threshold rule; use {THRESHOLD_RULES}")
 
 
 @dataclass
@@ -151,6 +185,14 @@ def verification_metrics(scores: PairScores, threshold: float | None) -> dict[st
         "n_impostor_distinct": n_impostor_distinct,
     }
     if threshold is not None:
-        out["threshold"] = threshold
-        out["verification_accuracy"] = M.verification_accuracy(scores.distances, scores.labels, threshold)
+        out.update(threshold_metrics(scores, threshold))
+    with contextlib.suppress(ValueError):  # the LFW protocol: threshold chosen on 9 folds, scored on the 10th
+        out["verification_accuracy_10fold"] = M.kfold_verification_accuracy(scores.distances, scores.labels)
     return out
+
+
+def threshold_metrics(scores: PairScores, threshold: float) -> dict[str, float]:
+    """The decision ``same = distance ≤ threshold`` on these pairs: its accuracy and error rates."""
+    far, frr = M.rates_at(scores.distances, scores.labels, threshold)
+    return {"threshold": threshold, "verification_accuracy": M.verification_accuracy(scores.distances,
+            scores.labels, threshold), "false_accept_rate": far, "false_reject_rate": frr}  # fmt: skip

@@ -6,6 +6,7 @@ Scores follow one convention: higher means "same" (pass ``-distance``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,3 +187,52 @@ def _ranked_hits(d: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, k: int) -
     rank_in_edge = in_edge.cumsum(1) - 1
     hits = torch.where(in_edge, (rank_in_edge >= misses_at_edge).to(torch.int8), hits)
     return hits.float()
+
+
+def threshold_at_fpr(distances: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """The largest distance threshold whose false-accept rate on these pairs is at most ``fpr`` (``same`` iff
+    distance ≤ threshold): it admits at most ⌊fpr · n_impostor⌋ impostors, and sits halfway between the last
+    admitted impostor distance and the first refused one."""
+    labels, d = _check(labels, distances)
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"a false-accept rate is in [0, 1], got {fpr}")
+    imp = np.sort(d[labels == 0])
+    allowed = int(np.floor(fpr * len(imp) + 1e-9))
+    if allowed >= len(imp):
+        return float(d.max())
+    first_refused = imp[allowed]
+    below = imp[imp < first_refused]  # ties with the first refused impostor are refused with it
+    if len(below):
+        return float((below[-1] + first_refused) / 2.0)
+    return float(np.nextafter(first_refused, -np.inf))
+
+
+def rates_at(distances: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(false-accept rate, false-reject rate) of ``same = distance ≤ threshold`` on these pairs."""
+    labels, d = _check(labels, distances)
+    accept = d <= threshold
+    return float(accept[labels == 0].mean()), float((~accept[labels == 1]).mean())
+
+
+def kfold_verification_accuracy(
+    distances: np.ndarray, labels: np.ndarray, folds: int = 10, seed: int = 0
+) -> dict[str, Any]:
+    """The LFW protocol (Huang et al. 2007; SPEC §8): the pairs in ``folds`` folds (seeded, genuine and impostor
+    pairs spread evenly); for each fold the best-accuracy threshold is chosen on the other folds and the accuracy
+    measured on it. Returns the mean, the standard deviation and the per-fold accuracies."""
+    labels, d = _check(labels, distances)
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(d), np.int64)
+    for tag in (0, 1):  # stratified: each fold holds a share of the genuine and of the impostor pairs
+        rows = rng.permutation(np.flatnonzero(labels == tag))
+        fold_of[rows] = np.arange(len(rows)) % folds
+    accs = []
+    for f in range(folds):
+        test, train = fold_of == f, fold_of != f
+        if not test.any() or len(np.unique(labels[train])) < 2:
+            continue
+        thr = best_threshold(d[train], labels[train])
+        accs.append(verification_accuracy(d[test], labels[test], thr))
+    if not accs:
+        raise ValueError("too few pairs for a k-fold verification accuracy")
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "folds": [float(a) for a in accs]}

@@ -39,14 +39,18 @@ def plot_history(rows: Sequence[dict[str, float]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
-    """ROC per named split (labels, distances), log-scaled FPR, TPR@FPR targets annotated."""
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, threshold: float | None = None) -> Path:
+    """ROC per named split (labels, distances), log-scaled FPR, TPR@FPR targets annotated; with ``threshold``,
+    each curve's operating point (the FPR and TPR of ``same = distance ≤ threshold``) marked ✕."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for name, (labels, distances) in curves.items():
         scores = -np.asarray(distances)
         fpr, tpr, _ = M.roc(labels, scores)
         area = M.auc(labels, scores)
         (line,) = ax.plot(np.clip(fpr, 1e-5, 1), tpr, label=f"{name} (AUC {area:.3f})")
+        if threshold is not None:
+            far, frr = M.rates_at(distances, labels, threshold)
+            ax.plot(max(far, 1e-5), 1.0 - frr, "X", ms=9, mec="k", color=line.get_color(), zorder=5)
         for t in M.tpr_at_fpr(labels, scores):
             ax.plot(t.fpr, t.tpr_interpolated, "o", color=line.get_color())
             mark = "" if t.reliable else "*"
@@ -64,6 +68,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Pa
     ax.set_xlabel("false positive rate (log)")
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC — TPR at FPR 0.5/0.1/0.01/0.001 (* = too few impostors)")
+    if threshold is not None:
+        ax.plot([], [], "X", ms=9, mec="k", color="w", label=f"operating point (threshold {threshold:.3f})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right")
     return _save(fig, path)

@@ -327,9 +327,10 @@ class Gallery:
             return -raw
         return raw
 
-    def hits(self, distances: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        """Search results as :class:`Hit` rows (faiss's −1 padding dropped)."""
-        thr = self.meta.get("threshold")
+    def hits(self, distances: np.ndarray, ids: np.ndarray, threshold: float | None = None) -> list[list[Hit]]:
+        """Search results as :class:`Hit` rows (faiss's −1 padding dropped); ``same`` against ``threshold`` (the
+        embedder's: calibrated, or overridden for one call), else the one saved when the gallery was built."""
+        thr = self.meta.get("threshold") if threshold is None else threshold
         out = []
         for drow, irow in zip(distances, ids, strict=True):
             row = [(int(i), float(d)) for d, i in zip(drow, irow, strict=True) if i >= 0]

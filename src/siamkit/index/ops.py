@@ -166,7 +166,7 @@ def search(
     items = collect_images(queries)
     vectors, kept, _ = embed_paths(embedder, items)
     distances, ids = gallery.search(vectors, k)
-    hits = gallery.hits(distances, ids)
+    hits = gallery.hits(distances, ids, embedder.threshold)
     results = [
         {"query": path, "label": lab, "neighbours": hits_to_dicts(h)} for (path, lab), h in zip(kept, hits, strict=True)
     ]

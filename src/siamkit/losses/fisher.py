@@ -33,7 +33,15 @@ def projection(model: nn.Module) -> torch.Tensor:
 
 
 class FisherLoss(SiameseLoss):
-    """Shared parts: parameters, U, and the mined (anchor, neighbour) / (anchor, distant) feature rows."""
+    """Shared parts: parameters, U, and the mined (anchor, neighbour) / (anchor, distant) feature rows.
+
+    The loss trains the projection ``z = o·U`` — no bias, no normalisation — so a run with it is evaluated in
+    that geometry: ``normalized_embedding = False`` turns ``model.normalize`` off (unless a config sets it), and
+    the embedding ``o·U + b`` then ranks and thresholds exactly as ``z`` does (a shift changes no distance).
+    Normalising would instead score ``normalize(o·U + b)``, where the bias the loss never trains tilts every
+    direction."""
+
+    normalized_embedding: ClassVar[bool] = False
 
     def __init__(self, lam: float = 0.01, alpha: float = 0.25, eps: float = 1e-4, distance: str = "euclidean"):
         super().__init__()
@@ -97,7 +105,8 @@ class FDTLoss(FisherLoss):
 class FDCLoss(FisherLoss):
     """``(2 − λ)·tr(Uᵀ S_W U) + [−λ·tr(Uᵀ S_B U) + α]₊`` on pairs: the batch's same-class pairs
     (anchor–neighbour) build S_W and its different-class pairs (anchor–distant) build S_B — the authors draw
-    the two kinds from the two halves of the batch, which balanced pair sampling reproduces."""
+    the two kinds from the two halves of the batch, as many of each; when the counts differ (mined batches)
+    S_B is weighted by n_W / n_B to match."""
 
     tuple_kind: ClassVar[str] = "pairs"
 
@@ -116,5 +125,12 @@ class FDCLoss(FisherLoss):
             oa, ob, y = self.gathered(oa, ob, batch.y)
             diff = (oa - ob) @ u
         same = y > 0.5
-        tr_w, tr_b = self.traces(diff[same], diff[~same], u)
+        diff_w, diff_b = diff[same], diff[~same]
+        if len(diff_w) and len(diff_b) and len(diff_w) != len(diff_b):
+            # the authors build S_W and S_B from the two halves of a batch: as many anchor–neighbour as
+            # anchor–distant pairs. A mined batch holds far more different- than same-class pairs (8×16 with
+            # all-pairs: 7,168 vs 960), so S_B is weighted to the count of S_W's pairs, n_W/n_B·ΣΔᵀΔ: the
+            # scatter of n_W distant pairs in expectation, from all of them
+            diff_b = diff_b * (len(diff_w) / len(diff_b)) ** 0.5
+        tr_w, tr_b = self.traces(diff_w, diff_b, u)
         return self.touch_head(model, fdc_loss(tr_w, tr_b, self.lam, self.alpha))

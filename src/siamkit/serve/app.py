@@ -150,7 +150,7 @@ class Service:
         gallery = self.need_gallery()
         with self.lock:
             distances, ids = gallery.search(vectors, k)
-            hits = gallery.hits(distances, ids)
+            hits = gallery.hits(distances, ids, self.embedder.threshold)
         return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "same": h.same,
                   "image_url": f"/gallery/{h.id}/image"} for h in row] for row in hits]  # fmt: skip
 

@@ -52,6 +52,9 @@ def test_threshold_rule_fpr_holds_on_validation(trained):
     want = M.threshold_at_fpr(scores["validation_distances"], scores["validation_labels"], 0.05)
     assert m["threshold"] == pytest.approx(want)
     assert 0 <= m["test"]["false_accept_rate"] <= 1 and "verification_accuracy_10fold" in m["test"]
+    k = m["test"]["verification_accuracy_10fold"]
+    report = (trained / "runs" / "cal" / "report.html").read_text()
+    assert f"{k['mean']:.4f} ± {k['std']:.4f}" in report and "fpr:0.05" in report
 
 
 def test_saved_config_holds_an_absolute_data_path_and_evaluates_from_elsewhere(trained, capsys, tmp_path,
@@ -63,7 +66,8 @@ def test_saved_config_holds_an_absolute_data_path_and_evaluates_from_elsewhere(t
     monkeypatch.chdir(tmp_path)  # another folder: the relative "digits_png" no longer resolves from here
     code, out, err = _run(capsys, "eval", str(trained / "runs" / "cal"), "--format", "json")
     assert code == 0, err
-    assert json.loads(out)["test"]["auc"] > 0.5
+    saved = json.loads((trained / "runs" / "cal" / "metrics.json").read_text())
+    assert json.loads(out)["test"]["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-9)  # the same data, found
 
 
 def test_bad_threshold_rule_is_one_line(tmp_path, capsys):

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit (413 above)")
     sv.add_argument("--max-pixels", type=int, default=25_000_000, help="per-image pixel limit (422 above)")
+    sv.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                    help="also answer to this Host name (default: bind address, localhost; repeatable)")  # fmt: skip
+    sv.add_argument("--token", default=None,
+                    help="token for gallery edits (default: $SIAMKIT_TOKEN); needed beyond 127.0.0.1")  # fmt: skip
     _threshold_flag(sv)
     _backend(sv)
     sv.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -344,8 +348,11 @@ def _serve(args: argparse.Namespace) -> None:
     from siamkit.serve.uploads import UploadLimits
 
     limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
+    import os
+
+    token = args.token or os.environ.get("SIAMKIT_TOKEN")
     serve(args.run_dir, args.gallery_dir, args.host, args.port, _source(args), limits,
-          "warning" if args.quiet else "info")  # fmt: skip
+          "warning" if args.quiet else "info", args.allowed_hosts, token)  # fmt: skip
 
 
 def _verify(args: argparse.Namespace) -> None:

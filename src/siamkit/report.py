@@ -106,6 +106,18 @@ def metrics_rows(metrics: dict[str, Any], baselines: bool = True) -> list[list[A
 METRIC_COLUMNS = ["split", "AUC", "EER", *(f"TPR@{f}" for f in FPRS), "P@1", "MAP@R", "VerAcc", "SimAcc"]
 
 
+def test_decision_rows(test: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The test split's decision figures: error rates at the threshold and the LFW 10-fold accuracy."""
+    rows: list[tuple[str, Any]] = []
+    if "false_accept_rate" in test:
+        rows += [("test false-accept rate at the threshold", test["false_accept_rate"]),
+                 ("test false-reject rate at the threshold", test["false_reject_rate"])]  # fmt: skip
+    k = test.get("verification_accuracy_10fold")
+    if k:
+        rows.append(("test verification accuracy, 10-fold (LFW protocol)", f"{k['mean']:.4f} ± {k['std']:.4f}"))
+    return rows
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads(path.read_text())
@@ -122,7 +134,8 @@ def run_report(run_dir: Path) -> str:
         ("train seconds", metrics.get("train_seconds")), ("images/s", metrics.get("images_per_second")),
         ("epochs run", metrics.get("epochs_run")), ("best epoch", metrics.get("best_epoch")),
         ("checkpoint chosen by", metrics.get("monitor")), ("threshold (validation)", metrics.get("threshold")),
-        ("split", metrics.get("split")),
+        ("threshold rule", metrics.get("threshold_rule")), ("split", metrics.get("split")),
+        *test_decision_rows(metrics.get("test") or {}),
     ]  # fmt: skip
     parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
     parts.append("<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, metrics_rows(metrics)))

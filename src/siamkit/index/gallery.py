@@ -35,6 +35,7 @@ from siamkit.config import atomic_write_bytes, atomic_write_text
 from siamkit.errors import CheckpointError, ConfigError, DataError
 
 FORMAT = "siamkit-gallery-v1"
+UPLOADS = "uploads"
 SIDECAR = "gallery.json"
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 IP_METRICS = ("cosine", "cosine_similarity")
@@ -337,6 +338,15 @@ class Gallery:
             out.append([Hit(r + 1, i, d, self.items[i].label, self.items[i].path, None if thr is None else d <= thr)
                         for r, (i, d) in enumerate(row)])  # fmt: skip
         return out
+
+    def owned_upload(self, item: Item) -> Path | None:
+        """The item's file when the gallery owns it — an upload under its own ``uploads/`` folder, checked on the
+        resolved path (no ``..``, no link out) — else None. Only such files are ever deleted with their item."""
+        if Path(item.path).is_absolute():
+            return None
+        uploads = (self.directory / UPLOADS).resolve()
+        path = (self.directory / item.path).resolve()
+        return path if path.is_relative_to(uploads) and path != uploads else None
 
     def resolve(self, item: Item) -> Path:
         """The image file of an item (uploads are stored relative to the gallery folder)."""

@@ -147,8 +147,9 @@ def remove(gallery_dir: str, ids: Sequence[int]) -> dict[str, Any]:
                 from None  # fmt: skip
         gallery.save()
     for item in removed:  # uploads belong to the gallery: delete them once the removal is committed
-        if not Path(item.path).is_absolute():
-            gallery.resolve(item).unlink(missing_ok=True)
+        owned = gallery.owned_upload(item)
+        if owned is not None:
+            owned.unlink(missing_ok=True)
     return {**gallery.describe(), "removed_ids": [it.id for it in removed]}
 
 

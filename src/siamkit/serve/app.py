@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from siamkit.data.images import image_to_array, to_mode
 from siamkit.errors import SiamkitError
 from siamkit.index.gallery import Gallery, locked
 from siamkit.inference import Embedder, ModelSource
+from siamkit.serve.guard import Guard, GuardMiddleware, default_hosts, is_loopback
 from siamkit.serve.page import PAGE_HTML
 from siamkit.serve.uploads import BodyLimitMiddleware, Payload, UploadLimits, decode_image, read_payload
 
@@ -57,9 +58,15 @@ class Service:
         self.limits = limits
         self.lock = threading.RLock()
 
-    def decode(self, data: bytes, name: str) -> Image.Image:
+    async def read(self, request: Request, image_fields: tuple[str, ...]) -> Payload:
+        """The request's images and fields, within the per-request limits (image count, then decoded pixels)."""
+        payload = await read_payload(request, image_fields, self.limits.max_images)
+        payload.pixel_budget = [self.limits.max_request_pixels]
+        return payload
+
+    def decode(self, data: bytes, name: str, budget: list[int] | None = None) -> Image.Image:
         """The validated upload in the model's colour mode (``L`` or ``RGB``), at its own size."""
-        return to_mode(decode_image(data, self.limits, name), self.embedder.input_shape[0])
+        return to_mode(decode_image(data, self.limits, name, budget), self.embedder.input_shape[0])
 
     def to_input(self, img: Image.Image) -> np.ndarray:
         c, h, w = self.embedder.input_shape
@@ -74,22 +81,27 @@ class Service:
             raise HTTPException(422, f"field {field!r}: expected {count} image, got {len(blobs)}")
         return blobs
 
-    def _inputs(self, blobs: list[bytes], field: str) -> list[np.ndarray]:
-        return [self.to_input(self.decode(b, field)) for b in blobs]
+    def _inputs(self, blobs: list[bytes], field: str, budget: list[int] | None) -> list[np.ndarray]:
+        return [self.to_input(self.decode(b, field, budget)) for b in blobs]
 
     async def images(self, payload: Payload, field: str, count: int | None = 1) -> list[np.ndarray]:
         """Model inputs ``(C, H, W)`` uint8 of the images of ``field``: decoded and resized in the thread pool."""
-        return await run_in_threadpool(self._inputs, self.blobs(payload, field, count), field)
+        return await run_in_threadpool(self._inputs, self.blobs(payload, field, count), field, payload.pixel_budget)
 
     async def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
         batch = torch.from_numpy(np.stack(arrays))
         return await run_in_threadpool(self.embedder.embed, batch)
 
     def current(self) -> Gallery | None:
-        """The gallery (or None), reloaded first if another process (``siamkit index add/remove``) committed."""
+        """The gallery (or None), reloaded first if another process (``siamkit index add/remove``) committed. A
+        gallery rebuilt meanwhile with another model is refused (409) without naming any server path."""
         if self.gallery is not None and self.gallery.is_stale():
             with self.lock:
-                self._reload()
+                try:
+                    self._reload()
+                except SiamkitError:
+                    raise HTTPException(409, "the gallery on disk was rebuilt with another model or is unreadable; "
+                                        "restart the service with a matching run and gallery") from None  # fmt: skip
         return self.gallery
 
     def need_gallery(self) -> Gallery:
@@ -143,8 +155,9 @@ class Service:
             except BaseException:
                 self.gallery = Gallery.open(directory)
                 raise
-        if not Path(item.path).is_absolute():
-            gallery.resolve(item).unlink(missing_ok=True)
+        owned = gallery.owned_upload(item)
+        if owned is not None:
+            owned.unlink(missing_ok=True)
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
         gallery = self.need_gallery()
@@ -170,6 +183,14 @@ class Service:
         return buf.getvalue()
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"():,]+/)*([^\s'\"():,]+)")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last part: an answer never tells where files live."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), message)
+
+
 def _int_field(payload: Payload, request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = payload.fields.get(name, request.query_params.get(name, default))
     try:
@@ -181,8 +202,12 @@ def _int_field(payload: Payload, request: Request, name: str, default: int, low:
     return value
 
 
-def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: UploadLimits | None = None) -> FastAPI:
-    """The service for ``embedder`` (and ``gallery``, checked to come from the same model)."""
+def create_app(
+    embedder: Embedder, gallery: Gallery | None = None, limits: UploadLimits | None = None, guard: Guard | None = None
+) -> FastAPI:
+    """The service for ``embedder`` (and ``gallery``, checked to come from the same model); ``guard``: the hosts it
+    answers to and the token gallery edits need (``siamkit.serve.guard``; cross-origin state changes are always
+    refused)."""
     limits = limits or UploadLimits()
     if gallery is not None:
         gallery.check_model(embedder.describe())
@@ -191,6 +216,7 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
                   description="Embed, verify and search images with a trained Siamese model.")  # fmt: skip
     app.state.service = svc
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
+    app.add_middleware(GuardMiddleware, guard=guard or Guard())  # outermost: refuses before anything is read
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -204,7 +230,7 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
 
     @app.exception_handler(SiamkitError)
     async def siamkit_error(_: Request, exc: SiamkitError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": without_paths(str(exc))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
@@ -219,21 +245,24 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
     async def health() -> dict[str, Any]:
         """Model and gallery in use (no server paths)."""
         info = {k: v for k, v in embedder.describe().items() if k != "run_dir"}
-        g = svc.current()
-        gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
+        try:
+            g = svc.current()
+            gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
+        except HTTPException as exc:  # the service still answers: say what is wrong with the gallery
+            gal = {"error": exc.detail}
         return {"status": "ok", **info, "gallery": gal, "max_request_bytes": limits.max_request_bytes}
 
     @app.post("/embed", openapi_extra=_image_body("image"))
     async def embed(request: Request) -> dict[str, Any]:
         """Embeddings of one or more images (repeat the ``image`` part, or send a JSON list)."""
-        payload = await read_payload(request, ("image",))
+        payload = await svc.read(request, ("image",))
         vectors = await svc.embed(await svc.images(payload, "image", count=None))
         return {"dim": int(vectors.shape[1]), "model_hash": embedder.model_hash, "embeddings": vectors.tolist()}
 
     @app.post("/verify", openapi_extra=_image_body("image_a", "image_b"))
     async def verify(request: Request) -> dict[str, Any]:
         """Distance of two images and the decision at the threshold saved with the model."""
-        payload = await read_payload(request, ("image_a", "image_b"))
+        payload = await svc.read(request, ("image_a", "image_b"))
         arrays = await svc.images(payload, "image_a") + await svc.images(payload, "image_b")
         vectors = await svc.embed(arrays)
         d = float(embedder.pair_distances(vectors[:1], vectors[1:])[0])
@@ -246,7 +275,7 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
     async def search(request: Request) -> dict[str, Any]:
         """The ``k`` nearest gallery items of an image (``k`` as a field or query parameter, default 10)."""
         svc.need_gallery()
-        payload = await read_payload(request, ("image",))
+        payload = await svc.read(request, ("image",))
         k = _int_field(payload, request, "k", 10, 1, MAX_K)
         vectors = await svc.embed(await svc.images(payload, "image"))
         results = await run_in_threadpool(svc.search, vectors, k)
@@ -258,11 +287,11 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
     async def gallery_add(request: Request) -> dict[str, Any]:
         """Add an image (and optional label) to the gallery; returns its id."""
         svc.need_gallery()
-        payload = await read_payload(request, ("image",))
+        payload = await svc.read(request, ("image",))
         label = payload.fields.get("label")
         if label is not None and not isinstance(label, str):
             raise HTTPException(422, "label must be a string")
-        img = await run_in_threadpool(svc.decode, svc.blobs(payload, "image")[0], "image")
+        img = await run_in_threadpool(svc.decode, svc.blobs(payload, "image")[0], "image", payload.pixel_budget)
         vectors = await svc.embed([await run_in_threadpool(svc.to_input, img)])
         item_id = await run_in_threadpool(svc.add_item, img, vectors[0], label or None)
         return {"id": item_id, "label": label or None, "size": len(svc.need_gallery())}
@@ -293,13 +322,20 @@ def create_app(embedder: Embedder, gallery: Gallery | None = None, limits: Uploa
 def serve(
     run_dir: str, gallery_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000,
     backend: str | ModelSource = "torch", limits: UploadLimits | None = None, log_level: str = "info",
+    allowed_hosts: list[str] | None = None, token: str | None = None,
 ) -> None:  # fmt: skip
-    """Run the service on uvicorn until interrupted."""
+    """Run the service on uvicorn until interrupted. It answers to the bind address, the loopback names and
+    ``allowed_hosts``; gallery edits need ``token`` when given, and a service bound beyond the loopback interface
+    must have one."""
     import uvicorn
 
+    from siamkit.errors import ConfigError
     from siamkit.inference import open_embedder
 
+    if not token and not is_loopback(host):
+        raise ConfigError(f"--host {host} exposes gallery edits to the network: give --token (or set SIAMKIT_TOKEN), "
+                          "or bind to 127.0.0.1")  # fmt: skip
     embedder = open_embedder(run_dir, backend)
     gallery = Gallery.open(gallery_dir) if gallery_dir else None
-    app = create_app(embedder, gallery, limits)
+    app = create_app(embedder, gallery, limits, Guard(default_hosts(host, allowed_hosts), token or None))
     uvicorn.run(app, host=host, port=port, log_level=log_level)

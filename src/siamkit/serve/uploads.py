@@ -26,11 +26,16 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 @dataclass(frozen=True)
 class UploadLimits:
     """``max_request_bytes``: whole request body (multipart or JSON, base64 included); ``max_pixels``: width ×
-    height of one decoded image (the decompression-bomb guard); ``formats``: Pillow format names accepted."""
+    height of one decoded image (the decompression-bomb guard); ``formats``: Pillow format names accepted;
+    ``max_images`` and ``max_request_pixels``: per request."""
 
     max_request_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 25_000_000
     formats: tuple[str, ...] = field(default=ACCEPTED_FORMATS)
+    max_images: int = 64
+    """Images in one request, multipart parts and JSON list items alike."""
+    max_request_pixels: int = 100_000_000
+    """Decoded pixels in one request, all its images together (the work one request may ask for)."""
 
 
 class BodyLimitMiddleware:
@@ -84,9 +89,12 @@ class _TooLarge(Exception):
     pass
 
 
-def decode_image(data: bytes, limits: UploadLimits, name: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes, limits: UploadLimits, name: str = "image", budget: list[int] | None = None
+) -> Image.Image:
     """Decode uploaded bytes with Pillow restricted to ``limits.formats``; check the pixel count from the header
-    before decoding the pixels (a small file can declare a huge image)."""
+    before decoding the pixels (a small file can declare a huge image). ``budget``: a one-item list holding the
+    pixels the request may still decode; this image's are taken from it (422 once it would go below 0)."""
     if not data:
         raise HTTPException(422, f"{name}: empty upload")
     with warnings.catch_warnings():
@@ -99,6 +107,13 @@ def decode_image(data: bytes, limits: UploadLimits, name: str = "image") -> Imag
                     422, f"{name}: {img.width}×{img.height} = {pixels:,} pixels is over the {limits.max_pixels:,} "
                     "limit (decompression-bomb guard)",
                 )  # fmt: skip
+            if budget is not None:
+                if pixels > budget[0]:
+                    raise HTTPException(
+                        422, f"{name}: the request's images exceed its budget of {limits.max_request_pixels:,} "
+                        "pixels; send fewer or smaller images",
+                    )  # fmt: skip
+                budget[0] -= pixels
             img.load()
         except UnidentifiedImageError:
             raise HTTPException(
@@ -128,11 +143,13 @@ class Payload:
 
     images: dict[str, list[bytes]]
     fields: dict[str, Any]
+    pixel_budget: list[int] | None = None
+    """Pixels the request may still decode (one item, shared by its images; see ``decode_image``)."""
 
 
 async def read_payload(request: Request, image_fields: tuple[str, ...], max_files: int = 64) -> Payload:
-    """Read ``multipart/form-data`` (file parts) or ``application/json`` (base64 strings, or lists of them).
-    File paths and URLs are never accepted: only the bytes of the request."""
+    """Read ``multipart/form-data`` (file parts) or ``application/json`` (base64 strings, or lists of them), at most
+    ``max_files`` images either way. File paths and URLs are never accepted: only the bytes of the request."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     images: dict[str, list[bytes]] = {f: [] for f in image_fields}
     fields: dict[str, Any] = {}
@@ -151,11 +168,15 @@ async def read_payload(request: Request, image_fields: tuple[str, ...], max_file
             body = await request.json()
         except ValueError:
             raise HTTPException(422, "request body is not valid JSON") from None
+        except RecursionError:
+            raise HTTPException(422, "request body is JSON nested too deeply") from None
         if not isinstance(body, dict):
             raise HTTPException(422, "JSON body must be an object")
         for key, value in body.items():
             if key in images:
                 values = value if isinstance(value, list) else [value]
+                if sum(len(v) for v in images.values()) + len(values) > max_files:
+                    raise HTTPException(413, f"more than {max_files} images in one request; send them in batches")
                 images[key] = [_b64(v, key) for v in values]
             else:
                 fields[key] = value

@@ -1,0 +1,109 @@
+"""Who may talk to the service: allowed ``Host`` names (DNS rebinding), same-origin state changes (cross-site
+requests from a web page), and a bearer token for gallery edits.
+
+A web page on another site can make a browser send requests to ``http://127.0.0.1:8000``: with its own name
+resolving to 127.0.0.1 (DNS rebinding) the ``Host`` header carries that name, and a plain cross-site form or
+``fetch`` carries an ``Origin`` of another site. So every request must name an allowed host, and every request
+that is not a read (``GET``/``HEAD``/``OPTIONS``) must come from the service's own origin or from no browser
+page at all (no ``Origin``, as curl and scripts send). Gallery edits can further require ``Authorization: Bearer
+<token>``; a service bound beyond the loopback interface must have one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """``allowed_hosts``: the ``Host`` names accepted (None: any — in-process use); ``token``: required as a bearer
+    token on gallery edits (None: none)."""
+
+    allowed_hosts: frozenset[str] | None = None
+    token: str | None = None
+
+
+def default_hosts(bind: str, extra: list[str] | None = None) -> frozenset[str]:
+    """The names a service bound to ``bind`` answers to: the bind address, the loopback names, and ``extra``
+    (``--allowed-host``). A wildcard bind (0.0.0.0, ::) is not a name: the machine's names go in ``extra``."""
+    hosts = {h.lower() for h in (*LOOPBACK_NAMES, *(extra or []))}
+    if bind not in ("0.0.0.0", "::", ""):
+        hosts.add(bind.lower())
+    return frozenset(hosts)
+
+
+def is_loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value: str) -> str:
+    """``example.com:8000`` → ``example.com``; ``[::1]:8000`` → ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+def _is_edit(method: str, path: str) -> bool:
+    return (path.rstrip("/") == "/gallery" and method == "POST") or (
+        path.startswith("/gallery/") and method == "DELETE"
+    )
+
+
+class GuardMiddleware:
+    """Refuses, before any route runs: 400 for a ``Host`` not allowed, 403 for a cross-origin request that is not
+    a read, 401 for a gallery edit without the bearer token."""
+
+    def __init__(self, app: ASGIApp, guard: Guard):
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        refusal = self.check(scope["method"], scope["path"], headers)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, detail = refusal
+        body = json.dumps({"detail": detail}).encode()
+        extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | None:
+        g = self.guard
+        host = headers.get("host", "")
+        if g.allowed_hosts is not None and _host_name(host) not in g.allowed_hosts:
+            return 400, "host not allowed; start the service with --allowed-host NAME to answer to this name"
+        if method not in READS:
+            origin = headers.get("origin")
+            fetch_site = headers.get("sec-fetch-site", "")
+            if fetch_site == "cross-site" or (origin and origin != "null" and urlsplit(origin).netloc.lower() !=
+                                              host.lower()):  # fmt: skip
+                return 403, "cross-origin request refused: use the service's own page, or a client without Origin"
+            if origin == "null":
+                return 403, "cross-origin request refused (Origin: null)"
+        if g.token is not None and _is_edit(method, path):
+            auth = headers.get("authorization", "")
+            scheme, _, given = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), g.token.encode()):
+                return 401, "gallery edits need the service's token: send Authorization: Bearer <token>"
+        return None

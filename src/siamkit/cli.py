@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from siamkit.errors import SiamkitError
@@ -57,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--name", help="run name (folder under --runs-dir)")
     t.add_argument("--runs-dir", dest="runs_dir", help="where run folders go (default: runs)")
-    t.add_argument("--resume", action="store_true", help="continue runs/<name>/ from its last finished epoch")
+    t.add_argument("--resume", action="store_true",
+                   help="continue runs/<name>/ from its last finished epoch, with its own saved config (only train.* "
+                   "and eval.* may be changed, e.g. --epochs)")  # fmt: skip
+    t.add_argument("--force", action="store_true",
+                   help="with --resume: retrain a finished run that has no last.pt, overwriting its model")  # fmt: skip
     _common(t)
 
     e = sub.add_parser("eval", help="evaluate a trained run (optionally on other data)")
@@ -306,10 +311,14 @@ def run(args: argparse.Namespace) -> int:
             value = getattr(args, flag, None)
             if value is not None:
                 overrides.append(f"{key}={value}")
-        cfg = load_config(args.config, overrides)
+        if args.resume:
+            config_path, overrides = resume_config(args.config, overrides)
+            cfg = load_config(config_path, overrides)
+        else:
+            cfg = load_config(args.config, overrides)
         if args.quiet:
             cfg.train.progress = False
-        result = pipeline.train_run(cfg, resume=args.resume)
+        result = pipeline.train_run(cfg, resume=args.resume, force=args.force)
         _emit(result, args.format, summary_table(result))
     elif args.command == "eval":
         result = pipeline.evaluate_run(args.run_dir, args.data, args.overrides, args.as_test)
@@ -322,6 +331,47 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(args.directory)
         _emit({"report": str(path)}, args.format, f"written: {path}")
     return 0
+
+
+RESUME_MAY_CHANGE = ("train.", "eval.", "name", "runs_dir")
+
+
+def resume_config(config: str | None, overrides: list[str]) -> tuple[str, list[str]]:
+    """``--resume``: the run's own ``config.yaml`` and the overrides that may change on a resumed run (``train.*``
+    but the seed, ``eval.*``); an override that would change its data, model, loss or sampling is refused, as is a
+    config file (the run has its own)."""
+    import yaml
+
+    from siamkit.config import load_config, set_key, to_dict
+    from siamkit.errors import CheckpointError, ConfigError
+
+    if config is not None:
+        raise ConfigError(f"--resume continues a run with its own saved config; drop {config}")
+    probe = load_config(None, overrides)
+    run_dir = Path(probe.runs_dir) / probe.name
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise CheckpointError(f"nothing to resume: {saved} not found; check --name and --runs-dir")
+    base = to_dict(load_config(saved))
+    kept = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        changed: dict[str, Any] = yaml.safe_load(yaml.safe_dump(base))
+        set_key(changed, item)
+        if (key.startswith(RESUME_MAY_CHANGE) and key != "train.seed") or _lookup(changed, key) == _lookup(base, key):
+            kept.append(item)
+            continue
+        before, after = _lookup(base, key), _lookup(changed, key)
+        raise ConfigError(f"--resume continues {run_dir} with its own config: {key} cannot change ({before!r} → "
+                          f"{after!r}); start a new run with another --name")  # fmt: skip
+    return str(saved), kept
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -513,5 +563,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"siamkit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (siamkit search … | head): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         cleanup()

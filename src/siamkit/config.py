@@ -210,6 +210,93 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Every numeric key's range: (low, high, low inclusive, high inclusive); None = unbounded. ``check_ranges`` applies
+# them when a config is built, before any work starts; README's "Value ranges" table is ``ranges_table()``.
+INF = float("inf")
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "data.flat_field": (0, INF, True, False),
+    "data.image_size": (4, 4096, True, True),
+    "data.channels": (1, 3, True, True),
+    "data.val_fraction": (0, 1, False, False),
+    "data.test_fraction": (0, 1, True, False),
+    "data.val_per_class": (0, INF, True, False),
+    "data.test_per_class": (0, INF, True, False),
+    "data.limit": (2, INF, True, False),
+    "data.mean": (-INF, INF, False, False),
+    "data.std": (0, INF, False, False),
+    "data.augment.degrees": (0, 180, True, True),
+    "data.augment.translate": (0, 1, True, True),
+    "data.augment.scale_min": (0, INF, False, False),
+    "data.augment.scale_max": (0, INF, False, False),
+    "data.augment.hflip": (0, 1, True, True),
+    "data.augment.brightness": (0, 1, True, True),
+    "data.augment.contrast": (0, 1, True, True),
+    "data.augment.saturation": (0, 1, True, True),
+    "sampling.n_pairs": (1, INF, True, False),
+    "sampling.max_triplets": (1, INF, True, False),
+    "sampling.val_tuples": (1, INF, True, False),
+    "sampling.p": (2, INF, True, False),
+    "sampling.k": (2, INF, True, False),
+    "model.embedding_dim": (0, INF, True, False),
+    "loss.ssl_weight": (0, INF, True, False),
+    "loss.ssl_temperature": (0, INF, False, False),
+    "train.epochs": (1, INF, True, False),
+    "train.batch_size": (1, INF, True, False),
+    "train.lr": (0, 10, True, True),
+    "train.weight_decay": (0, INF, True, False),
+    "train.momentum": (0, 1, True, False),
+    "train.step_size": (1, INF, True, False),
+    "train.gamma": (0, 1, False, True),
+    "train.patience": (0, INF, True, False),
+    "train.seed": (0, 2**32 - 1, True, True),
+    "train.unfreeze_epoch": (0, INF, True, False),
+    "train.unfreeze_stages": (0, INF, True, False),
+    "train.backbone_lr": (0, 10, True, True),
+    "eval.n_pairs": (1, INF, True, False),
+    "eval.n_triplets": (1, INF, True, False),
+    "eval.recall_at": (1, INF, True, False),
+    "eval.batch_size": (1, INF, True, False),
+    "eval.tsne_points": (0, INF, True, False),
+}
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if high == INF:
+        return f"{'≥' if low_in else '>'} {low:g}"
+    if low == -INF:
+        return f"{'≤' if high_in else '<'} {high:g}"
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Refuse (``ConfigError`` naming the key and its range) any numeric value outside ``RANGES``; lists are checked
+    item by item, None (unset) passes."""
+    for f in dataclasses.fields(cfg):
+        key, value = f"{prefix}{f.name}", getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+            continue
+        bounds = RANGES.get(key)
+        if bounds is None or value is None:
+            continue
+        low, high, low_in, high_in = bounds
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            ok = (v > low or (low_in and v == low)) and (v < high or (high_in and v == high))
+            if not ok or v != v:  # NaN is never in range
+                raise ConfigError(f"config key {key!r} must be {_interval(*bounds)}, got {v!r}")
+    if prefix == "data.augment." and cfg.scale_min > cfg.scale_max:
+        raise ConfigError(f"data.augment.scale_min ({cfg.scale_min}) must not exceed data.augment.scale_max "
+                          f"({cfg.scale_max})")  # fmt: skip
+
+
+def ranges_table() -> str:
+    """The ``RANGES`` as a Markdown table (README, "Value ranges")."""
+    rows = "\n".join(f"| `{k}` | {_interval(*v)} |" for k, v in RANGES.items())
+    return "| key | range |\n|---|---|\n" + rows
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -258,6 +345,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if "miner" in loss:
             loss.setdefault("miner_params", {})  # likewise another miner (or none)
     cfg = typing.cast(RunConfig, from_dict(RunConfig, data))
+    check_ranges(cfg)
     object.__setattr__(cfg, "explicit_keys", frozenset(_dotted_keys(data)))
     return cfg
 
@@ -288,8 +376,12 @@ def set_key(data: dict[str, Any], assignment: str) -> None:
     except yaml.YAMLError:
         value = raw
     node = data
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"config key {where!r} is a section, but it was given a value ({node!r}); set its keys "
+                              f"instead, e.g. {where}.KEY=VALUE")  # fmt: skip
     node[parts[-1]] = value
 
 

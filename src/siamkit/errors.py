@@ -17,3 +17,7 @@ class DataError(SiamkitError):
 
 class CheckpointError(SiamkitError):
     """A run directory or weights file is missing or inconsistent."""
+
+
+class TrainingError(SiamkitError):
+    """Training cannot go on (the loss diverged)."""

@@ -162,10 +162,15 @@ def _metadata(cfg: RunConfig, input_shape: tuple[int, int, int], threshold: floa
 
 def train_run(
     cfg: RunConfig, resume: bool = False, run_dir: Path | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None, force: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate; write config.yaml, history.csv, metrics.json, model.safetensors, plots and
-    report.html. ``on_epoch`` sees each epoch's history row (see ``fit``)."""
+    report.html. ``on_epoch`` sees each epoch's history row (see ``fit``).
+
+    With ``resume`` the run continues from its ``last.pt``; a finished run without one is refused unless ``force``
+    (retraining would overwrite its model). A run that fails leaves nothing behind when no epoch finished (its new
+    folder is removed); after one, the folder stays, resumable, with ``FAILED`` saying why and no ``metrics.json``,
+    so that ``siamkit train`` never takes it for a finished run."""
     info, dist_device = distributed.setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     cfg.data.source = absolute_source(cfg.data.source)  # the saved config works from any folder
@@ -180,9 +185,49 @@ def train_run(
     device = dist_device or resolve_device(cfg.train.device)
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
     out = Path(distributed.broadcast_object(str(out)))  # rank 0's choice: one run directory for all ranks
+    if resume and not (out / "last.pt").is_file():
+        if not out.is_dir():
+            raise CheckpointError(f"nothing to resume: {out} not found; check --name and --runs-dir")
+        if (out / WEIGHTS).is_file() and not force:
+            raise CheckpointError(f"{out} is a finished run with no last.pt to resume from, and retraining would "
+                                  "overwrite its model: pass --force to retrain it, or use another --name")  # fmt: skip
+    created = not out.exists()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
+    try:
+        metrics = _train_and_evaluate(cfg, prep, model, loss_fn, untrained, device, out, info, resume, on_epoch)
+    except BaseException as exc:
+        if info.is_main:
+            _leave_failed(out, created, exc)
+        raise
+    (out / FAILED).unlink(missing_ok=True)
+    distributed.barrier()  # the run directory is complete before any rank returns
+    return {"run_dir": str(out), **metrics}
+
+
+FAILED = "FAILED"
+
+
+def _leave_failed(out: Path, created: bool, exc: BaseException) -> None:
+    """After a failure: remove the run folder this call created if no epoch finished (nothing to resume), else
+    mark it ``FAILED`` with the reason (it stays resumable)."""
+    import shutil
+
+    if not (out / "last.pt").is_file():
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        return
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    atomic_write_text(out / FAILED, f"training stopped: {reason}\nresume with: siamkit train --name {out.name} "
+                      f"--runs-dir {out.parent} --resume\n")  # fmt: skip
+
+
+def _train_and_evaluate(
+    cfg: RunConfig, prep: Prepared, model: SiameseNet, loss_fn: SiameseLoss, untrained: SiameseNet,
+    device: torch.device, out: Path, info: distributed.DistInfo, resume: bool,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> dict[str, Any]:  # fmt: skip
     s = prep.splits
     train_source, val_source = batch_sources(cfg, loss_fn, s)
     log.info("training %s (%s, %d trainable parameters) on %s, device %s", cfg.model.backbone, cfg.loss.name,
@@ -206,8 +251,7 @@ def train_run(
         from siamkit.report import write_report
 
         write_report(out)
-    distributed.barrier()  # the run directory is complete before any rank returns
-    return {"run_dir": str(out), **metrics}
+    return metrics
 
 
 def seed_rank(seed: int, rank: int, preprocess: Preprocess) -> None:

@@ -14,15 +14,17 @@ import logging
 import os
 import re
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from siamkit.config import DataConfig
-from siamkit.data.images import load_image, natural_channels, open_image
+from siamkit.data.images import SKIP_HINT, image_to_array, natural_channels, open_image
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.errors import DataError
 
@@ -204,20 +206,54 @@ def class_folders(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+MIN_SIDE = 8  # images with a shorter side are refused (or skipped with data.skip_bad): nothing to learn from
+AUTO_SIZE_CAP = 256  # an input size taken from the data has its long side at most this (data.image_size sets any)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) from the file's header without decoding the pixels; None when unreadable (reported when decoded)."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception:
+        return None
+
+
+def auto_size(paths: Sequence[Path]) -> tuple[int, int] | None:
+    """The input size when ``data.image_size`` is unset: the most common (H, W) among the images of at least
+    ``MIN_SIDE`` px (ties: the larger), its long side capped at ``AUTO_SIZE_CAP`` (aspect kept) — never whatever
+    image sorts first. Logged in one line."""
+    sizes = Counter(hw for hw in map(_header_size, paths) if hw is not None and min(hw) >= MIN_SIDE)
+    if not sizes:
+        return None
+    (h, w), count = max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1]))
+    scale = min(1.0, AUTO_SIZE_CAP / max(h, w))
+    size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
+    capped = f", capped to {size[0]}×{size[1]}" if size != (h, w) else ""
+    log.info("input size %d×%d: the most common of %d size%s among %d images (%d have it)%s; set data.image_size to "
+             "choose", h, w, len(sizes), "" if len(sizes) == 1 else "s", len(paths), count, capped)  # fmt: skip
+    return size
+
+
 def _decode_all(
     paths: Sequence[Path], channels: int | None, size: tuple[int, int] | None, skip_bad: bool
 ) -> tuple[torch.Tensor, list[int], list[str]]:
-    """Decode ``paths`` into one uint8 tensor; returns (images, kept positions, skipped paths)."""
+    """Decode ``paths`` into one uint8 tensor; returns (images, kept positions, skipped paths). Without ``size``
+    the input size comes from the data (``auto_size``); images smaller than ``MIN_SIDE`` px are refused."""
     arrays: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
+    if size is None:
+        size = auto_size(paths)
     for i, p in enumerate(paths):
         try:
-            if channels is None or size is None:
-                first = open_image(p)
-                channels = channels or natural_channels(first)
-                size = size or (first.height, first.width)
-            arrays.append(load_image(p, channels, size))
+            img = open_image(p)
+            if min(img.height, img.width) < MIN_SIDE:
+                raise DataError(f"{p}: a {img.width}×{img.height} image is below the {MIN_SIDE}-px minimum; "
+                                f"{SKIP_HINT}")  # fmt: skip
+            channels = channels or natural_channels(img)
+            size = size or (img.height, img.width)
+            arrays.append(image_to_array(img, channels, size))
             kept.append(i)
         except DataError as exc:
             if not skip_bad:
@@ -235,15 +271,20 @@ def read_folder(
 ) -> ImageSet:  # fmt: skip
     """Class-per-folder layout ``root/<class>/<image>``; every non-hidden file in a class folder is an image."""
     root = Path(root)
-    classes = [d.name for d in class_folders(root)]
-    if not classes:
+    folders = [d.name for d in class_folders(root)]
+    if not folders:
         raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>")
+    listed = {name: list_files(root / name) for name in folders}
+    empty = [name for name, files in listed.items() if not files]
+    if empty and len(empty) < len(folders):
+        log.warning("%s: %d empty class folder%s left out: %s", root, len(empty), "" if len(empty) == 1 else "s",
+                    ", ".join(empty[:10]) + (", …" if len(empty) > 10 else ""))  # fmt: skip
+    classes = [name for name in folders if listed[name]]
     paths: list[Path] = []
     labels: list[int] = []
     for ci, name in enumerate(classes):
-        files = list_files(root / name)
-        paths += files
-        labels += [ci] * len(files)
+        paths += listed[name]
+        labels += [ci] * len(listed[name])
     if not paths:
         raise DataError(f"{root}: the class folders hold no files")
     images, kept, skipped = _decode_all(paths, channels, size, skip_bad)
@@ -287,7 +328,7 @@ TUPLE_COLUMNS = {"pairs": ("path_a", "path_b", "label"), "triplets": ("anchor", 
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         row = next(csv.reader(fh), [])
     return [c.strip().lower() for c in row]
 
@@ -304,7 +345,7 @@ def read_tuples_csv(
     """
     path = Path(path)
     needed: tuple[str, ...] = TUPLE_COLUMNS[kind]
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's byte-order mark is no column name
         reader = csv.DictReader(fh)
         header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
         if kind == "pairs" and not require_label and "label" not in header:
@@ -326,12 +367,7 @@ def read_tuples_csv(
             positions[line - 2, j] = files.setdefault(full, len(files))
     labels = None
     if kind == "pairs" and len(needed) == 3:
-        try:
-            labels = np.asarray([int(float(r[2])) for r in rows], np.int64)
-        except ValueError:
-            raise DataError(f"{path}: column 'label' must hold 1 (same) or 0 (different)") from None
-        if not np.isin(labels, (0, 1)).all():
-            raise DataError(f"{path}: column 'label' must hold 1 (same) or 0 (different)")
+        labels = np.asarray([_pair_label(r[2], path, line) for line, r in enumerate(rows, start=2)], np.int64)
     ordered = list(files)
     images, kept, skipped = _decode_all([Path(p) for p in ordered], channels, size, skip_bad)
     remap = np.full(len(ordered), -1, np.int64)
@@ -341,6 +377,17 @@ def read_tuples_csv(
     table = TupleTable(index[ok], None if labels is None else labels[ok])
     image_set = ImageSet(images, np.full(len(kept), -1, np.int64), [], [ordered[i] for i in kept], skipped)
     return image_set, table
+
+
+def _pair_label(value: str, path: Path, line: int) -> int:
+    """A pairs CSV label: exactly 1 (same) or 0 (different), written as an integer or a float (``1.0``)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if number not in (0.0, 1.0):
+        raise DataError(f"{path}:{line}: label {value!r} is not 1 (same) or 0 (different); fix that row")
+    return int(number)
 
 
 def _resize_tensor_sets(bundle: DatasetBundle, cfg: DataConfig) -> DatasetBundle:

@@ -130,6 +130,14 @@ def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
         test_rows, val_rows, train_rows = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
         tr, va, te = (Split(bundle.images, bundle.tuples.rows(np.sort(r))) for r in (train_rows, val_rows, test_rows))
         _warn_shared_images(bundle.name, tr.tuples, te.tuples)
+        for part, split, key in (("validation", va, "val_fraction"), ("test", te, "test_fraction")):
+            labels = split.tuples.labels if split.tuples is not None else None
+            if labels is not None and len(np.unique(labels)) < 2:  # caught now, not after training
+                raise DataError(
+                    f"{bundle.name}: the {len(labels)} {part} rows (data.{key}={getattr(cfg, key)}) are all "
+                    f"{'genuine' if labels[0] == 1 else 'impostor'} pairs; it needs both to choose and score a "
+                    f"threshold: raise data.{key}"
+                )
         return Splits(tr, va, te, method="random")
     pool = bundle.images
     if not pool.has_labels:

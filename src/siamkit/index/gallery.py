@@ -355,10 +355,14 @@ class Gallery:
 
 
 @contextlib.contextmanager
-def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
-    """An exclusive advisory lock on the gallery folder for a read-modify-commit cycle across processes."""
+def locked(directory: str | os.PathLike[str], create: bool = False) -> Iterator[None]:
+    """An exclusive advisory lock on the gallery folder for a read-modify-commit cycle across processes. The
+    folder must exist unless ``create`` (a new gallery): a mistyped path is an error, never a new empty folder."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.is_dir():
+        if not create:
+            raise DataError(f"{directory}: no gallery there; check the path, or make one with: siamkit index build")
+        directory.mkdir(parents=True)
     with open(directory / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

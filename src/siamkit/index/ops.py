@@ -50,7 +50,7 @@ def collect_images(sources: Sequence[str], label: str | None = None) -> list[tup
 
 
 def _read_list_csv(path: Path) -> list[tuple[str, str | None]]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip().lower() for f in reader.fieldnames or []]
         if "path" not in fields:
@@ -109,7 +109,7 @@ def build(
     vectors, kept, skipped = embed_paths(embedder, items, batch_size, progress, skip_bad)
     if not kept:
         raise DataError(f"none of the {len(items)} images could be read; {SKIP_HINT}")
-    with locked(out):
+    with locked(out, create=True):
         gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
         gallery.save()
     return {**gallery.describe(), "added": len(kept), "skipped": skipped}

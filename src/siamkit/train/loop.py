@@ -28,7 +28,7 @@ from siamkit.distributed import (
     gather_objects,
     wrap_model,
 )
-from siamkit.errors import ConfigError
+from siamkit.errors import ConfigError, TrainingError
 from siamkit.losses.base import LabelBatch, SiameseLoss
 from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
@@ -64,9 +64,19 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown train.device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"train.device={name}: this machine has no CUDA GPU; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"train.device={name}: there is no GPU {device.index} (this machine has {count}: "
+                              f"cuda:0–cuda:{count - 1})")  # fmt: skip
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"train.device={name}: MPS is not available here; use cpu or auto")
+    return device
 
 
 def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -235,7 +245,8 @@ def fit(
             if ssl is not None and isinstance(batch, LabelBatch) and batch.view is not None:
                 loss = loss + ssl(train_model, batch.x, batch.view)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower train.lr")
+                raise TrainingError(f"the loss became {float(loss)} at epoch {epoch}: training diverged; lower "
+                                    f"train.lr (now {cfg.lr:g})")  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

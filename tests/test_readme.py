@@ -20,3 +20,30 @@ def test_readme_python_blocks_run():
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_lists_every_config_range():
+    from siamkit.config import ranges_table
+
+    text = README.read_text()
+    block = text.split("<!-- ranges: generated from siamkit.config.RANGES -->\n")[1].split("\n<!-- /ranges -->")[0]
+    assert block == ranges_table()
+
+
+def test_every_numeric_config_key_has_a_range():
+    import dataclasses
+    import typing
+
+    from siamkit.config import RANGES, RunConfig
+
+    def numeric_keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                yield from numeric_keys(hint, f"{prefix}{f.name}.")
+            elif any(t in (int, float) for t in (hint, *typing.get_args(hint), *sum(map(typing.get_args,
+                     typing.get_args(hint)), ()))):  # fmt: skip
+                yield f"{prefix}{f.name}"
+
+    missing = sorted(set(numeric_keys(RunConfig)) - set(RANGES))
+    assert missing == []

@@ -286,6 +286,8 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
             ok = (v > low or (low_in and v == low)) and (v < high or (high_in and v == high))
             if not ok or v != v:  # NaN is never in range
                 raise ConfigError(f"config key {key!r} must be {_interval(*bounds)}, got {v!r}")
+    if prefix == "data." and cfg.channels not in (None, 1, 3):
+        raise ConfigError(f"config key 'data.channels' must be 1 (grayscale) or 3 (RGB), got {cfg.channels!r}")
     if prefix == "data.augment." and cfg.scale_min > cfg.scale_max:
         raise ConfigError(f"data.augment.scale_min ({cfg.scale_min}) must not exceed data.augment.scale_max "
                           f"({cfg.scale_max})")  # fmt: skip

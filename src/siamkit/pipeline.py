@@ -93,11 +93,14 @@ def prepare_data(cfg: RunConfig) -> Prepared:
         cfg.model.normalize = False  # evaluated in the geometry the loss trains (FDT/FDC: z = o·U)
         log.info("loss %s trains unnormalised embeddings: model.normalize=false", cfg.loss.name)
     train_images = splits.train.images.images
-    if cfg.data.mean is None or cfg.data.std is None:
-        cfg.data.mean, cfg.data.std = channel_stats(train_images)
+    if cfg.data.mean is None or cfg.data.std is None:  # a value the config gives is kept, the other computed
+        mean, std = channel_stats(train_images)
+        cfg.data.mean = cfg.data.mean if cfg.data.mean is not None else mean
+        cfg.data.std = cfg.data.std if cfg.data.std is not None else std
     c, h, w = splits.train.images.shape
     if len(cfg.data.mean) != c or len(cfg.data.std) != c:
-        raise ConfigError(f"data.mean/data.std need {c} values (one per channel), got {len(cfg.data.mean)}")
+        got = len(cfg.data.mean) if len(cfg.data.mean) != c else len(cfg.data.std)
+        raise ConfigError(f"data.mean/data.std need {c} values (one per channel), got {got}")
     cfg.data.channels = c
     if cfg.data.image_size is None and h == w:
         cfg.data.image_size = h
@@ -185,13 +188,17 @@ def train_run(
     device = dist_device or resolve_device(cfg.train.device)
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
     out = Path(distributed.broadcast_object(str(out)))  # rank 0's choice: one run directory for all ranks
+    if resume and (out / "last.pt").is_file():
+        from siamkit.train.checkpoint import load_state
+
+        load_state(out / "last.pt")  # an unreadable state fails now, before the run folder is touched
     if resume and not (out / "last.pt").is_file():
         if not out.is_dir():
             raise CheckpointError(f"nothing to resume: {out} not found; check --name and --runs-dir")
         if (out / WEIGHTS).is_file() and not force:
             raise CheckpointError(f"{out} is a finished run with no last.pt to resume from, and retraining would "
                                   "overwrite its model: pass --force to retrain it, or use another --name")  # fmt: skip
-    created = not out.exists()
+    created = _first_missing(out)  # the folder this call creates (the run's, or a parent such as runs/)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
@@ -209,14 +216,24 @@ def train_run(
 FAILED = "FAILED"
 
 
-def _leave_failed(out: Path, created: bool, exc: BaseException) -> None:
-    """After a failure: remove the run folder this call created if no epoch finished (nothing to resume), else
-    mark it ``FAILED`` with the reason (it stays resumable)."""
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def _leave_failed(out: Path, created: Path | None, exc: BaseException) -> None:
+    """After a failure: remove the folders this call created if no epoch finished (nothing to resume), else mark
+    the run ``FAILED`` with the reason (it stays resumable)."""
     import shutil
 
     if not (out / "last.pt").is_file():
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         return
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     atomic_write_text(out / FAILED, f"training stopped: {reason}\nresume with: siamkit train --name {out.name} "

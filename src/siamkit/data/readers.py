@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 import os
 import re
@@ -327,9 +328,21 @@ def read_flat(
 TUPLE_COLUMNS = {"pairs": ("path_a", "path_b", "label"), "triplets": ("anchor", "positive", "negative")}
 
 
+def csv_text(path: str | os.PathLike[str]) -> io.StringIO:
+    """A CSV file's text, ready for ``csv`` readers: UTF-8 with or without a byte-order mark (as spreadsheets
+    write it); a missing or undecodable file is a one-line ``DataError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: CSV file not found")
+    try:
+        return io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text CSV (byte {exc.start} cannot be decoded); save it as UTF-8 CSV") \
+            from None  # fmt: skip
+
+
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        row = next(csv.reader(fh), [])
+    row = next(csv.reader(csv_text(path)), [])
     return [c.strip().lower() for c in row]
 
 
@@ -345,7 +358,7 @@ def read_tuples_csv(
     """
     path = Path(path)
     needed: tuple[str, ...] = TUPLE_COLUMNS[kind]
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's byte-order mark is no column name
+    with csv_text(path) as fh:
         reader = csv.DictReader(fh)
         header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
         if kind == "pairs" and not require_label and "label" not in header:

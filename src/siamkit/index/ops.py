@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from siamkit.data.images import SKIP_HINT
-from siamkit.data.readers import class_folders, list_files
+from siamkit.data.readers import class_folders, csv_text, list_files
 from siamkit.errors import DataError
 from siamkit.index.gallery import Gallery, Hit, locked
 from siamkit.inference import Embedder, ModelSource, open_embedder
@@ -50,7 +50,7 @@ def collect_images(sources: Sequence[str], label: str | None = None) -> list[tup
 
 
 def _read_list_csv(path: Path) -> list[tuple[str, str | None]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with csv_text(path) as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip().lower() for f in reader.fieldnames or []]
         if "path" not in fields:
@@ -75,7 +75,7 @@ def embed_paths(
     kept: list[tuple[str, str | None]] = []
     skipped: list[str] = []
     parts: list[np.ndarray] = []
-    bar = tqdm(total=len(items), desc="embed", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(items), desc="embed", unit="img", disable=None if progress else True, leave=False)
     for s in range(0, len(items), batch_size):
         arrays = []
         for path, lab in items[s : s + batch_size]:
@@ -109,9 +109,17 @@ def build(
     vectors, kept, skipped = embed_paths(embedder, items, batch_size, progress, skip_bad)
     if not kept:
         raise DataError(f"none of the {len(items)} images could be read; {SKIP_HINT}")
-    with locked(out, create=True):
-        gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
-        gallery.save()
+    created = not Path(out).exists()
+    try:
+        with locked(out, create=True):
+            gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
+            gallery.save()
+    except BaseException:
+        if created:  # a failed build leaves no folder behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return {**gallery.describe(), "added": len(kept), "skipped": skipped}
 
 

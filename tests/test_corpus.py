@@ -1,0 +1,698 @@
+"""The bad-input corpus: every case is written by this file into its own folder (tests/corpus/ is this file: no
+binary is committed), run through the CLI in-process, and must end with exit code 2 and exactly one stderr line
+that names the key or file (the case's expected fragment), no traceback, and nothing left behind (the case's
+folder holds the same files before and after). Malicious pickles (as last.pt, as weights, as a CIFAR-10 batch)
+must not execute: their payload would create a marker file. The HTTP cases are in ``test_http_corpus``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import pickle
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from siamkit.cli import main
+
+MARKER = "PWNED"
+
+
+class Payload:
+    """Unpickling this creates the marker file: proof that a loader ran code from a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _png(path: Path, size: tuple[int, int] = (12, 12), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _faces(root: Path, classes: int = 8, per_class: int = 3) -> Path:
+    for c in range(classes):
+        for i in range(per_class):
+            _png(root / f"id{c}" / f"{i}.png", seed=c * 10 + i)
+    return root
+
+
+def _pairs_csv(path: Path, rows: list[str], header: str = "path_a,path_b,label") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _good_pairs(root: Path, n: int = 40) -> list[str]:
+    _faces(root / "img", 4, 4)
+    files = sorted((root / "img").glob("*/*.png"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(n):
+        a, b = rng.choice(len(files), 2, replace=False)
+        rows.append(f"{files[a]},{files[b]},{int(files[a].parent == files[b].parent)}")
+    return rows
+
+
+def _bomb_png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _train(d: Path, *extra: str) -> list[str]:
+    return ["train", "--runs-dir", str(d / "runs"), "--epochs", "1", *extra]
+
+
+def _set(d: Path, *assignments: str) -> list[str]:
+    sets = [x for a in assignments for x in ("--set", a)]
+    epochs = [] if any(a.startswith("train.epochs") for a in assignments) else ["--set", "train.epochs=1"]
+    return ["train", "--runs-dir", str(d / "runs"), *epochs, *sets]
+
+
+# ---- the cases: name → builder(case folder, world) → (argv, fragment the error line must hold) -------------------
+Builder = Callable[[Path, dict[str, Path]], tuple[list[str], str]]
+CASES: dict[str, Builder] = {}
+
+
+def case(name: str) -> Callable[[Builder], Builder]:
+    def register(fn: Builder) -> Builder:
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+# config values and keys: each names the key
+CONFIG = {
+    "section-given-a-value": (["train=1", "train.lr=2"], "'train'"),
+    "negative-image-size": (["data.image_size=-4"], "data.image_size"),
+    "negative-epochs": (["train.epochs=-3"], "train.epochs"),
+    "zero-epochs": (["train.epochs=0"], "train.epochs"),
+    "huge-lr": (["train.lr=1e12"], "train.lr"),
+    "negative-lr": (["train.lr=-1"], "train.lr"),
+    "zero-batch": (["loss.name=triplet", "train.batch_size=0"], "train.batch_size"),
+    "missing-gpu": (["train.device=cuda:7"], "cuda:7"),
+    "unknown-device": (["train.device=tpu"], "train.device"),
+    "unknown-section": (["foo.bar=1"], "'foo.bar'"),
+    "unknown-key": (["train.lrr=1"], "'train.lrr'"),
+    "epochs-not-a-number": (["train.epochs=abc"], "'train.epochs'"),
+    "epochs-a-float": (["train.epochs=1.5"], "'train.epochs'"),
+    "val-fraction-over-1": (["data.val_fraction=1.5"], "data.val_fraction"),
+    "val-fraction-zero": (["data.val_fraction=0"], "data.val_fraction"),
+    "test-fraction-negative": (["data.test_fraction=-0.1"], "data.test_fraction"),
+    "one-class-per-batch": (["sampling.p=1"], "sampling.p"),
+    "no-image-per-class": (["sampling.k=0"], "sampling.k"),
+    "zero-eval-pairs": (["eval.n_pairs=0"], "eval.n_pairs"),
+    "fpr-over-1": (["eval.threshold=fpr:2"], "eval.threshold"),
+    "threshold-rule-unknown": (["eval.threshold=banana"], "eval.threshold"),
+    "distance-unknown": (["eval.distance=manhattan"], "manhattan"),
+    "optimizer-unknown": (["train.optimizer=adamm"], "adamm"),
+    "scheduler-unknown": (["train.scheduler=linear"], "linear"),
+    "monitor-unknown": (["train.monitor=auc"], "train.monitor"),
+    "loss-unknown": (["loss.name=nope"], "nope"),
+    "miner-unknown": (["loss.miner=nope"], "nope"),
+    "loss-param-unknown": (["loss.params={marginn: 1}"], "marginn"),
+    "backbone-unknown": (["model.backbone=nope"], "nope"),
+    "embedding-dim-negative": (["model.embedding_dim=-1"], "model.embedding_dim"),
+    "split-unknown": (["data.split=weird"], "data.split"),
+    "recipe-unknown": (["recipe=weird"], "weird"),
+    "hflip-over-1": (["data.augment.hflip=2"], "data.augment.hflip"),
+    "degrees-negative": (["data.augment.degrees=-1"], "data.augment.degrees"),
+    "scale-min-over-max": (["data.augment.scale_min=2"], "scale_min"),
+    "gamma-zero": (["train.gamma=0"], "train.gamma"),
+    "momentum-one": (["train.momentum=1"], "train.momentum"),
+    "two-channels": (["data.channels=2"], "data.channels"),
+    "limit-one": (["data.limit=1"], "data.limit"),
+    "ssl-weight-negative": (["loss.ssl_weight=-1"], "loss.ssl_weight"),
+    "ssl-temperature-zero": (["loss.ssl_temperature=0"], "loss.ssl_temperature"),
+    "seed-negative": (["train.seed=-1"], "train.seed"),
+    "recall-at-zero": (["eval.recall_at=[0]"], "eval.recall_at"),
+    "std-zero": (["data.std=[0]"], "data.std"),
+    "lr-not-a-number": (["train.lr=fast"], "train.lr"),
+    "unfreeze-without-freeze": (["train.unfreeze_epoch=2"], "train.unfreeze_epoch"),
+    "mean-wrong-length": (["data.mean=[0.5, 0.5]"], "data.mean"),
+    "ssl-without-augmentation": (["loss.ssl_weight=1"], "augment"),
+    "class-list-unknown": (["data.split=identity", "data.test_classes=[zzz]"], "zzz"),
+    "miner-params-without-miner": (["loss.name=triplet", "loss.miner_params={margin: 1}"], "loss.miner"),
+}
+for _name, (_assignments, _fragment) in CONFIG.items():
+    CASES[f"config/{_name}"] = (lambda a, f: lambda d, w: (_set(d, *a), f))(_assignments, _fragment)
+
+
+@case("config/file-missing")
+def _(d, w):
+    return ["train", str(d / "nope.yaml"), "--runs-dir", str(d / "runs")], "nope.yaml"
+
+
+@case("config/file-not-yaml")
+def _(d, w):
+    (d / "c.yaml").write_text("train: [unclosed\n")
+    return ["train", str(d / "c.yaml"), "--runs-dir", str(d / "runs")], "c.yaml"
+
+
+@case("config/file-a-list")
+def _(d, w):
+    (d / "c.yaml").write_text("- 1\n- 2\n")
+    return ["train", str(d / "c.yaml"), "--runs-dir", str(d / "runs")], "c.yaml"
+
+
+@case("config/file-unknown-section")
+def _(d, w):
+    (d / "c.yaml").write_text("trian:\n  lr: 1\n")
+    return ["train", str(d / "c.yaml"), "--runs-dir", str(d / "runs")], "trian"
+
+
+# data sources
+@case("data/missing-folder")
+def _(d, w):
+    return _train(d, "--data", str(d / "nowhere")), "nowhere"
+
+
+@case("data/empty-folder")
+def _(d, w):
+    (d / "empty").mkdir()
+    return _train(d, "--data", str(d / "empty")), "empty"
+
+
+@case("data/all-class-folders-empty")
+def _(d, w):
+    for c in range(3):
+        (d / "faces" / f"id{c}").mkdir(parents=True)
+    return _train(d, "--data", str(d / "faces")), "faces"
+
+
+@case("data/corrupt-image")
+def _(d, w):
+    _faces(d / "faces")
+    (d / "faces" / "id3" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return _train(d, "--data", str(d / "faces")), "bad.png"
+
+
+@case("data/zero-byte-image")
+def _(d, w):
+    _faces(d / "faces")
+    (d / "faces" / "id1" / "empty.png").write_bytes(b"")
+    return _train(d, "--data", str(d / "faces")), "empty.png"
+
+
+@case("data/text-named-png")
+def _(d, w):
+    _faces(d / "faces")
+    (d / "faces" / "id2" / "notes.png").write_text("hello")
+    return _train(d, "--data", str(d / "faces")), "notes.png"
+
+
+@case("data/one-pixel-image")
+def _(d, w):
+    _faces(d / "faces")
+    Image.new("RGB", (1, 1)).save(d / "faces" / "id0" / "aaa.png")
+    return _train(d, "--data", str(d / "faces")), "aaa.png"
+
+
+@case("data/truncated-png")
+def _(d, w):
+    _faces(d / "faces")
+    good = (d / "faces" / "id4" / "0.png").read_bytes()
+    (d / "faces" / "id4" / "cut.png").write_bytes(good[: len(good) // 2])
+    return _train(d, "--data", str(d / "faces")), "cut.png"
+
+
+@case("data/pairs-missing-column")
+def _(d, w):
+    csv = _pairs_csv(d / "p.csv", ["a.png,b.png"], header="path_a,path_b")
+    return _train(d, "--data", str(csv)), "path_a,path_b,label"
+
+
+@case("data/pairs-label-inf")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows[3] = rows[3].rsplit(",", 1)[0] + ",inf"
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "p.csv:5"
+
+
+@case("data/pairs-label-fraction")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows[0] = rows[0].rsplit(",", 1)[0] + ",0.7"
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "'0.7'"
+
+
+@case("data/pairs-label-word")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows[1] = rows[1].rsplit(",", 1)[0] + ",yes"
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "'yes'"
+
+
+@case("data/pairs-header-only")
+def _(d, w):
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", []))), "p.csv"
+
+
+@case("data/pairs-missing-image")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows.append(f"{d / 'ghost.png'},{rows[0].split(',')[0]},0")
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "ghost.png"
+
+
+@case("data/pairs-empty-cell")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows[2] = "," + rows[2].split(",", 1)[1]
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "path_a"
+
+
+@case("data/triplets-missing-column")
+def _(d, w):
+    csv = _pairs_csv(d / "t.csv", ["a.png,b.png"], header="anchor,positive")
+    return _train(d, "--data", str(csv), "--set", "data.layout=triplets-csv"), "'negative'"
+
+
+@case("data/pairs-tiny-validation")
+def _(d, w):
+    csv = _pairs_csv(d / "p.csv", _good_pairs(d, 60))
+    return _train(d, "--data", str(csv), "--set", "data.val_fraction=0.03"), "data.val_fraction"
+
+
+@case("data/pairs-no-test-rows")
+def _(d, w):
+    csv = _pairs_csv(d / "p.csv", _good_pairs(d, 60))
+    return _train(d, "--data", str(csv), "--set", "data.test_fraction=0"), "data.test_fraction"
+
+
+@case("data/triplet-loss-on-pairs")
+def _(d, w):
+    csv = _pairs_csv(d / "p.csv", _good_pairs(d, 60))
+    return _train(d, "--data", str(csv), "--loss", "triplet"), "pairs CSV"
+
+
+@case("data/flat-bad-names")
+def _(d, w):
+    for i in range(4):
+        _png(d / "flat" / f"img{i}.png", seed=i)
+    return _train(d, "--data", str(d / "flat"), "--set", "data.layout=flat"), "img0.png"
+
+
+@case("data/flat-regex-mismatch")
+def _(d, w):
+    for i in range(4):
+        _png(d / "flat" / f"p_c{i % 2}_{i}.png", seed=i)
+    return _train(d, "--data", str(d / "flat"), "--set", "data.layout=flat", "--set", "data.flat_regex=^x(.)"), \
+        "flat_regex"  # fmt: skip
+
+
+@case("data/idx-corrupt")
+def _(d, w):
+    (d / "idx").mkdir()
+    (d / "idx" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    (d / "idx" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01garbage")
+    return _train(d, "--data", str(d / "idx"), "--set", "data.layout=idx"), "idx"
+
+
+@case("data/binary-csv")
+def _(d, w):
+    (d / "p.csv").write_bytes(bytes(range(256)) * 4)
+    return _train(d, "--data", str(d / "p.csv")), "p.csv"
+
+
+@case("data/one-class")
+def _(d, w):
+    _faces(d / "faces", classes=1, per_class=6)
+    return _train(d, "--data", str(d / "faces")), "class"
+
+
+@case("data/layout-unknown")
+def _(d, w):
+    return _set(d, "data.layout=zip"), "zip"
+
+
+# run folders
+@case("run/eval-missing")
+def _(d, w):
+    return ["eval", str(d / "nope")], "nope"
+
+
+@case("run/eval-no-model")
+def _(d, w):
+    (d / "run").mkdir()
+    return ["eval", str(d / "run")], "model.safetensors"
+
+
+@case("run/eval-corrupt-weights")
+def _(d, w):
+    shutil.copytree(w["run"], d / "run")
+    (d / "run" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    return ["eval", str(d / "run")], "model.safetensors"
+
+
+@case("run/weights-are-a-pickle")
+def _(d, w):
+    shutil.copytree(w["run"], d / "run")
+    (d / "run" / "model.safetensors").write_bytes(pickle.dumps(Payload(d / MARKER)))
+    return ["verify", str(d / "run"), str(w["image"]), str(w["image"])], "model.safetensors"
+
+
+@case("run/last-pt-is-a-pickle")
+def _(d, w):
+    runs = d / "runs"
+    shutil.copytree(w["run"], runs / "small")
+    (runs / "small" / "last.pt").write_bytes(pickle.dumps(Payload(d / MARKER)))
+    return ["train", "--runs-dir", str(runs), "--name", "small", "--resume", "--epochs", "3"], "last.pt"
+
+
+@case("run/verify-missing-image")
+def _(d, w):
+    return ["verify", str(w["run"]), str(d / "ghost.png"), str(w["image"])], "ghost.png"
+
+
+@case("run/verify-corrupt-image")
+def _(d, w):
+    (d / "bad.png").write_bytes(b"GIF89a nonsense")
+    return ["verify", str(w["run"]), str(d / "bad.png"), str(w["image"])], "bad.png"
+
+
+@case("run/verify-one-image")
+def _(d, w):
+    return ["verify", str(w["run"]), str(w["image"])], "two images"
+
+
+@case("run/verify-pairs-missing")
+def _(d, w):
+    return ["verify", str(w["run"]), "--pairs", str(d / "pairs.csv")], "pairs.csv"
+
+
+@case("run/verify-both-forms")
+def _(d, w):
+    csv = _pairs_csv(d / "p.csv", _good_pairs(d, 4))
+    return ["verify", str(w["run"]), str(w["image"]), str(w["image"]), "--pairs", str(csv)], "--pairs"
+
+
+@case("run/calibrate-data-missing")
+def _(d, w):
+    return ["calibrate", str(w["run"]), "--data", str(d / "nowhere")], "nowhere"
+
+
+@case("run/calibrate-rule-bad")
+def _(d, w):
+    return ["calibrate", str(w["run"]), "--data", str(w["images"]), "--rule", "fpr:x"], "fpr:x"
+
+
+@case("run/calibrate-pairs-one-label")
+def _(d, w):
+    rows = [r for r in _good_pairs(d, 40) if r.endswith(",0")]
+    return ["calibrate", str(w["run"]), "--data", str(_pairs_csv(d / "p.csv", rows))], "p.csv"
+
+
+@case("run/resume-nothing")
+def _(d, w):
+    return ["train", "--runs-dir", str(d / "runs"), "--name", "ghost", "--resume"], "ghost"
+
+
+@case("run/resume-other-data")
+def _(d, w):
+    shutil.copytree(w["run"], d / "runs" / "small")
+    (d / "runs" / "small" / "last.pt").write_bytes(b"")
+    return ["train", "--runs-dir", str(d / "runs"), "--name", "small", "--resume", "--data", "fashion-mnist"], \
+        "data.source"  # fmt: skip
+
+
+@case("run/resume-finished-without-last")
+def _(d, w):
+    shutil.copytree(w["run"], d / "runs" / "small")
+    (d / "runs" / "small" / "last.pt").unlink(missing_ok=True)
+    return ["train", "--runs-dir", str(d / "runs"), "--name", "small", "--resume", "--epochs", "1"], "--force"
+
+
+@case("run/resume-with-config-file")
+def _(d, w):
+    (d / "c.yaml").write_text("train:\n  lr: 0.1\n")
+    return ["train", str(d / "c.yaml"), "--runs-dir", str(d / "runs"), "--resume"], "c.yaml"
+
+
+@case("run/export-missing")
+def _(d, w):
+    return ["export", str(d / "nope")], "nope"
+
+
+@case("run/report-not-a-run")
+def _(d, w):
+    (d / "folder").mkdir()
+    return ["report", str(d / "folder")], "folder"
+
+
+@case("run/threshold-json-corrupt")
+def _(d, w):
+    shutil.copytree(w["run"], d / "run")
+    (d / "run" / "threshold.json").write_text("{oops")
+    return ["verify", str(d / "run"), str(w["image"]), str(w["image"])], "threshold.json"
+
+
+@case("run/eval-as-test-without-data")
+def _(d, w):
+    return ["eval", str(w["run"]), "--as-test"], "--data"
+
+
+# galleries
+@case("gallery/build-run-missing")
+def _(d, w):
+    return ["index", "build", str(d / "norun"), str(w["images"]), "--out", str(d / "g")], "norun"
+
+
+@case("gallery/build-images-missing")
+def _(d, w):
+    return ["index", "build", str(w["run"]), str(d / "noimages"), "--out", str(d / "g")], "noimages"
+
+
+@case("gallery/build-over-existing")
+def _(d, w):
+    shutil.copytree(w["gallery"], d / "g")
+    return ["index", "build", str(w["run"]), str(w["images"]), "--out", str(d / "g")], "--overwrite"
+
+
+@case("gallery/add-mistyped")
+def _(d, w):
+    return ["index", "add", str(d / "galery"), str(w["image"])], "galery"
+
+
+@case("gallery/remove-mistyped")
+def _(d, w):
+    return ["index", "remove", str(d / "galery"), "0"], "galery"
+
+
+@case("gallery/remove-unknown-id")
+def _(d, w):
+    shutil.copytree(w["gallery"], d / "g")
+    return ["index", "remove", str(d / "g"), "99999"], "99999"
+
+
+@case("gallery/info-missing")
+def _(d, w):
+    return ["index", "info", str(d / "nope")], "nope"
+
+
+@case("gallery/search-mistyped")
+def _(d, w):
+    return ["search", str(d / "galery"), str(w["image"])], "galery"
+
+
+@case("gallery/search-query-missing")
+def _(d, w):
+    return ["search", str(w["gallery"]), str(d / "ghost.png")], "ghost.png"
+
+
+@case("gallery/sidecar-corrupt")
+def _(d, w):
+    shutil.copytree(w["gallery"], d / "g")
+    (d / "g" / "gallery.json").write_text("[not a gallery")
+    return ["index", "info", str(d / "g")], "gallery.json"
+
+
+@case("gallery/ivf-too-few-images")
+def _(d, w):
+    return ["index", "build", str(w["run"]), str(w["images"]), "--out", str(d / "g"), "--index", "ivf"], "nlist"
+
+
+@case("gallery/list-csv-without-path")
+def _(d, w):
+    (d / "list.csv").write_text("file,label\na.png,x\n")
+    return ["index", "build", str(w["run"]), str(d / "list.csv"), "--out", str(d / "g")], "'path'"
+
+
+@case("gallery/other-model")
+def _(d, w):
+    shutil.copytree(w["gallery"], d / "g")
+    meta = json.loads((d / "g" / "gallery.json").read_text())
+    meta["model_hash"] = "f" * 64
+    (d / "g" / "gallery.json").write_text(json.dumps(meta))
+    return ["search", str(d / "g"), str(w["image"]), "--run", str(w["run"])], "ffffffffffff"
+
+
+# other commands
+@case("cifar/batch-is-a-pickle-bomb")
+def _(d, w):
+    (d / "cifar").mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (d / "cifar" / name).write_bytes(pickle.dumps(Payload(d / MARKER)))
+    return ["classify", "train", "--data", str(d / "cifar"), "--epochs", "1", "--runs-dir", str(d / "runs")], \
+        "data_batch_1"  # fmt: skip
+
+
+@case("summary/backbone-unknown")
+def _(d, w):
+    return ["summary", "nope_net"], "nope_net"
+
+
+@case("summary/blocks-bad")
+def _(d, w):
+    return ["summary", "AAXQ"], "AAXQ"
+
+
+@case("summary/input-bad")
+def _(d, w):
+    return ["summary", "convnet", "--input", "3by32"], "3by32"
+
+
+@case("study/param-bad")
+def _(d, w):
+    return ["study", "search", "--param", "train.lr", "--runs-dir", str(d / "runs")], "train.lr"
+
+
+@case("study/param-key-unknown")
+def _(d, w):
+    return ["study", "search", "--param", "train.lrr=0.1,0.2", "--runs-dir", str(d / "runs")], "train.lrr"
+
+
+@case("serve/beyond-loopback-without-token")
+def _(d, w):
+    return ["serve", str(w["run"]), "--host", "0.0.0.0"], "--token"
+
+
+@pytest.fixture(scope="module")
+def world(small_run, digits_images, tmp_path_factory):
+    from siamkit.index.ops import build
+
+    root = tmp_path_factory.mktemp("corpus_world")
+    gallery = root / "gallery"
+    build(str(small_run), [str(digits_images / "0"), str(digits_images / "1")], str(gallery))
+    return {"run": small_run, "images": digits_images, "image": digits_images / "0" / "000.png", "gallery": gallery}
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_and_leaves_nothing(name, world, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SIAMKIT_TOKEN", raising=False)
+    argv, fragment = CASES[name](tmp_path, world)
+    before = _snapshot(tmp_path)
+    run_before = _snapshot(world["run"])
+    code = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err, out)
+    assert len(lines) == 1 and lines[0].startswith("siamkit: error: "), err
+    assert "Traceback" not in err and fragment in lines[0], (fragment, lines[0])
+    assert _snapshot(tmp_path) == before, "left behind: " + ", ".join(sorted(set(_snapshot(tmp_path)) - set(before)))
+    assert _snapshot(world["run"]) == run_before  # the shared run is never touched
+    assert not (tmp_path / MARKER).exists(), "a pickle payload ran"
+
+
+def test_the_corpus_is_large():
+    assert len(CASES) >= 100
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------------------------
+HTTP_CASES: dict[str, tuple[str, str, dict, int, str]] = {}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def http(world, tmp_path_factory):
+    from siamkit.index import Gallery
+    from siamkit.inference import TorchEmbedder
+    from siamkit.serve.app import create_app
+    from siamkit.serve.guard import Guard, default_hosts
+    from siamkit.serve.uploads import UploadLimits
+
+    g = tmp_path_factory.mktemp("http_corpus") / "g"
+    shutil.copytree(world["gallery"], g)
+    app = create_app(TorchEmbedder(world["run"]), Gallery.open(g), UploadLimits(max_request_bytes=300_000),
+                     Guard(default_hosts("127.0.0.1"), token="tok"))  # fmt: skip
+    with TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False) as c:
+        yield c
+
+
+def _requests(image: bytes) -> dict[str, tuple[str, str, dict, int, str]]:
+    text = io.BytesIO(b"hello").getvalue()
+    return {
+        "verify-missing-field": ("POST", "/verify", {"files": {"image_a": image}}, 422, "image_b"),
+        "verify-not-an-image": ("POST", "/verify", {"files": {"image_a": text, "image_b": image}}, 415, "image_a"),
+        "verify-bomb": ("POST", "/verify", {"files": {"image_a": _bomb_png(), "image_b": image}}, 422, "pixels"),
+        "verify-too-large": ("POST", "/verify", {"files": {"image_a": b"x" * 400_000, "image_b": image}}, 413,
+                             "limit"),  # fmt: skip
+        "verify-deep-json": ("POST", "/verify", {"content": "[" * 50_000 + "]" * 50_000,
+                             "headers": {"content-type": "application/json"}}, 422, "nested"),  # fmt: skip
+        "verify-bad-base64": ("POST", "/verify", {"json": {"image_a": "%%%", "image_b": "%%%"}}, 422, "base64"),
+        "verify-path-not-bytes": ("POST", "/verify", {"json": {"image_a": "/etc/passwd", "image_b": "x"}}, 422,
+                                  "base64"),  # fmt: skip
+        "verify-json-not-object": ("POST", "/verify", {"json": [1, 2]}, 422, "object"),
+        "verify-wrong-content-type": ("POST", "/verify", {"content": "x", "headers": {"content-type": "text/plain"}},
+                                      415, "multipart"),  # fmt: skip
+        "verify-invalid-json": ("POST", "/verify", {"content": "{x", "headers": {"content-type": "application/json"}},
+                                422, "JSON"),  # fmt: skip
+        "embed-too-many": ("POST", "/embed", {"json": {"image": [_b64(image)] * 65}}, 413, "64 images"),
+        "search-k-zero": ("POST", "/search", {"files": {"image": image}, "data": {"k": "0"}}, 422, "k must"),
+        "search-k-word": ("POST", "/search", {"files": {"image": image}, "data": {"k": "many"}}, 422, "k must"),
+        "search-k-huge": ("POST", "/search", {"files": {"image": image}, "data": {"k": "100000"}}, 422, "k must"),
+        "host-rebinding": ("GET", "/gallery/0/image", {"headers": {"Host": "attacker.example"}}, 400, "host"),
+        "cross-origin-add": ("POST", "/gallery", {"files": {"image": image},
+                             "headers": {"Origin": "https://evil.example", "Authorization": "Bearer tok"}}, 403,
+                             "cross-origin"),  # fmt: skip
+        "add-without-token": ("POST", "/gallery", {"files": {"image": image}}, 401, "token"),
+        "add-wrong-token": ("POST", "/gallery", {"files": {"image": image},
+                            "headers": {"Authorization": "Bearer nope"}}, 401, "token"),  # fmt: skip
+        "delete-without-token": ("DELETE", "/gallery/0", {}, 401, "token"),
+        "delete-unknown": ("DELETE", "/gallery/99999", {"headers": {"Authorization": "Bearer tok"}}, 404, "99999"),
+        "image-unknown": ("GET", "/gallery/99999/image", {}, 404, "99999"),
+        "list-offset-negative": ("GET", "/gallery?offset=-1", {}, 422, "offset"),
+        "list-limit-huge": ("GET", "/gallery?limit=100000", {}, 422, "limit"),
+        "add-label-not-text": ("POST", "/gallery", {"json": {"image": _b64(image), "label": 5},
+                               "headers": {"Authorization": "Bearer tok"}}, 422, "label"),  # fmt: skip
+        "image-id-not-int": ("GET", "/gallery/abc/image", {}, 422, "item_id"),
+    }
+
+
+def test_http_corpus(http, world):
+    image = world["image"].read_bytes()
+    cases = _requests(image)
+    size = http.get("/health").json()["gallery"]["size"]
+    for name, (method, url, kwargs, status, fragment) in cases.items():
+        r = http.request(method, url, **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text[:200])
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and "\n" not in detail and fragment in detail, (name, detail)
+        assert "Traceback" not in r.text and str(world["run"]) not in r.text, name
+    assert http.get("/health").json()["gallery"]["size"] == size  # no refused request changed the gallery
+    assert len(CASES) + len(cases) >= 125

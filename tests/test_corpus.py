@@ -73,7 +73,9 @@ def _bomb_png() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _train(d: Path, *extra: str) -> list[str]:
@@ -650,36 +652,69 @@ def _requests(image: bytes) -> dict[str, tuple[str, str, dict, int, str]]:
         "verify-missing-field": ("POST", "/verify", {"files": {"image_a": image}}, 422, "image_b"),
         "verify-not-an-image": ("POST", "/verify", {"files": {"image_a": text, "image_b": image}}, 415, "image_a"),
         "verify-bomb": ("POST", "/verify", {"files": {"image_a": _bomb_png(), "image_b": image}}, 422, "pixels"),
-        "verify-too-large": ("POST", "/verify", {"files": {"image_a": b"x" * 400_000, "image_b": image}}, 413,
-                             "limit"),  # fmt: skip
-        "verify-deep-json": ("POST", "/verify", {"content": "[" * 50_000 + "]" * 50_000,
-                             "headers": {"content-type": "application/json"}}, 422, "nested"),  # fmt: skip
+        "verify-too-large": ("POST", "/verify", {"files": {"image_a": b"x" * 400_000, "image_b": image}}, 413, "limit"),
+        "verify-deep-json": (
+            "POST",
+            "/verify",
+            {"content": "[" * 50_000 + "]" * 50_000, "headers": {"content-type": "application/json"}},
+            422,
+            "nested",
+        ),
         "verify-bad-base64": ("POST", "/verify", {"json": {"image_a": "%%%", "image_b": "%%%"}}, 422, "base64"),
-        "verify-path-not-bytes": ("POST", "/verify", {"json": {"image_a": "/etc/passwd", "image_b": "x"}}, 422,
-                                  "base64"),  # fmt: skip
+        "verify-path-not-bytes": (
+            "POST",
+            "/verify",
+            {"json": {"image_a": "/etc/passwd", "image_b": "x"}},
+            422,
+            "base64",
+        ),
         "verify-json-not-object": ("POST", "/verify", {"json": [1, 2]}, 422, "object"),
-        "verify-wrong-content-type": ("POST", "/verify", {"content": "x", "headers": {"content-type": "text/plain"}},
-                                      415, "multipart"),  # fmt: skip
-        "verify-invalid-json": ("POST", "/verify", {"content": "{x", "headers": {"content-type": "application/json"}},
-                                422, "JSON"),  # fmt: skip
+        "verify-wrong-content-type": (
+            "POST",
+            "/verify",
+            {"content": "x", "headers": {"content-type": "text/plain"}},
+            415,
+            "multipart",
+        ),
+        "verify-invalid-json": (
+            "POST",
+            "/verify",
+            {"content": "{x", "headers": {"content-type": "application/json"}},
+            422,
+            "JSON",
+        ),
         "embed-too-many": ("POST", "/embed", {"json": {"image": [_b64(image)] * 65}}, 413, "64 images"),
         "search-k-zero": ("POST", "/search", {"files": {"image": image}, "data": {"k": "0"}}, 422, "k must"),
         "search-k-word": ("POST", "/search", {"files": {"image": image}, "data": {"k": "many"}}, 422, "k must"),
         "search-k-huge": ("POST", "/search", {"files": {"image": image}, "data": {"k": "100000"}}, 422, "k must"),
         "host-rebinding": ("GET", "/gallery/0/image", {"headers": {"Host": "attacker.example"}}, 400, "host"),
-        "cross-origin-add": ("POST", "/gallery", {"files": {"image": image},
-                             "headers": {"Origin": "https://evil.example", "Authorization": "Bearer tok"}}, 403,
-                             "cross-origin"),  # fmt: skip
+        "cross-origin-add": (
+            "POST",
+            "/gallery",
+            {"files": {"image": image}, "headers": {"Origin": "https://evil.example", "Authorization": "Bearer tok"}},
+            403,
+            "cross-origin",
+        ),
         "add-without-token": ("POST", "/gallery", {"files": {"image": image}}, 401, "token"),
-        "add-wrong-token": ("POST", "/gallery", {"files": {"image": image},
-                            "headers": {"Authorization": "Bearer nope"}}, 401, "token"),  # fmt: skip
+        "add-wrong-token": (
+            "POST",
+            "/gallery",
+            {"files": {"image": image}, "headers": {"Authorization": "Bearer nope"}},
+            401,
+            "token",
+        ),
         "delete-without-token": ("DELETE", "/gallery/0", {}, 401, "token"),
         "delete-unknown": ("DELETE", "/gallery/99999", {"headers": {"Authorization": "Bearer tok"}}, 404, "99999"),
         "image-unknown": ("GET", "/gallery/99999/image", {}, 404, "99999"),
         "list-offset-negative": ("GET", "/gallery?offset=-1", {}, 422, "offset"),
         "list-limit-huge": ("GET", "/gallery?limit=100000", {}, 422, "limit"),
-        "add-label-not-text": ("POST", "/gallery", {"json": {"image": _b64(image), "label": 5},
-                               "headers": {"Authorization": "Bearer tok"}}, 422, "label"),  # fmt: skip
+        "add-label-not-text": (
+            "POST",
+            "/gallery",
+            {"json": {"image": _b64(image), "label": 5}, "headers": {"Authorization": "Bearer tok"}},
+            422,
+            "label",
+        ),
         "image-id-not-int": ("GET", "/gallery/abc/image", {}, 422, "item_id"),
     }
 

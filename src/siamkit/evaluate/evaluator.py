@@ -46,8 +46,9 @@ def _embed_local(
     out = []
     from tqdm import tqdm
 
-    for s in tqdm(range(0, len(images), batch_size), desc="embed", leave=False, unit="batch",
-                  disable=None if progress else True):  # a bar on a terminal only
+    for s in tqdm(
+        range(0, len(images), batch_size), desc="embed", leave=False, unit="batch", disable=None if progress else True
+    ):  # a bar on a terminal only
         x = preprocess(images[s : s + batch_size].to(device))
         out.append(model.embed(x).float().cpu())
     model.train(was_training)

@@ -1,0 +1,133 @@
+"""Inputs that are odd but valid, and the data-loss cases: a CSV with a byte-order mark, an empty class folder, a
+tiny image that sorts first, mixed image sizes, a closed pipe, resume with the run's own config, a finished run
+that cannot be resumed, a failed run that leaves a resumable folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamkit.cli import main
+from siamkit.config import DataConfig
+from siamkit.data.readers import auto_size, load_dataset, read_folder, read_tuples_csv
+
+
+def _png(path: Path, size=(12, 12), seed=0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0]), dtype=np.uint8)).save(path)
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", seed=i)
+    text = "path_a,path_b,label\n0.png,1.png,1\n1.png,2.png,0\n"
+    (tmp_path / "p.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # what spreadsheets write
+    images, table = read_tuples_csv(tmp_path / "p.csv", "pairs")
+    assert len(images) == 3 and table.labels.tolist() == [1, 0]
+
+
+def test_an_empty_class_folder_is_named_and_left_out(tmp_path, caplog):
+    for c in ("a", "b"):
+        for i in range(2):
+            _png(tmp_path / c / f"{i}.png", seed=i)
+    (tmp_path / "empty_one").mkdir()
+    with caplog.at_level(logging.WARNING):
+        images = read_folder(tmp_path)
+    assert images.class_names == ["a", "b"] and "empty_one" in caplog.text
+
+
+def test_input_size_is_the_most_common_not_the_first(tmp_path, caplog):
+    for i in range(5):
+        _png(tmp_path / "id0" / f"b{i}.png", size=(20, 16), seed=i)
+    for i in range(2):
+        _png(tmp_path / "id1" / f"c{i}.png", size=(40, 40), seed=i)
+    paths = sorted(tmp_path.glob("*/*.png"))
+    with caplog.at_level(logging.INFO):
+        assert auto_size(paths) == (16, 20)  # (H, W) of 5 of the 7 images
+    assert "input size 16×20" in caplog.text
+    # a 1×1 image that sorts first is refused (it once shrank the whole dataset to 1×1)...
+    Image.new("L", (1, 1)).save(tmp_path / "id0" / "a_tiny.png")
+    with pytest.raises(Exception, match="a_tiny.png: a 1×1 image is below the 8-px minimum"):
+        read_folder(tmp_path)
+    # ...or skipped and reported, and the size stays the common one
+    images = read_folder(tmp_path, skip_bad=True)
+    assert tuple(images.images.shape[2:]) == (16, 20) and any("a_tiny" in s for s in images.skipped)
+    # large photos are capped (aspect kept)
+    assert auto_size([tmp_path / "big.png"]) is None  # unreadable: nothing to go by
+    _png(tmp_path / "big.png", size=(1000, 500))
+    assert auto_size([tmp_path / "big.png"]) == (128, 256)
+
+
+def test_a_closed_pipe_is_not_an_error(small_run, digits_images, tmp_path):
+    from siamkit.index.ops import build
+
+    build(str(small_run), [str(digits_images)], str(tmp_path / "g"))
+    cmd = f"{sys.executable} -m siamkit search {tmp_path / 'g'} {digits_images} -k 20 | head -1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr[-1000:]
+    assert proc.stdout.startswith("query") and proc.returncode == 0
+
+
+def test_resume_takes_the_runs_own_config(tmp_path, capsys, digits_images):
+    runs = tmp_path / "runs"
+    argv = ["train", "--data", str(digits_images), "--runs-dir", str(runs), "--name", "r", "--epochs", "2", "-q",
+            "--format", "json", "--set", "data.split=random", "--set", "eval.tsne_points=0"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    # resuming without --data (the default would be digits) continues on the run's own folder, to 3 epochs
+    assert main(["train", "--runs-dir", str(runs), "--name", "r", "--resume", "--epochs", "3", "-q", "--format",
+                 "json"]) == 0  # fmt: skip
+    m = json.loads(capsys.readouterr().out)
+    assert m["epochs_run"] == 3 and m["dataset"] == json.loads((runs / "r" / "metrics.json").read_text())["dataset"]
+    rows = list(csv.DictReader((runs / "r" / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # changing the data, model or loss of a resumed run is refused, naming the key
+    code = main(["train", "--runs-dir", str(runs), "--name", "r", "--resume", "--loss", "triplet"])
+    assert code == 2 and "loss.name cannot change" in capsys.readouterr().err
+    # a finished run whose last.pt is gone: --resume would retrain from scratch over its model
+    (runs / "r" / "last.pt").unlink()
+    model_bytes = (runs / "r" / "model.safetensors").read_bytes()
+    code = main(["train", "--runs-dir", str(runs), "--name", "r", "--resume", "--epochs", "4"])
+    assert code == 2 and "--force" in capsys.readouterr().err
+    assert (runs / "r" / "model.safetensors").read_bytes() == model_bytes
+    assert main(["train", "--runs-dir", str(runs), "--name", "r", "--resume", "--epochs", "1", "--force", "-q"]) == 0
+
+
+def test_a_run_that_fails_after_an_epoch_stays_resumable_and_marked(tmp_path):
+    from siamkit.config import load_config
+    from siamkit.pipeline import train_run
+
+    def boom(row):
+        if row["epoch"] == 2:
+            raise RuntimeError("disk full")
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "train.epochs=3", "train.progress=false", "data.limit=300"])
+    with pytest.raises(RuntimeError):
+        train_run(cfg, on_epoch=boom)
+    run = tmp_path / "default"
+    assert (run / "last.pt").is_file() and not (run / "metrics.json").exists()
+    assert "disk full" in (run / "FAILED").read_text() and "--resume" in (run / "FAILED").read_text()
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "train.epochs=3", "train.progress=false", "data.limit=300"])
+    r = train_run(cfg)  # a new run does not take the failed one for finished, nor overwrite it
+    assert Path(r["run_dir"]).name == "default-2" and (run / "FAILED").is_file()
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "train.epochs=3", "train.progress=false", "data.limit=300"])
+    train_run(cfg, resume=True)
+    assert not (run / "FAILED").exists() and (run / "metrics.json").is_file()
+
+
+def test_dataset_config_from_a_folder_logs_the_size(tmp_path, caplog):
+    for c in range(3):
+        for i in range(3):
+            _png(tmp_path / f"id{c}" / f"{i}.png", size=(24, 24), seed=c * 3 + i)
+    with caplog.at_level(logging.INFO):
+        bundle = load_dataset(DataConfig(source=str(tmp_path)))
+    assert tuple(bundle.images.images.shape[1:]) == (1, 24, 24) and "input size 24×24" in caplog.text

@@ -87,4 +87,3 @@ def test_gallery_edits_killed_at_random_moments_leave_a_consistent_gallery(small
     assert done.returncode == 0, done.stderr
     final = _check_gallery(gallery)
     assert final > sizes[0]
-

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from siamkit.index import Gallery
 from siamkit.index.ops import build
@@ -27,7 +26,6 @@ def _siamkit(*argv: str, **kw) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, text=True, **kw)  # fmt: skip
 
 
-@pytest.mark.slow  # ~40 s: subprocesses, a 12-epoch run and its resume
 def test_training_killed_mid_run_resumes_losing_at_most_the_running_epoch(tmp_path):
     argv = ["train", "--runs-dir", str(tmp_path), "--name", "k", "--epochs", "12", "--set", "train.patience=0",
             "--set", "train.progress=false", "--set", "eval.tsne_points=0"]  # fmt: skip
@@ -62,7 +60,6 @@ def _check_gallery(directory: Path) -> int:
     return len(ids)
 
 
-@pytest.mark.slow  # ~40 s: a dozen CLI processes started and killed
 def test_gallery_edits_killed_at_random_moments_leave_a_consistent_gallery(small_run, digits_images, tmp_path):
     gallery = tmp_path / "g"
     build(str(small_run), [str(digits_images / "0")], str(gallery))

@@ -175,6 +175,17 @@ def _(d, w):
     return ["train", str(d / "c.yaml"), "--runs-dir", str(d / "runs")], "c.yaml"
 
 
+@case("config/file-yaml-payload")
+def _(d, w):
+    (d / "c.yaml").write_text(f"train: !!python/object/apply:os.system ['touch {d / MARKER}']\n")
+    return ["train", str(d / "c.yaml"), "--runs-dir", str(d / "runs")], "c.yaml"
+
+
+@case("config/override-yaml-payload")
+def _(d, w):
+    return _set(d, f"train.lr=!!python/object/apply:os.system ['touch {d / MARKER}']"), "train.lr"
+
+
 @case("config/file-unknown-section")
 def _(d, w):
     (d / "c.yaml").write_text("trian:\n  lr: 1\n")

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -501,13 +502,29 @@ def evaluate_run(
     prep.preprocess = run.preprocess  # the training statistics, not the new data's
     device = resolve_device(cfg.train.device)
     out = Path(run_dir) / "eval"
-    out.mkdir(exist_ok=True)
-    torch.manual_seed(cfg.train.seed)
-    untrained = build_model(cfg.model, run.input_shape[0]).eval()  # a fresh initialisation with the run's seed
-    metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out, untrained=untrained)
-    metrics["dataset"] = prep.bundle.name
-    _write_metrics(metrics, out)
+    with output_folder(out):
+        torch.manual_seed(cfg.train.seed)
+        untrained = build_model(cfg.model, run.input_shape[0]).eval()  # a fresh initialisation with the run's seed
+        metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out, untrained=untrained)
+        metrics["dataset"] = prep.bundle.name
+        _write_metrics(metrics, out)
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
+
+
+@contextlib.contextmanager
+def output_folder(path: Path) -> Iterator[Path]:
+    """``path`` made if missing; removed again if the work inside fails and this call made it (nothing half-made
+    is left behind)."""
+    made = _first_missing(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if made is not None:
+            import shutil
+
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def absolute_source(source: str) -> str:
@@ -542,12 +559,12 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
                                                              device))):  # fmt: skip
         b = evaluate_embeddings(embed(images.images), images, tuples, cfg.eval, None, seed + 13)
         baselines[name] = {"test": b.metrics}
-    out = _fresh_dir(run_dir / f"eval-{_slug(bundle.name)}")
-    _plots(out, {"test": test}, run.threshold if run.threshold is not None else test.pairs.accuracy_at()[0],
-           images, cfg)  # fmt: skip
     metrics = {"threshold": run.threshold, "as_test": True, "data": cfg.data.source, "dataset": bundle.name,
                "test": test.metrics, "split_sizes": {"test": len(images)}, "baselines": baselines}  # fmt: skip
-    _write_metrics(metrics, out)
+    with output_folder(_fresh_dir(run_dir / f"eval-{_slug(bundle.name)}")) as out:
+        _plots(out, {"test": test}, run.threshold if run.threshold is not None else test.pairs.accuracy_at()[0],
+               images, cfg)  # fmt: skip
+        _write_metrics(metrics, out)
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
 
 
@@ -558,11 +575,10 @@ def _slug(name: str) -> str:
 
 
 def _fresh_dir(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``, … : a new folder, never an earlier evaluation's."""
+    """``base``, or ``base-2``, ``base-3``, … : a name no earlier evaluation's folder has."""
     path, i = base, 2
     while path.exists():
         path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    path.mkdir(parents=True)
     return path
 
 

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +55,11 @@ def _images(run: Path) -> tuple[bytes, bytes]:
     return out[0], out[1]
 
 
-async def _load(url: str, a: bytes, b: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
+async def _drive(
+    requests: int, concurrency: int, one: Callable[[Any, int], Awaitable[bool]], timeout: float = 60.0
+) -> tuple[list[float], int, float]:
+    """``requests`` calls of ``one(client, i)`` (True = success) from ``concurrency`` workers sharing one client;
+    returns the latencies, the failures and the wall time."""
     import httpx
 
     latencies: list[float] = []
@@ -63,24 +69,30 @@ async def _load(url: str, a: bytes, b: bytes, requests: int, concurrency: int) -
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal errors, next_request
         while next_request < requests:
+            i = next_request
             next_request += 1
             t = time.perf_counter()
             try:
-                r = await client.post(
-                    url, files={"image_a": ("a.png", a, "image/png"), "image_b": ("b.png", b, "image/png")}
-                )
-                ok = r.status_code == 200 and "distance" in r.json()
+                ok = await one(client, i)
             except httpx.HTTPError:
                 ok = False
             latencies.append(time.perf_counter() - t)
             errors += not ok
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return latencies, errors, wall
+
+
+async def _load(url: str, a: bytes, b: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
+    async def one(client: Any, i: int) -> bool:
+        r = await client.post(url, files={"image_a": ("a.png", a, "image/png"), "image_b": ("b.png", b, "image/png")})
+        return bool(r.status_code == 200 and "distance" in r.json())
+
+    return await _drive(requests, concurrency, one, timeout=30.0)
 
 
 class Ledger:
@@ -99,15 +111,10 @@ class Ledger:
 async def _mixed(base: str, a: bytes, b: bytes, requests: int, concurrency: int, ledger: Ledger, token: str
                  ) -> tuple[list[float], int, float]:  # fmt: skip
     """verify / search / add / remove in the ratio 4:3:2:1; a request fails when it is not 2xx."""
-    import httpx
-
-    latencies: list[float] = []
-    errors = 0
-    next_request = 0
     own: list[int] = []  # ids this client added and may remove
     auth = {"Authorization": f"Bearer {token}"}
 
-    async def one(client: httpx.AsyncClient, i: int) -> bool:
+    async def one(client: Any, i: int) -> bool:
         kind = i % 10
         if kind < 4:
             r = await client.post(f"{base}/verify", files={"image_a": ("a.png", a), "image_b": ("b.png", b)})
@@ -128,25 +135,7 @@ async def _mixed(base: str, a: bytes, b: bytes, requests: int, concurrency: int,
         ledger.status(r.status_code)
         return 200 <= r.status_code < 300
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors, next_request
-        while next_request < requests:
-            i = next_request
-            next_request += 1
-            t = time.perf_counter()
-            try:
-                ok = await one(client, i)
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - t)
-            errors += not ok
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return latencies, errors, wall
+    return await _drive(requests, concurrency, one)
 
 
 def _cli_editor(siamkit: list[str], gallery: Path, image: Path, ledger: Ledger, stop: list[bool]) -> None:

@@ -113,7 +113,7 @@ def test_verify_and_search_in_the_page(server, browser, small_run, digits_images
     assert len(cards) == 4
     first = cards[0].find_element(By.CSS_SELECTOR, ".caption").text
     assert first.startswith("#1 · 0.0") and "· 7" in first
-    assert first.endswith("✓")  # the query itself: within the threshold
+    assert first.endswith("✓ match")  # the query itself: within the threshold
     # every thumbnail really loaded from /gallery/{id}/image
     _wait(browser, lambda: all(browser.execute_script("return arguments[0].naturalWidth", img) > 0
                                for img in browser.find_elements(By.CSS_SELECTOR, "#search-results img")),

@@ -124,10 +124,10 @@ def test_calibrate_saves_the_threshold_with_history_and_every_command_uses_it(tr
     gal = tmp_path / "gal"
     assert _run(capsys, "index", "build", str(run), str(trained / "digits_png"), "--out", str(gal), "-q")[0] == 0
     code, out, _ = _run(capsys, "search", str(gal), str(a), "-k", "5", "--format", "json", "--threshold", "-1")
-    assert code == 0 and all(h["same"] is False for h in json.loads(out)["results"][0]["neighbours"])
+    assert code == 0 and all(h["match"] is False for h in json.loads(out)["results"][0]["neighbours"])
     code, out, _ = _run(capsys, "search", str(gal), str(a), "-k", "5", "--format", "json")
     hits = json.loads(out)["results"][0]["neighbours"]
-    assert all(h["same"] == (h["distance"] <= second["threshold"]) for h in hits)
+    assert all(h["match"] == (h["distance"] <= second["threshold"]) for h in hits)
 
 
 def test_calibrate_refuses_bad_input_in_one_line(trained, capsys, tmp_path):

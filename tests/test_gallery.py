@@ -45,7 +45,7 @@ def test_points_on_a_line_have_known_neighbours(tmp_path):
     np.testing.assert_allclose(d, [[0.1, 1.9, 2.9]], atol=1e-5)
     hits = g.hits(d, i)[0]
     assert [(h.rank, h.id, h.label, h.path) for h in hits] == [(1, 2, "b", "p2"), (2, 1, "a", "p1"), (3, 0, "a", "p0")]
-    assert [h.same for h in hits] == [True, False, False]  # threshold 0.5
+    assert [h.match for h in hits] == [True, False, False]  # threshold 0.5
     d, i = g.search(np.zeros((1, 2), np.float32), k=50)  # k larger than the gallery: all, nearest first
     assert i.tolist() == [[0, 1, 2, 3, 4]]
 

@@ -236,7 +236,7 @@ def test_the_service_follows_edits_committed_by_another_process(client, small_ru
 
     q = digits_images / "9" / "009.png"
     before = client.post("/search", files={"image": q.read_bytes()}, data={"k": "1"}).json()["results"][0]
-    assert before["same"] is True  # the query itself, within the threshold
+    assert before["match"] is True  # the query itself, within the threshold
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "nine.png").write_bytes(q.read_bytes())

@@ -286,6 +286,14 @@ def summary_table(result: dict[str, Any]) -> str:
     foot = ["(* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful)"]
     if result.get("baselines"):
         foot.append("(raw pixels / untrained net: the same test pairs scored without training — the bar to beat)")
+    if "train_seconds" in result:  # a finished training run: where to look, and what to do with the model
+        run = result.get("run_dir")
+        foot += [
+            f"report: {run}/report.html",
+            f"next:   siamkit verify {run} A.png B.png",
+            f"        siamkit index build {run} IMAGES... --out GALLERY,  then: siamkit search GALLERY Q.png",
+            f"        siamkit serve {run} [--gallery GALLERY]   (Python: siamkit.pipeline.verify_images)",
+        ]
     return "\n".join(head + lines + foot)
 
 
@@ -445,7 +453,9 @@ def _index(args: argparse.Namespace) -> None:
         text = f"gallery {r['directory']}: removed {len(r['removed_ids'])}; size {r['size']}"
     else:
         r = ops.info(args.gallery_dir, args.limit)
-        lines = [f"gallery {r['directory']}: {r['size']} items, {r['dim']}-d, {r['metric']}, index {r['index']}",
+        opts = ", ".join(f"{k} {v}" for k, v in r["index"].get("options", {}).items())
+        index = r["index"]["kind"] + (f" ({opts})" if opts else "")
+        lines = [f"gallery {r['directory']}: {r['size']:,} items, {r['dim']}-d, {r['metric']} distance, {index} index",
                  f"model {r['model_hash'][:12]} (run {r['run_dir']})",
                  "labels: " + ", ".join(f"{k} ({v})" for k, v in sorted(r["labels"].items()))]  # fmt: skip
         lines += [f"  {it['id']:>6}  {it['label'] or '-':<16} {it['path']}" for it in r["items"]]
@@ -460,11 +470,11 @@ def _search(args: argparse.Namespace) -> None:
 
     r = ops.search(args.gallery_dir, args.queries, args.k, args.run_dir, _source(args), args.figure,
                    args.figure_style)  # fmt: skip
-    mark = {True: "same", False: "    ", None: "    "}
+    mark = {True: "match", False: "     ", None: "     "}
     lines = []
     for res in r["results"]:
         lines.append(f"query {res['query']}" + (f"  (label {res['label']})" if res["label"] else ""))
-        lines += [f"  {h['rank']:>3}  id {h['id']:<7} {h['distance']:.4f} {mark[h['same']]}  {h['label'] or '-':<14} "
+        lines += [f"  {h['rank']:>3}  id {h['id']:<7} {h['distance']:.4f} {mark[h['match']]}  {h['label'] or '-':<14} "
                   f"{h['path']}" for h in res["neighbours"]]  # fmt: skip
     if "figure" in r:
         lines.append(f"figure: {r['figure']}")

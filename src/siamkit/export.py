@@ -48,10 +48,14 @@ def _to_onnx(graph: nn.Module, example: torch.Tensor, opset: int | None) -> Any:
         kwargs["opset_version"] = opset
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph, (example,), input_names=["images"], output_names=["embeddings"],
-            dynamic_shapes={"images": {0: batch}}, **kwargs,
-        )  # fmt: skip
+        logging.disable(logging.INFO)  # the exporter's optimiser logs each pass ("Removed 38 unused nodes", …)
+        try:
+            program = torch.onnx.export(
+                graph, (example,), input_names=["images"], output_names=["embeddings"],
+                dynamic_shapes={"images": {0: batch}}, **kwargs,
+            )  # fmt: skip
+        finally:
+            logging.disable(logging.NOTSET)
     assert program is not None
     return program.model_proto
 

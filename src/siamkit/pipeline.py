@@ -257,6 +257,8 @@ def _train_and_evaluate(
     result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, train_source,
                  s.val.images.images, val_source, device, out / "last.pt", on_best, resume=resume,
                  val_metrics=retrieval_monitor(prep, device), dist_info=info, on_epoch=on_epoch)  # fmt: skip
+    log.info("evaluating the kept model (epoch %d) on validation, test and training images, with the raw-pixel and "
+             "untrained baselines…", result.best_epoch)  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out, untrained=untrained)
     metrics.update(_fit_summary(result, model, prep))
     if info.enabled:
@@ -265,10 +267,10 @@ def _train_and_evaluate(
         save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))
         _write_history(result, out)
         _write_metrics(metrics, out)
-        plots.plot_history(result.history, out / "loss_curve.png")
+        plots.plot_history(result.history, out / "loss_curve.png", result.best_epoch, result.monitor)
         from siamkit.report import write_report
 
-        write_report(out)
+        log.info("report: %s", write_report(out))
     return metrics
 
 
@@ -352,6 +354,7 @@ def evaluate_prepared(
     train = evaluate_split(model, train_images, s.train.tuples, prep.preprocess, cfg.eval, threshold, seed + 17, device)
     target = out_dir or Path(cfg.runs_dir) / cfg.name
     if distributed.current().is_main:
+        log.info("plots: ROC, distances, neighbours%s…", ", t-SNE" if cfg.eval.tsne_points else "")
         _plots(target, {"train": train, "validation": val, "test": test}, threshold, s.test.images, cfg)
     baselines = baseline_metrics(prep, device, untrained)
     return {"threshold": threshold, "threshold_rule": cfg.eval.threshold, "test": test.metrics,
@@ -401,7 +404,7 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_ima
     curves = {k: (r.pairs.labels, r.pairs.distances) for k, r in results.items()}
     plots.plot_roc(curves, out / "roc.png", threshold)
     t = results["test"].pairs
-    plots.plot_distances(t.labels, t.distances, threshold, out / "distances.png")
+    plots.plot_distances(t.labels, t.distances, threshold, out / "distances.png", "test")
     buf = io.BytesIO()
     np.savez_compressed(
         buf, **{f"{k}_{f}": getattr(r.pairs, f) for k, r in results.items() for f in ("distances", "labels")}

@@ -59,8 +59,13 @@ def _img(path: Path) -> str:
 
 
 def _fmt(v: Any) -> str:
+    """Metrics (floats) to 4 decimals, counts with thousands separators, rates and seconds readable."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4f}"
     return html.escape("–" if v is None else str(v))
 
 
@@ -118,6 +123,11 @@ def test_decision_rows(test: dict[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
+def _plain(v: float | None, decimals: int) -> str | None:
+    """A rate or a duration as a person reads it (``1,234.5``), not to metric precision."""
+    return None if v is None else f"{v:,.{decimals}f}"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads(path.read_text())
@@ -131,7 +141,8 @@ def run_report(run_dir: Path) -> str:
     parts = []
     summary = [
         ("dataset", metrics.get("dataset")), ("trainable parameters", metrics.get("trainable_parameters")),
-        ("train seconds", metrics.get("train_seconds")), ("images/s", metrics.get("images_per_second")),
+        ("train seconds", _plain(metrics.get("train_seconds"), 1)),
+        ("images/s", _plain(metrics.get("images_per_second"), 0)),
         ("epochs run", metrics.get("epochs_run")), ("best epoch", metrics.get("best_epoch")),
         ("checkpoint chosen by", metrics.get("monitor")), ("threshold (validation)", metrics.get("threshold")),
         ("threshold rule", metrics.get("threshold_rule")), ("split", metrics.get("split")),

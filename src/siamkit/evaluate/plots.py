@@ -25,17 +25,35 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_history(rows: Sequence[dict[str, float]], path: Path) -> Path:
-    """Train and validation loss per epoch."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [r["epoch"] for r in rows]
-    ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation")
+def plot_history(
+    rows: Sequence[dict[str, float]], path: Path, best_epoch: int | None = None, monitor: str = "val_loss"
+) -> Path:
+    """Train and validation loss per epoch (whole-epoch ticks), the monitored validation retrieval metric on a
+    second axis when there is one, and the kept epoch marked (epoch 0: the initial weights were kept)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    epochs = [int(r["epoch"]) for r in rows]
+    ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
+    ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax.set_title("Loss per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = ax.get_legend_handles_labels()
+    key = f"val_{monitor}"
+    if monitor != "val_loss" and rows and key in rows[0]:
+        ax2 = ax.twinx()
+        (line,) = ax2.plot(epochs, [r[key] for r in rows], "^--", color="tab:green",
+                           label=f"validation {monitor.replace('_', ' ')} (monitored)")  # fmt: skip
+        ax2.set_ylabel(monitor.replace("_", " "))
+        handles, labels = [*handles, line], [*labels, str(line.get_label())]
+    if best_epoch is not None:
+        text = "kept: initial weights" if best_epoch == 0 else f"kept: epoch {best_epoch}"
+        kept = ax.axvline(best_epoch, color="k", ls=":", lw=1.2, label=text)
+        handles, labels = [*handles, kept], [*labels, text]
+    ax.set_title("Training history")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(handles, labels, fontsize=8, loc="best")
     return _save(fig, path)
 
 
@@ -43,7 +61,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, thres
     """ROC per named split (labels, distances), log-scaled FPR, TPR@FPR targets annotated; with ``threshold``,
     each curve's operating point (the FPR and TPR of ``same = distance ≤ threshold``) marked ✕."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    for name, (labels, distances) in curves.items():
+    starred = False
+    for i, (name, (labels, distances)) in enumerate(curves.items()):
         scores = -np.asarray(distances)
         fpr, tpr, _ = M.roc(labels, scores)
         area = M.auc(labels, scores)
@@ -54,20 +73,18 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, thres
         for t in M.tpr_at_fpr(labels, scores):
             ax.plot(t.fpr, t.tpr_interpolated, "o", color=line.get_color())
             mark = "" if t.reliable else "*"
-            ax.annotate(
-                f"{t.tpr_interpolated:.3f}{mark}",
-                (t.fpr, t.tpr_interpolated),
-                textcoords="offset points",
-                xytext=(4, -12 if name != next(iter(curves)) else 4),
-                fontsize=8,
-                color=line.get_color(),
-            )
+            starred = starred or not t.reliable
+            ax.annotate(  # one label row per curve, stacked downwards: curves close together never overlap
+                f"{t.tpr_interpolated:.3f}{mark}", (t.fpr, t.tpr_interpolated), textcoords="offset points",
+                xytext=(5, 6 - 11 * i), fontsize=7.5, color=line.get_color(), annotation_clip=False,
+            )  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.1)  # room above 1.0 for the labels
     ax.set_xlabel("false positive rate (log)")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC — TPR at FPR 0.5/0.1/0.01/0.001 (* = too few impostors)")
+    note = "\n* = fewer than 3 distinct impostor pairs behind that FPR" if starred else ""
+    ax.set_title(f"ROC — TPR at FPR 0.5 / 0.1 / 0.01 / 0.001{note}", fontsize=10)
     if threshold is not None:
         ax.plot([], [], "X", ms=9, mec="k", color="w", label=f"operating point (threshold {threshold:.3f})")
     ax.grid(alpha=0.3, which="both")
@@ -75,14 +92,16 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, thres
     return _save(fig, path)
 
 
-def plot_distances(labels: np.ndarray, distances: np.ndarray, threshold: float | None, path: Path) -> Path:
-    """Box plot and histogram of pair distances split by label, with the decision threshold."""
+def plot_distances(
+    labels: np.ndarray, distances: np.ndarray, threshold: float | None, path: Path, split: str = "test"
+) -> Path:
+    """Box plot and histogram of the ``split``'s pair distances by label, with the decision threshold."""
     same = np.asarray(distances)[np.asarray(labels) == 1]
     diff = np.asarray(distances)[np.asarray(labels) == 0]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.boxplot([same, diff], tick_labels=["same", "different"])
     ax1.set_ylabel("distance")
-    ax1.set_title("Pair distances by label")
+    ax1.set_title(f"{split.capitalize()} pair distances by label")
     bins = np.linspace(0, float(np.max(distances)) * 1.02 + 1e-9, 50)
     ax2.hist(same, bins=bins, alpha=0.6, label=f"same (n={len(same)})", density=True)
     ax2.hist(diff, bins=bins, alpha=0.6, label=f"different (n={len(diff)})", density=True)
@@ -92,7 +111,7 @@ def plot_distances(labels: np.ndarray, distances: np.ndarray, threshold: float |
         ax2.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax2.set_xlabel("distance")
     ax2.set_ylabel("density")
-    ax2.set_title("Distance histogram")
+    ax2.set_title(f"{split.capitalize()} distance histogram")
     ax2.legend()
     return _save(fig, path)
 
@@ -109,20 +128,23 @@ def plot_neighbours(
 
     correct = labels[neighbours] == labels[queries][:, None]
     titles = [f"query: {name(int(labels[q]))}" for q in queries]
-    return plot_neighbour_grid(images, queries, neighbours, distances, path, correct, titles)
+    wrong = np.where(correct, "", np.vectorize(lambda c: name(int(c)))(labels[neighbours]))
+    return plot_neighbour_grid(images, queries, neighbours, distances, path, correct, titles, wrong)
 
 
 def plot_neighbour_grid(
     images: np.ndarray, queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray, path: Path,
-    correct: np.ndarray | None = None, titles: Sequence[str] = (),
+    correct: np.ndarray | None = None, titles: Sequence[str] = (), captions: np.ndarray | None = None,
 ) -> Path:  # fmt: skip
     """Tiles ``images`` ``(N, C, H, W)`` uint8 in rows: ``images[queries[r]]`` then ``images[neighbours[r, j]]``
     captioned with ``distances[r, j]``; ``correct[r, j]`` (bool, or None/absent: unknown) frames a neighbour green
-    or red. Drawn as one mosaic on one axes (fast)."""
+    or red; ``captions[r, j]`` (e.g. a wrong neighbour's class) is written under its tile. Drawn as one mosaic on
+    one axes (fast)."""
     c, h, w = images.shape[1:]
     k = neighbours.shape[1]
     frame, gap, band = max(1, h // 14), max(2, h // 8), max(6, h // 3)  # frame, white gutter, text band
-    cell_h, cell_w = band + h + 2 * (frame + gap), w + 2 * (frame + gap)
+    cap = band if captions is not None else 0  # a text band under the tiles for the captions
+    cell_h, cell_w = band + h + 2 * (frame + gap) + cap, w + 2 * (frame + gap)
     canvas = np.full((len(queries) * cell_h, (k + 1) * cell_w, 3), 255, np.uint8)
     colours = {True: (40, 160, 40), False: (220, 40, 40), None: (255, 255, 255)}
 
@@ -145,6 +167,10 @@ def plot_neighbour_grid(
         ax.text(cell_w / 2, y, title, ha="center", va="bottom", fontsize=7)
         for col in range(k):
             ax.text((col + 1.5) * cell_w, y, f"{distances[row, col]:.3f}", ha="center", va="bottom", fontsize=7)
+            if captions is not None and captions[row, col]:
+                y_cap = row * cell_h + band + gap + h + 2 * frame + cap / 2
+                ax.text((col + 1.5) * cell_w, y_cap, str(captions[row, col])[:12], ha="center", va="center",
+                        fontsize=6, color="tab:red")  # fmt: skip
     ax.axis("off")
     legend = " (green frame: same class, red: another class)" if correct is not None else ""
     ax.set_title(f"Nearest neighbours with distances{legend}", fontsize=9, pad=14)

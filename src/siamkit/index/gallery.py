@@ -68,7 +68,7 @@ class Item:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result; ``same``: the distance is within the model's verification threshold (``None`` when the
+    """One search result; ``match``: the distance is within the model's verification threshold (``None`` when the
     run saved no threshold) — the identification decision "this is the gallery item's identity"."""
 
     rank: int
@@ -76,7 +76,9 @@ class Hit:
     distance: float
     label: str | None
     path: str
-    same: bool | None = None
+    match: bool | None = None
+    """Within the verification threshold — the model's decision "this is the gallery item's identity", which may be
+    wrong: compare ``label``."""
 
 
 def index_options(kind: str, options: dict[str, Any] | None = None) -> dict[str, int]:
@@ -329,7 +331,7 @@ class Gallery:
         return raw
 
     def hits(self, distances: np.ndarray, ids: np.ndarray, threshold: float | None = None) -> list[list[Hit]]:
-        """Search results as :class:`Hit` rows (faiss's −1 padding dropped); ``same`` against ``threshold`` (the
+        """Search results as :class:`Hit` rows (faiss's −1 padding dropped); ``match`` against ``threshold`` (the
         embedder's: calibrated, or overridden for one call), else the one saved when the gallery was built."""
         thr = self.meta.get("threshold") if threshold is None else threshold
         out = []

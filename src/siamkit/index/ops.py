@@ -137,8 +137,12 @@ def add(
     """Embed ``sources`` and add them (a folder per class gives labels; ``label`` labels the rest)."""
     with locked(gallery_dir):
         gallery, embedder = _open_for(gallery_dir, run_dir, backend)
-        vectors, kept, skipped = embed_paths(embedder, collect_images(sources, label), progress=progress,
-                                             skip_bad=skip_bad)  # fmt: skip
+        items = collect_images(sources, label)
+        unlabelled = sum(lab is None for _, lab in items)
+        if unlabelled:
+            log.warning("%d of the %d images have no label (not in a class folder, and no --label NAME): search "
+                        "hits on them will show none", unlabelled, len(items))  # fmt: skip
+        vectors, kept, skipped = embed_paths(embedder, items, progress=progress, skip_bad=skip_bad)
         ids = gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
         gallery.save()
     return {**gallery.describe(), "added_ids": ids, "skipped": skipped}
@@ -162,7 +166,7 @@ def remove(gallery_dir: str, ids: Sequence[int]) -> dict[str, Any]:
 
 
 def hits_to_dicts(hits: list[Hit]) -> list[dict[str, Any]]:
-    return [{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "same": h.same, "path": h.path}
+    return [{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "match": h.match, "path": h.path}
             for h in hits]  # fmt: skip
 
 

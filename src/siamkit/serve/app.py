@@ -164,7 +164,7 @@ class Service:
         with self.lock:
             distances, ids = gallery.search(vectors, k)
             hits = gallery.hits(distances, ids, self.embedder.threshold)
-        return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "same": h.same,
+        return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "match": h.match,
                   "image_url": f"/gallery/{h.id}/image"} for h in row] for row in hits]  # fmt: skip
 
     def thumbnail(self, item_id: int) -> bytes:

@@ -113,8 +113,8 @@ $("search-btn").addEventListener("click", async () => {
       const caption = document.createElement("div");
       caption.className = "caption";
       caption.textContent = "#" + hit.rank + " · " + hit.distance.toFixed(4) + (hit.label ? " · " + hit.label : "")
-        + (hit.same ? " ✓" : "");
-      if (hit.same) caption.title = "within the verification threshold: same identity";
+        + (hit.match ? " ✓ match" : "");
+      if (hit.match) caption.title = "within the verification threshold: the model takes it for the same identity";
       card.append(img, caption);
       list.append(card);
     }

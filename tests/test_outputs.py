@@ -71,3 +71,30 @@ def test_report_numbers_read_as_numbers(small_run):
     assert f"<td>{m['trainable_parameters']:,}</td>" in html
     assert f"<td>{m['images_per_second']:,.0f}</td>" in html and f"{m['images_per_second']:.4f}" not in html
     assert np.isfinite(m["train_seconds"])
+
+
+def test_report_says_how_to_use_the_model(small_run):
+    from siamkit.report import write_report
+
+    html = write_report(small_run).read_text()
+    assert "Use the model" in html and f"siamkit verify {small_run.resolve()}" in html and "verify_images(" in html
+
+
+def test_a_study_table_highlights_its_best_row():
+    from siamkit.report import html_table
+    from siamkit.studies import best_row
+
+    rows = [["a", 0.5], ["b", 0.9], ["c", None], ["d", 0.7]]
+    assert best_row(rows, 1) == 1
+    table = html_table(["loss", "MAP@R"], rows, best_row(rows, 1))
+    assert table.count("class='best'") == 1 and "<tr class='best'><td>b</td>" in table
+
+
+def test_query_files_in_a_labelled_folder_get_their_hits_marked(small_run, digits_images, tmp_path, capsys):
+    assert main(["index", "build", str(small_run), str(digits_images), "--out", str(tmp_path / "g"), "-q"]) == 0
+    capsys.readouterr()
+    q = digits_images / "8" / "008.png"  # a file, not a folder: its folder names a gallery label
+    assert main(["search", str(tmp_path / "g"), str(q), "-k", "3", "--format", "json", "--figure",
+                 str(tmp_path / "hub.png"), "--figure-style", "hub"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["label"] == "8" and (tmp_path / "hub.png").is_file()

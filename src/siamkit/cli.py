@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--storage", help="Optuna storage URL shared by workers (default: STUDY_DIR/study.db)")
     ss.add_argument("--pruner", choices=("none", "median"), default="none")
     ss.add_argument("--seed", type=int, default=0)
-    sm = ssub.add_parser("margins", help="TPR@FPR on train and validation per loss and margin (SPEC §6)")
+    sm = ssub.add_parser("margins", help="TPR@FPR on train and validation per loss and margin")
     sm.add_argument("--losses", nargs="+", default=["triplet", "contrastive"])
     sm.add_argument("--margins", nargs="+", type=float, default=[0.1, 1.0, 10.0])
     sc = ssub.add_parser("compare", help="one run per loss on the same data and budget, with an overlaid ROC")

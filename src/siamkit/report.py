@@ -47,7 +47,8 @@ table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
-.note{color:#a33}
+.note{color:#a33}tr.best td{background:#e6f4ea;font-weight:600}
+code{background:#f3f3f3;padding:0 .2em}
 """
 
 
@@ -69,9 +70,11 @@ def _fmt(v: Any) -> str:
     return html.escape("–" if v is None else str(v))
 
 
-def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], best: int | None = None) -> str:
+    """A table; row ``best`` (e.g. a study's best setting) highlighted."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
+    body = "".join(("<tr class='best'>" if i == best else "<tr>") + "".join(f"<td>{_fmt(v)}</td>" for v in r)
+                   + "</tr>" for i, r in enumerate(rows))  # fmt: skip
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -160,6 +163,7 @@ def run_report(run_dir: Path) -> str:
         rows = [[part, len(ids), ", ".join(ids)] for part, ids in identities.items()]
         parts.append("<h2>Identities (open-set split: pairwise disjoint)</h2>"
                      + html_table(["split", "identities", "names"], rows))  # fmt: skip
+    parts.append(use_section(run_dir))
     for title, name in RUN_SECTIONS:
         parts.append(f"<h2>{html.escape(title)}</h2>{_img(run_dir / name)}")
     history = run_dir / "history.csv"
@@ -170,6 +174,22 @@ def run_report(run_dir: Path) -> str:
     if config.is_file():
         parts.append(f"<h2>Config</h2><pre>{html.escape(config.read_text())}</pre>")
     return _page(f"siamkit run: {run_dir.name}", parts)
+
+
+def use_section(run_dir: Path) -> str:
+    """How to use this run's model: the commands and the Python call, with its own path filled in."""
+    run = html.escape(str(run_dir.resolve()))
+    commands = "\n".join([
+        f"siamkit verify {run} a.png b.png                 # same identity? (distance vs the threshold)",
+        f"siamkit calibrate {run} --data pairs.csv --fpr 0.001   # a threshold for your false-accept rate",
+        f"siamkit index build {run} my_images/ --out gallery   # a searchable gallery",
+        "siamkit search gallery query.png -k 5",
+        f"siamkit serve {run} --gallery gallery            # HTTP service and web page on 127.0.0.1:8000",
+        f"siamkit export {run}                             # ONNX",
+    ])  # fmt: skip
+    python = (f"from siamkit.pipeline import verify_images\n"
+              f"verify_images({run!r}, 'a.png', 'b.png')  # distance, threshold, same")  # fmt: skip
+    return f"<h2>Use the model</h2><pre>{commands}</pre><pre>{python}</pre>"
 
 
 def _num(v: str) -> Any:
@@ -201,7 +221,10 @@ def study_report(study_dir: Path) -> str:
         best = study["best"]
         parts.append("<h2>Best trial</h2>" + html_table(["", "value"], [[k, v] for k, v in best.items()]))
     for table in study.get("tables", []):
-        parts.append(f"<h2>{html.escape(table['title'])}</h2>" + html_table(table["columns"], table["rows"]))
+        best = table.get("best_row")
+        note = "<p>The best row is highlighted.</p>" if best is not None else ""
+        parts.append(f"<h2>{html.escape(table['title'])}</h2>{note}"
+                     + html_table(table["columns"], table["rows"], best))  # fmt: skip
     for title, name in study.get("figures", []):
         parts.append(f"<h2>{html.escape(title)}</h2>{_img(study_dir / name)}")
     runs = [r for r in study.get("runs", []) if (study_dir / r / REPORT).is_file()]

@@ -270,6 +270,12 @@ def _n_trials(store: Any, name: str) -> int:
         return 0
 
 
+def best_row(rows: list[list[Any]], column: int) -> int | None:
+    """The row with the highest value in ``column`` (None when no row has one): highlighted in the report."""
+    scored = [(r[column], i) for i, r in enumerate(rows) if isinstance(r[column], (int, float))]
+    return max(scored)[1] if scored else None
+
+
 def summarize_search(
     study: Any, study_dir: Path, params: list[Param], strategy: str, objective: str, started: float | None = None
 ) -> dict[str, Any]:
@@ -308,7 +314,8 @@ def summarize_search(
         "kind": "search", "strategy": strategy, "objective": objective, "command": _command(),
         "description": f"{strategy} search over {', '.join(keys)}; objective {objective} on the validation split "
                        f"({OBJECTIVES[objective]}).",
-        "best": best, "tables": [{"title": "Trials", "file": "trials.csv", "columns": columns, "rows": rows}],
+        "best": best, "tables": [{"title": "Trials", "file": "trials.csv", "columns": columns, "rows": rows,
+                                  "best_row": [r[0] for r in rows].index(best["trial"]) if best else None}],
         "figures": [["Optimisation history", "history.png"]] if xs else [],
         "runs": [r[-1] for r in rows],
     }  # fmt: skip
@@ -370,10 +377,11 @@ def margins(
             runs.append(run_name)
     summary = {
         "kind": "margins", "command": _command(), "runs": runs, "figures": [],
-        "description": "Margin sensitivity (SPEC §6): TPR at FPR 0.5/0.1/0.01/0.001 on the training and "
+        "description": "Margin sensitivity: TPR at FPR 0.5/0.1/0.01/0.001 on the training and "
                        "validation splits (interpolated), and similarity accuracy d(a,p) < d(a,n), per loss and "
                        "margin.",
-        "tables": [{"title": "TPR at FPR by loss and margin", "file": "margins.csv", "columns": columns, "rows": rows}],
+        "tables": [{"title": "TPR at FPR by loss and margin", "file": "margins.csv", "columns": columns, "rows": rows,
+                    "best_row": best_row(rows, columns.index("val AUC"))}],
     }  # fmt: skip
     _write_study(study_dir, summary, started)
     return {"study_dir": str(study_dir), **summary}
@@ -412,10 +420,11 @@ def compare(
         figures.append(["Test ROC by loss", "roc_compare.png"])
     summary = {
         "kind": "compare", "command": _command(), "runs": runs, "figures": figures,
-        "description": "Loss comparison (SPEC §7) on one dataset, backbone and budget: test-split TPR at FPR "
+        "description": "Loss comparison on one dataset, backbone and budget: test-split TPR at FPR "
                        "(interpolated), AUC, EER, leave-one-out P@1 and MAP@R.",
         "tables": [
-            {"title": "Test metrics by loss", "file": "compare.csv", "columns": columns, "rows": rows},
+            {"title": "Test metrics by loss", "file": "compare.csv", "columns": columns, "rows": rows,
+             "best_row": best_row(rows, columns.index("MAP@R"))},
             {"title": "Every split of every run", "file": "compare_splits.csv", "columns": METRIC_COLUMNS,
              "rows": per_split},
         ],

@@ -183,7 +183,7 @@ def plot_neighbour_hubs(
 ) -> Path:  # fmt: skip
     """The hub-graph style of source C, one panel per query: the query image (``queries`` ``(Q, C, H, W)``) in the
     centre and its neighbours (``neighbours`` ``(Q, k, C, H, W)``) on spokes labelled with ``distances`` ``(Q, k)``.
-    Spoke length grows with the distance (nearest at 0.6, farthest at 1.0 of the radius); the nearest sits at
+    Spoke length grows with the distance (nearest at 0.8, farthest at 1.25), each distance written beyond its tile; the nearest sits at
     twelve o'clock, the rest clockwise; ``correct`` colours spokes green/red (grey: unknown)."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
@@ -192,29 +192,35 @@ def plot_neighbour_hubs(
         return t if t.shape[2] == 3 else np.repeat(t, 3, axis=2)
 
     n_q, k = distances.shape
-    zoom = 26 / max(queries.shape[2:])  # tiles about 26 points wide, whatever the image size
-    fig, axes = plt.subplots(1, n_q, figsize=(5.2 * n_q, 5.4), squeeze=False)
-    for q, ax in enumerate(axes[0]):
+    cols = min(n_q, 3)  # panels in rows of at most 3: a readable page, not a long strip
+    rows_ = -(-n_q // cols)
+    zoom = 28 / max(queries.shape[2:])  # tiles about 28 points wide, whatever the image size
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 4.8 * rows_), squeeze=False)
+    for ax in axes.ravel()[n_q:]:
+        ax.axis("off")
+    for q, ax in enumerate(axes.ravel()[:n_q]):
         d = np.asarray(distances[q], dtype=np.float64)
         span = float(d.max() - d.min()) if k else 0.0
-        radius = 0.6 + 0.4 * ((d - d.min()) / span if span > 0 else np.zeros_like(d))
+        radius = 0.8 + 0.45 * ((d - d.min()) / span if span > 0 else np.zeros_like(d))
         for j in range(k):
             angle = np.pi / 2 - 2 * np.pi * j / k
             x, y = radius[j] * np.cos(angle), radius[j] * np.sin(angle)
             ok = None if correct is None or correct[q, j] is None else bool(correct[q, j])
             colour = {True: "tab:green", False: "tab:red", None: "0.5"}[ok]
             ax.plot([0, x], [0, y], color=colour, lw=1.2, zorder=1)
-            ax.text(x * 0.5, y * 0.5, f"{d[j]:.3f}", fontsize=7, ha="center", va="center", zorder=3,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})  # fmt: skip
+            # the distance just outside the thumbnail, on the spoke's line: never under an image
+            lx, ly = (radius[j] + 0.36) * np.cos(angle), (radius[j] + 0.36) * np.sin(angle)
+            ax.text(lx, ly, f"{d[j]:.3f}", fontsize=7, ha="center", va="center", zorder=5, color=colour,
+                    bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
             ax.add_artist(AnnotationBbox(OffsetImage(rgb(neighbours[q, j]), zoom=zoom), (x, y),
                                          bboxprops={"edgecolor": colour, "lw": 2}, zorder=2))  # fmt: skip
         ax.add_artist(AnnotationBbox(OffsetImage(rgb(queries[q]), zoom=zoom * 1.4), (0, 0),
                                      bboxprops={"edgecolor": "black", "lw": 2}, zorder=4))  # fmt: skip
-        ax.set_xlim(-1.3, 1.3)
-        ax.set_ylim(-1.3, 1.3)
+        ax.set_xlim(-1.75, 1.75)
+        ax.set_ylim(-1.75, 1.75)
         ax.set_aspect("equal")
         ax.axis("off")
-        ax.set_title(f"{titles[q] if q < len(titles) else 'query'}: {k} nearest", fontsize=9)
+        ax.set_title(f"{titles[q] if q < len(titles) else 'query'} — {k} nearest", fontsize=9)
     fig.suptitle("Nearest neighbours as a hub (spoke length grows with distance)", fontsize=10)
     return _save(fig, path)
 

@@ -176,7 +176,11 @@ def search(
 ) -> dict[str, Any]:  # fmt: skip
     """The ``k`` nearest gallery items of each query image; optionally the neighbours figure (SPEC §7)."""
     gallery, embedder = _open_for(gallery_dir, run_dir, backend)
-    items = collect_images(queries)
+    known = {it.label for it in gallery.items.values() if it.label is not None}
+    # a query file in a folder named like a gallery label (digits/8/008.png) is labelled by it: its hits can then
+    # be marked right or wrong (green / red in the figure)
+    items = [(p, lab if lab is not None or Path(p).parent.name not in known else Path(p).parent.name)
+             for p, lab in collect_images(queries)]  # fmt: skip
     vectors, kept, _ = embed_paths(embedder, items)
     distances, ids = gallery.search(vectors, k)
     hits = gallery.hits(distances, ids, embedder.threshold)

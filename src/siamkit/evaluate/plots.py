@@ -181,10 +181,11 @@ def plot_neighbour_hubs(
     queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray, path: Path,
     correct: np.ndarray | None = None, titles: Sequence[str] = (),
 ) -> Path:  # fmt: skip
-    """The hub-graph style of source C, one panel per query: the query image (``queries`` ``(Q, C, H, W)``) in the
-    centre and its neighbours (``neighbours`` ``(Q, k, C, H, W)``) on spokes labelled with ``distances`` ``(Q, k)``.
-    Spoke length grows with the distance (nearest at 0.8, farthest at 1.25), each distance written beyond its tile; the nearest sits at
-    twelve o'clock, the rest clockwise; ``correct`` colours spokes green/red (grey: unknown)."""
+    """The hub-graph style, one panel per query (rows of at most 3): the query image (``queries``
+    ``(Q, C, H, W)``) in the centre and its neighbours (``neighbours`` ``(Q, k, C, H, W)``) on spokes, each with its
+    distance (``distances`` ``(Q, k)``) written beyond its tile. Spoke length grows with the distance (nearest at
+    0.8, farthest at 1.25); the nearest sits at twelve o'clock, the rest clockwise; ``correct`` colours frames and
+    spokes green/red (grey: unknown)."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     def rgb(img: np.ndarray) -> np.ndarray:

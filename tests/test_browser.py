@@ -1,5 +1,7 @@
-"""The web page end to end in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium): upload
-two images → verdict, distance, threshold; upload one → the k nearest gallery images with distances.
+"""The web page end to end in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium): two
+images (file picker, and one by drag-and-drop) → verdict, distance against threshold; one image → the best match
+and the k nearest gallery images; the gallery browsed, an item added with a label and removed again. Screenshots
+of each state are written by the test (into its temporary folder).
 
 Skipped when /usr/bin/chromium is absent, unless SIAMKIT_REQUIRE_BROWSER=1 (set by .ci/run, which installs it)."""
 
@@ -79,14 +81,30 @@ def _wait(driver, predicate, what, timeout=20.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_verify_and_search_in_the_page(server, browser, small_run, digits_images):
+DROP = """
+const [zoneId, url, name] = arguments;
+const done = arguments[arguments.length - 1];
+fetch(url).then((r) => r.blob()).then((blob) => {
+  const dt = new DataTransfer();
+  dt.items.add(new File([blob], name, {type: "image/png"}));
+  const zone = document.querySelector(`.drop[data-input="${zoneId}"]`);
+  zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+  zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+  done(document.getElementById(zoneId).files.length);
+});
+"""
+
+
+def test_verify_and_search_in_the_page(server, browser, small_run, digits_images, tmp_path):
     from selenium.webdriver.common.by import By
 
     from siamkit.pipeline import verify_images
 
+    browser.set_window_size(1200, 1800)
     browser.get(server + "/")
     info = _wait(browser, lambda: "model" in (t := browser.find_element(By.ID, "model-info").text) and t, "health")
     assert "gallery: 200 items" in info
+    assert browser.find_element(By.CSS_SELECTOR, "a[href='/docs']").text == "API docs"
 
     a, b, c = (digits_images / p for p in ("0/000.png", "0/010.png", "1/001.png"))
     for first, second in ((a, b), (a, c)):
@@ -101,7 +119,15 @@ def test_verify_and_search_in_the_page(server, browser, small_run, digits_images
             return text if text.startswith(verdict) else None
 
         text = _wait(browser, shown, f"verdict {verdict}")
-        assert f"distance {want['distance']:.4f}" in text and f"threshold {want['threshold']:.4f}" in text
+        cmp = "≤" if want["same"] else ">"
+        assert f"distance {want['distance']:.4f} {cmp} threshold {want['threshold']:.4f}" in text
+        browser.save_screenshot(str(tmp_path / f"verify-{verdict.lower()}.png"))
+
+    # drag-and-drop: a gallery image dropped on zone B (a File built in the page, dropped with a DataTransfer)
+    assert browser.execute_async_script(DROP, "file-b", "/gallery/0/image", "dropped.png") == 1
+    assert "filled" in browser.find_element(By.CSS_SELECTOR, ".drop[data-input='file-b']").get_attribute("class")
+    browser.find_element(By.ID, "verify-btn").click()
+    _wait(browser, lambda: "distance" in browser.find_element(By.ID, "verify-result").text, "verdict after a drop")
 
     q = digits_images / "7" / "007.png"
     browser.find_element(By.ID, "search-file").send_keys(str(q))
@@ -114,6 +140,9 @@ def test_verify_and_search_in_the_page(server, browser, small_run, digits_images
     first = cards[0].find_element(By.CSS_SELECTOR, ".caption").text
     assert first.startswith("#1 · 0.0") and "· 7" in first
     assert first.endswith("✓ match")  # the query itself: within the threshold
+    best = browser.find_element(By.ID, "search-best").text
+    assert best.startswith("best match: 7, distance 0.0")  # the top-1 answer, in words
+    browser.save_screenshot(str(tmp_path / "search.png"))
     # every thumbnail really loaded from /gallery/{id}/image
     _wait(browser, lambda: all(browser.execute_script("return arguments[0].naturalWidth", img) > 0
                                for img in browser.find_elements(By.CSS_SELECTOR, "#search-results img")),
@@ -126,3 +155,30 @@ def test_verify_and_search_in_the_page(server, browser, small_run, digits_images
     browser.find_element(By.ID, "search-btn").click()
     _wait(browser, lambda: "not an image in an accepted format" in browser.find_element(By.ID, "search-status").text,
           "error message")  # fmt: skip
+
+
+def test_gallery_browse_add_and_remove_in_the_page(server, browser, digits_images, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    items = _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#gallery-list .item"), "gallery page")
+    assert len(items) == 24 and "1–24 of 200" in browser.find_element(By.ID, "gallery-page").text
+    browser.find_element(By.ID, "gallery-next").click()
+    _wait(browser, lambda: "25–48 of 200" in browser.find_element(By.ID, "gallery-page").text, "next page")
+    browser.find_element(By.ID, "gallery-file").send_keys(str(digits_images / "3" / "003.png"))
+    browser.find_element(By.ID, "gallery-label").send_keys("added-by-test")
+    browser.find_element(By.ID, "gallery-add").click()
+    status = _wait(browser, lambda: (t := browser.find_element(By.ID, "gallery-status").text).startswith("added")
+                   and t, "added")  # fmt: skip
+    assert "(added-by-test); 201 items" in status
+    new_id = status.split()[2]
+    card = _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, f"#gallery-list .item[data-id='{new_id}']"),
+                 "the new item on its page")  # fmt: skip
+    assert "added-by-test" in card[0].text
+    browser.save_screenshot(str(tmp_path / "gallery-added.png"))
+    card[0].find_element(By.CSS_SELECTOR, ".remove").click()
+    _wait(browser, lambda: browser.find_element(By.ID, "gallery-status").text == f"removed item {new_id}; 200 items",
+          "removed")  # fmt: skip
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#gallery-list .item[data-id='{new_id}']")
+    _wait(browser, lambda: "gallery: 200 items" in browser.find_element(By.ID, "model-info").text, "health again")
+    browser.save_screenshot(str(tmp_path / "gallery-removed.png"))

@@ -1,5 +1,7 @@
-"""The web page served at ``/``: verify two images, or search the gallery with one. Plain HTML and a small
-script calling the JSON API (no external assets, so it works offline and under a strict CSP)."""
+"""The web page served at ``/``: verify two images, search the gallery with one (the best match first), and browse,
+add to and remove from the gallery. Images come by drag-and-drop, paste (Ctrl+V into the focused drop zone) or a
+file picker. Plain HTML and a small script calling the JSON API: no external assets and no build step, so it works
+offline and under a strict CSP. Gallery edits send the service's token when one is entered (``--token``)."""
 
 PAGE_HTML = """<!doctype html>
 <html lang="en">
@@ -8,30 +10,50 @@ PAGE_HTML = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>siamkit</title>
 <style>
-  body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; padding: 0 1rem; color: #222; }
-  h1 { margin-bottom: .2rem; } .muted { color: #666; font-size: .9rem; }
-  section { border: 1px solid #ddd; border-radius: 8px; padding: 1rem 1.2rem; margin: 1.2rem 0; }
-  .row { display: flex; gap: 1.5rem; flex-wrap: wrap; align-items: flex-end; }
-  .pick { display: flex; flex-direction: column; gap: .4rem; }
-  .pick img, .hit img { width: 96px; height: 96px; object-fit: contain; background: #f4f4f4;
-    border: 1px solid #ccc; image-rendering: pixelated; }
-  button { padding: .45rem 1.1rem; font-size: 1rem; cursor: pointer; }
-  .verdict { font-size: 1.3rem; font-weight: 600; margin-top: .8rem; }
-  .same { color: #1a7f37; } .different { color: #c62828; } .error { color: #c62828; }
-  #search-results { display: flex; flex-wrap: wrap; gap: .8rem; margin-top: .8rem; }
-  .hit { width: 104px; text-align: center; font-size: .8rem; }
+  :root { --ok: #1a7f37; --bad: #c62828; --line: #d8d8d8; }
+  body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 62rem; padding: 0 1rem; color: #222; }
+  header { display: flex; justify-content: space-between; align-items: baseline; gap: 1rem; flex-wrap: wrap; }
+  h1 { margin: 0; } h2 { margin: 0 0 .7rem; font-size: 1.15rem; }
+  .muted { color: #666; font-size: .9rem; } a { color: #0b5cad; }
+  section { border: 1px solid var(--line); border-radius: 10px; padding: 1rem 1.2rem; margin: 1.1rem 0; }
+  .row { display: flex; gap: 1.2rem; flex-wrap: wrap; align-items: flex-end; }
+  .drop { display: flex; flex-direction: column; align-items: center; justify-content: center; gap: .3rem;
+    width: 150px; height: 150px; border: 2px dashed #aaa; border-radius: 10px; background: #fafafa;
+    cursor: pointer; text-align: center; font-size: .8rem; color: #555; position: relative; outline: none; }
+  .drop:focus, .drop.over { border-color: #0b5cad; background: #eef5fd; }
+  .drop img { width: 120px; height: 100px; object-fit: contain; image-rendering: pixelated; display: none; }
+  .drop.filled img { display: block; } .drop.filled .hint { display: none; }
+  .drop input { display: none; }
+  button { padding: .45rem 1.1rem; font-size: 1rem; cursor: pointer; border-radius: 6px; border: 1px solid #888;
+    background: #fff; } button.primary { background: #0b5cad; color: #fff; border-color: #0b5cad; }
+  .verdict { font-size: 1.35rem; font-weight: 650; margin-top: .8rem; min-height: 1.6rem; }
+  .same { color: var(--ok); } .different { color: var(--bad); } .error { color: var(--bad); }
+  .best { font-size: 1.15rem; font-weight: 600; margin: .6rem 0; min-height: 1.4rem; }
+  .hits, .items { display: flex; flex-wrap: wrap; gap: .8rem; margin-top: .6rem; }
+  .hit, .item { width: 112px; text-align: center; font-size: .78rem; position: relative; }
+  .hit img, .item img { width: 104px; height: 104px; object-fit: contain; background: #f4f4f4;
+    border: 2px solid #ccc; border-radius: 6px; image-rendering: pixelated; }
+  .hit.match img { border-color: var(--ok); }
+  .item .remove { position: absolute; top: 2px; right: 6px; padding: 0 .4rem; font-size: .9rem; line-height: 1.3;
+    border-radius: 50%; }
+  input[type=text], input[type=password], input[type=number] { padding: .35rem .5rem; font-size: .95rem; }
+  .pager { display: flex; gap: .6rem; align-items: center; margin-top: .6rem; }
 </style>
 </head>
 <body>
-<h1>siamkit</h1>
-<div class="muted" id="model-info">loading model information…</div>
+<header>
+  <h1>siamkit</h1>
+  <div class="muted"><span id="model-info">loading model information…</span> · <a href="/docs">API docs</a></div>
+</header>
 
 <section>
-  <h2>Verify: same identity?</h2>
+  <h2>Verify: are these the same identity?</h2>
   <div class="row">
-    <label class="pick">Image A <input type="file" id="file-a" accept="image/*"><img id="preview-a" alt=""></label>
-    <label class="pick">Image B <input type="file" id="file-b" accept="image/*"><img id="preview-b" alt=""></label>
-    <button id="verify-btn" type="button">Verify</button>
+    <label class="drop" tabindex="0" data-input="file-a"><input type="file" id="file-a" accept="image/*">
+      <img id="preview-a" alt="image A"><span class="hint">Image A<br>drop, paste or click</span></label>
+    <label class="drop" tabindex="0" data-input="file-b"><input type="file" id="file-b" accept="image/*">
+      <img id="preview-b" alt="image B"><span class="hint">Image B<br>drop, paste or click</span></label>
+    <button id="verify-btn" class="primary" type="button">Verify</button>
   </div>
   <div id="verify-result" class="verdict" aria-live="polite"></div>
 </section>
@@ -39,40 +61,87 @@ PAGE_HTML = """<!doctype html>
 <section>
   <h2>Search the gallery</h2>
   <div class="row">
-    <label class="pick">Query image <input type="file" id="search-file" accept="image/*">
-      <img id="preview-q" alt=""></label>
-    <label class="pick">k <input type="number" id="search-k" value="10" min="1" max="100" style="width:5rem"></label>
-    <button id="search-btn" type="button">Search</button>
+    <label class="drop" tabindex="0" data-input="search-file"><input type="file" id="search-file" accept="image/*">
+      <img id="preview-q" alt="query"><span class="hint">Query image<br>drop, paste or click</span></label>
+    <label>k <input type="number" id="search-k" value="10" min="1" max="100" style="width:5rem"></label>
+    <button id="search-btn" class="primary" type="button">Search</button>
   </div>
+  <div id="search-best" class="best" aria-live="polite"></div>
   <div id="search-status" class="muted" aria-live="polite"></div>
-  <div id="search-results"></div>
+  <div id="search-results" class="hits"></div>
+</section>
+
+<section>
+  <h2>Gallery</h2>
+  <div class="row">
+    <label class="drop" tabindex="0" data-input="gallery-file"><input type="file" id="gallery-file" accept="image/*">
+      <img id="preview-g" alt="new item"><span class="hint">New item<br>drop, paste or click</span></label>
+    <label>label <input type="text" id="gallery-label" placeholder="identity name"></label>
+    <label>edit token <input type="password" id="token" placeholder="if the service has one"></label>
+    <button id="gallery-add" type="button">Add to gallery</button>
+  </div>
+  <div id="gallery-status" class="muted" aria-live="polite"></div>
+  <div id="gallery-list" class="items"></div>
+  <div class="pager"><button id="gallery-prev" type="button">‹ previous</button>
+    <span id="gallery-page" class="muted"></span><button id="gallery-next" type="button">next ›</button></div>
 </section>
 
 <script>
 const $ = (id) => document.getElementById(id);
-function preview(input, img) {
-  input.addEventListener("change", () => {
-    if (input.files.length) img.src = URL.createObjectURL(input.files[0]);
+const PAGE = 24;
+let galleryOffset = 0, gallerySize = 0, lastZone = null;
+
+function show(input) {
+  const zone = input.closest(".drop"), img = zone.querySelector("img");
+  if (input.files.length) { img.src = URL.createObjectURL(input.files[0]); zone.classList.add("filled"); }
+}
+function setFile(input, file) {
+  const dt = new DataTransfer();
+  dt.items.add(file);
+  input.files = dt.files;
+  show(input);
+}
+for (const zone of document.querySelectorAll(".drop")) {
+  const input = $(zone.dataset.input);
+  input.addEventListener("change", () => show(input));
+  zone.addEventListener("focus", () => { lastZone = zone; });
+  zone.addEventListener("mouseenter", () => { lastZone = zone; });
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault(); zone.classList.remove("over");
+    if (e.dataTransfer.files.length) setFile(input, e.dataTransfer.files[0]);
   });
 }
-preview($("file-a"), $("preview-a"));
-preview($("file-b"), $("preview-b"));
-preview($("search-file"), $("preview-q"));
+document.addEventListener("paste", (e) => {
+  const file = [...(e.clipboardData ? e.clipboardData.files : [])][0];
+  if (file && lastZone) setFile($(lastZone.dataset.input), file);
+});
 
-async function post(url, form) {
-  const response = await fetch(url, { method: "POST", body: form });
+function auth() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+async function call(method, url, form, headers) {
+  const response = await fetch(url, { method, body: form, headers: headers || {} });
   let body = null;
   try { body = await response.json(); } catch (e) { body = { detail: response.statusText }; }
   if (!response.ok) throw new Error(body.detail || ("HTTP " + response.status));
   return body;
 }
+function fail(el, e) { el.className = (el.className.split(" ")[0] || "") + " error"; el.textContent = "Error: " + e.message; }
 
-fetch("/health").then((r) => r.json()).then((h) => {
-  const thr = h.threshold === null ? "none" : h.threshold.toFixed(4);
-  const gal = h.gallery ? h.gallery.size + " items (" + h.gallery.index.kind + ")" : "none loaded";
-  $("model-info").textContent = "model " + h.model_hash.slice(0, 12) + " on " + h.backend + " · " + h.distance
-    + " distance · threshold " + thr + " · gallery: " + gal;
-}).catch(() => { $("model-info").textContent = "service unreachable"; });
+function health() {
+  return fetch("/health").then((r) => r.json()).then((h) => {
+    const thr = h.threshold === null ? "none" : h.threshold.toFixed(4);
+    const gal = h.gallery ? (h.gallery.error ? h.gallery.error
+      : h.gallery.size + " items (" + h.gallery.index.kind + ")") : "none loaded";
+    gallerySize = h.gallery && !h.gallery.error ? h.gallery.size : 0;
+    $("model-info").textContent = "model " + h.model_hash.slice(0, 12) + " on " + h.backend + " · " + h.distance
+      + " distance · threshold " + thr + " · gallery: " + gal;
+    return h;
+  }).catch(() => { $("model-info").textContent = "service unreachable"; });
+}
 
 $("verify-btn").addEventListener("click", async () => {
   const out = $("verify-result");
@@ -83,43 +152,104 @@ $("verify-btn").addEventListener("click", async () => {
   form.append("image_b", b);
   out.className = "verdict"; out.textContent = "…";
   try {
-    const r = await post("/verify", form);
+    const r = await call("POST", "/verify", form);
     const verdict = r.same === null ? "no threshold saved" : (r.same ? "same" : "different");
-    out.className = "verdict " + (r.same === null ? "" : (r.same ? "same" : "different"));
+    out.className = "verdict " + (r.same === null ? "" : verdict);
     out.dataset.verdict = verdict;
+    const cmp = r.threshold === null ? "" : (r.distance <= r.threshold ? " ≤ " : " > ");
     out.textContent = verdict.toUpperCase() + " · distance " + r.distance.toFixed(4)
-      + " · threshold " + (r.threshold === null ? "none" : r.threshold.toFixed(4));
-  } catch (e) { out.className = "verdict error"; out.textContent = "Error: " + e.message; }
+      + (r.threshold === null ? " · threshold none" : cmp + "threshold " + r.threshold.toFixed(4));
+  } catch (e) { fail(out, e); }
 });
 
+function card(cls, item, caption) {
+  const el = document.createElement("div");
+  el.className = cls;
+  el.dataset.id = item.id;
+  const img = document.createElement("img");
+  img.src = "/gallery/" + item.id + "/image"; img.alt = "gallery item " + item.id; img.loading = "lazy";
+  const text = document.createElement("div");
+  text.className = "caption";
+  text.textContent = caption;
+  el.append(img, text);
+  return el;
+}
+
 $("search-btn").addEventListener("click", async () => {
-  const status = $("search-status"), list = $("search-results");
+  const status = $("search-status"), list = $("search-results"), best = $("search-best");
   const q = $("search-file").files[0];
-  list.replaceChildren();
+  list.replaceChildren(); best.textContent = "";
   if (!q) { status.className = "error"; status.textContent = "Choose a query image first."; return; }
   const form = new FormData();
   form.append("image", q);
   form.append("k", $("search-k").value);
   status.className = "muted"; status.textContent = "searching…";
   try {
-    const r = await post("/search", form);
-    status.textContent = r.results.length + " nearest (" + r.metric + " distance)";
-    for (const hit of r.results) {
-      const card = document.createElement("div");
-      card.className = "hit";
-      card.dataset.id = hit.id;
-      const img = document.createElement("img");
-      img.src = hit.image_url; img.alt = "gallery item " + hit.id;
-      const caption = document.createElement("div");
-      caption.className = "caption";
-      caption.textContent = "#" + hit.rank + " · " + hit.distance.toFixed(4) + (hit.label ? " · " + hit.label : "")
-        + (hit.match ? " ✓ match" : "");
-      if (hit.match) caption.title = "within the verification threshold: the model takes it for the same identity";
-      card.append(img, caption);
-      list.append(card);
+    const r = await call("POST", "/search", form);
+    status.textContent = r.results.length + " nearest (" + r.metric + " distance; ✓ = within the threshold)";
+    if (r.results.length) {
+      const top = r.results[0];
+      best.className = "best " + (top.match ? "same" : "");
+      best.textContent = (top.match ? "best match: " : "nearest (not within the threshold): ")
+        + (top.label || "item " + top.id) + ", distance " + top.distance.toFixed(4);
     }
-  } catch (e) { status.className = "error"; status.textContent = "Error: " + e.message; }
+    for (const hit of r.results) {
+      const el = card("hit" + (hit.match ? " match" : ""), hit, "#" + hit.rank + " · " + hit.distance.toFixed(4)
+        + (hit.label ? " · " + hit.label : "") + (hit.match ? " ✓ match" : ""));
+      if (hit.match) el.title = "within the verification threshold: the model takes it for the same identity";
+      list.append(el);
+    }
+  } catch (e) { fail(status, e); }
 });
+
+async function loadGallery() {
+  const status = $("gallery-status"), list = $("gallery-list");
+  try {
+    const r = await call("GET", "/gallery?offset=" + galleryOffset + "&limit=" + PAGE);
+    gallerySize = r.size;
+    list.replaceChildren();
+    for (const item of r.items) {
+      const el = card("item", item, "#" + item.id + (item.label ? " · " + item.label : ""));
+      const rm = document.createElement("button");
+      rm.className = "remove"; rm.type = "button"; rm.textContent = "×"; rm.title = "remove item " + item.id;
+      rm.addEventListener("click", () => removeItem(item.id));
+      el.append(rm);
+      list.append(el);
+    }
+    const last = Math.min(galleryOffset + PAGE, r.size);
+    $("gallery-page").textContent = r.size ? (galleryOffset + 1) + "–" + last + " of " + r.size : "empty";
+    $("gallery-prev").disabled = galleryOffset === 0;
+    $("gallery-next").disabled = last >= r.size;
+  } catch (e) { fail(status, e); }
+}
+async function removeItem(id) {
+  const status = $("gallery-status");
+  try {
+    const r = await call("DELETE", "/gallery/" + id, null, auth());
+    status.className = "muted"; status.textContent = "removed item " + id + "; " + r.size + " items";
+    if (galleryOffset >= r.size && galleryOffset > 0) galleryOffset -= PAGE;
+    await loadGallery(); health();
+  } catch (e) { fail(status, e); }
+}
+$("gallery-add").addEventListener("click", async () => {
+  const status = $("gallery-status"), file = $("gallery-file").files[0];
+  if (!file) { status.className = "error"; status.textContent = "Choose an image to add first."; return; }
+  const form = new FormData();
+  form.append("image", file);
+  if ($("gallery-label").value.trim()) form.append("label", $("gallery-label").value.trim());
+  try {
+    const r = await call("POST", "/gallery", form, auth());
+    status.className = "muted";
+    status.textContent = "added item " + r.id + (r.label ? " (" + r.label + ")" : "") + "; " + r.size + " items";
+    galleryOffset = Math.max(0, Math.floor((r.size - 1) / PAGE) * PAGE);  // the page holding the new item
+    await loadGallery(); health();
+  } catch (e) { fail(status, e); }
+});
+$("gallery-prev").addEventListener("click", () => { galleryOffset = Math.max(0, galleryOffset - PAGE); loadGallery(); });
+$("gallery-next").addEventListener("click", () => { galleryOffset += PAGE; loadGallery(); });
+
+health().then((h) => { if (h && h.gallery && !h.gallery.error) loadGallery();
+  else $("gallery-status").textContent = "no gallery loaded (start the service with --gallery DIR)"; });
 </script>
 </body>
 </html>

@@ -129,7 +129,10 @@ async function call(method, url, form, headers) {
   if (!response.ok) throw new Error(body.detail || ("HTTP " + response.status));
   return body;
 }
-function fail(el, e) { el.className = (el.className.split(" ")[0] || "") + " error"; el.textContent = "Error: " + e.message; }
+function fail(el, e) {
+  el.className = (el.className.split(" ")[0] || "") + " error";
+  el.textContent = "Error: " + e.message;
+}
 
 function health() {
   return fetch("/health").then((r) => r.json()).then((h) => {
@@ -245,7 +248,10 @@ $("gallery-add").addEventListener("click", async () => {
     await loadGallery(); health();
   } catch (e) { fail(status, e); }
 });
-$("gallery-prev").addEventListener("click", () => { galleryOffset = Math.max(0, galleryOffset - PAGE); loadGallery(); });
+$("gallery-prev").addEventListener("click", () => {
+  galleryOffset = Math.max(0, galleryOffset - PAGE);
+  loadGallery();
+});
 $("gallery-next").addEventListener("click", () => { galleryOffset += PAGE; loadGallery(); });
 
 health().then((h) => { if (h && h.gallery && !h.gallery.error) loadGallery();

@@ -106,6 +106,7 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     if cfg.data.image_size is None and h == w:
         cfg.data.image_size = h
     pre = Preprocess(cfg.data.mean, cfg.data.std, cfg.data.augment, seed=cfg.train.seed)
+    log.info("input %d×%d×%d (channels × height × width) from %s", c, h, w, bundle.name)
     return Prepared(cfg, bundle, splits, pre, (c, h, w))
 
 
@@ -248,8 +249,8 @@ def _train_and_evaluate(
 ) -> dict[str, Any]:  # fmt: skip
     s = prep.splits
     train_source, val_source = batch_sources(cfg, loss_fn, s)
-    log.info("training %s (%s, %d trainable parameters) on %s, device %s", cfg.model.backbone, cfg.loss.name,
-             count_parameters(model), prep.bundle.name, device)  # fmt: skip
+    log.info("training %s (%s, %s trainable parameters) on %s, device %s", cfg.model.backbone, cfg.loss.name,
+             f"{count_parameters(model):,}", prep.bundle.name, device)  # fmt: skip
 
     def on_best(m: SiameseNet, epoch: int, val: float) -> None:
         save_weights(m, out / WEIGHTS, _metadata(cfg, prep.input_shape, None))

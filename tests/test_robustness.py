@@ -131,3 +131,15 @@ def test_dataset_config_from_a_folder_logs_the_size(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         bundle = load_dataset(DataConfig(source=str(tmp_path)))
     assert tuple(bundle.images.images.shape[1:]) == (1, 24, 24) and "input size 24×24" in caplog.text
+
+
+def test_colour_is_kept_when_a_grey_image_sorts_first(tmp_path):
+    Image.new("L", (12, 12), 90).save(tmp_path / "a_grey.png")  # sorts first
+    for i in range(4):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / f"b{i}.png")
+    from siamkit.data.readers import auto_channels
+
+    paths = sorted(tmp_path.glob("*.png"))
+    assert auto_channels(paths) == 3
+    assert auto_channels(paths[:1]) == 1

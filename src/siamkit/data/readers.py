@@ -211,13 +211,33 @@ MIN_SIDE = 8  # images with a shorter side are refused (or skipped with data.ski
 AUTO_SIZE_CAP = 256  # an input size taken from the data has its long side at most this (data.image_size sets any)
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """(H, W) from the file's header without decoding the pixels; None when unreadable (reported when decoded)."""
+def _header(path: Path) -> tuple[int, int, int] | None:
+    """(H, W, natural channels) from the file's header without decoding the pixels; None when unreadable (the
+    decode that follows reports it)."""
     try:
         with Image.open(path) as img:
-            return img.height, img.width
-    except Exception:
+            return img.height, img.width, natural_channels(img)
+    except Exception:  # any unreadable file is reported by the decode that follows
         return None
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    found = _header(path)
+    return None if found is None else (found[0], found[1])
+
+
+def auto_channels(paths: Sequence[Path]) -> int | None:
+    """1 (grayscale) or 3 (colour) when ``data.channels`` is unset: 3 as soon as a tenth of the images are colour
+    (a colour photo made grey loses information, a grey one made RGB does not) — never whatever sorts first."""
+    found = [h[2] for h in map(_header, paths) if h is not None]
+    if not found:
+        return None
+    colour = sum(c == 3 for c in found)
+    channels = 3 if colour * 10 >= len(found) else 1
+    if 0 < colour < len(found):
+        log.info("%d of %d images are colour: decoding all as %s", colour, len(found),
+                 "RGB" if channels == 3 else "grayscale")  # fmt: skip
+    return channels
 
 
 def auto_size(paths: Sequence[Path]) -> tuple[int, int] | None:
@@ -246,6 +266,8 @@ def _decode_all(
     skipped: list[str] = []
     if size is None:
         size = auto_size(paths)
+    if channels is None:
+        channels = auto_channels(paths)
     for i, p in enumerate(paths):
         try:
             img = open_image(p)

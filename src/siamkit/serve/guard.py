@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from siamkit.serve.uploads import send_detail
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -82,11 +83,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         status, detail = refusal
-        body = json.dumps({"detail": detail}).encode()
-        extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await send_detail(send, status, detail, [(b"www-authenticate", b"Bearer")] if status == 401 else None)
 
     def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | None:
         g = self.guard

@@ -221,15 +221,14 @@ def _header(path: Path) -> tuple[int, int, int] | None:
         return None
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    found = _header(path)
-    return None if found is None else (found[0], found[1])
+Header = tuple[int, int, int] | None
 
 
-def auto_channels(paths: Sequence[Path]) -> int | None:
+def auto_channels(paths: Sequence[Path], headers: Sequence[Header] | None = None) -> int | None:
     """1 (grayscale) or 3 (colour) when ``data.channels`` is unset: 3 as soon as a tenth of the images are colour
-    (a colour photo made grey loses information, a grey one made RGB does not) — never whatever sorts first."""
-    found = [h[2] for h in map(_header, paths) if h is not None]
+    (a colour photo made grey loses information, a grey one made RGB does not) — never whatever sorts first.
+    ``headers``: the files' ``_header`` values when already read."""
+    found = [h[2] for h in (headers if headers is not None else map(_header, paths)) if h is not None]
     if not found:
         return None
     colour = sum(c == 3 for c in found)
@@ -240,11 +239,12 @@ def auto_channels(paths: Sequence[Path]) -> int | None:
     return channels
 
 
-def auto_size(paths: Sequence[Path]) -> tuple[int, int] | None:
+def auto_size(paths: Sequence[Path], headers: Sequence[Header] | None = None) -> tuple[int, int] | None:
     """The input size when ``data.image_size`` is unset: the most common (H, W) among the images of at least
     ``MIN_SIDE`` px (ties: the larger), its long side capped at ``AUTO_SIZE_CAP`` (aspect kept) — never whatever
     image sorts first. Logged in one line."""
-    sizes = Counter(hw for hw in map(_header_size, paths) if hw is not None and min(hw) >= MIN_SIDE)
+    found = headers if headers is not None else [_header(p) for p in paths]
+    sizes = Counter(hw for hw in ((h[0], h[1]) for h in found if h is not None) if min(hw) >= MIN_SIDE)
     if not sizes:
         return None
     (h, w), count = max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1]))
@@ -264,10 +264,11 @@ def _decode_all(
     arrays: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
+    headers = [_header(p) for p in paths] if size is None or channels is None else None  # one header scan
     if size is None:
-        size = auto_size(paths)
+        size = auto_size(paths, headers)
     if channels is None:
-        channels = auto_channels(paths)
+        channels = auto_channels(paths, headers)
     for i, p in enumerate(paths):
         try:
             img = open_image(p)

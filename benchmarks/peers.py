@@ -29,10 +29,11 @@ import torch
 from common import protocol_overrides, result_line
 
 from siamkit.config import RunConfig, load_config
+from siamkit.devices import resolve_device
 from siamkit.errors import SiamkitError
 from siamkit.models.siamese import build_model, count_parameters
 from siamkit.pipeline import evaluate_prepared, prepare_data, retrieval_monitor, train_run
-from siamkit.train.loop import build_optimizer, build_scheduler, resolve_device
+from siamkit.train.loop import build_optimizer, build_scheduler
 
 RUNS = ("pml", "siamkit-triplet", "siamkit-default")
 TRIPLET = ["loss.name=triplet", "loss.params={margin: 0.2}", "loss.miner=semi-hard", "loss.miner_params={margin: 0.2}"]

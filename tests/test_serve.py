@@ -249,3 +249,20 @@ def test_the_service_follows_edits_committed_by_another_process(client, small_ru
     # and the service's own edits go on from the reloaded state: the next id is 201, not 200 again
     r = client.post("/gallery", files={"image": q.read_bytes()})
     assert r.json()["id"] == 201
+
+
+def test_serving_imports_nothing_of_training(small_run):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from siamkit.serve.app import create_app\n"
+        "from siamkit.inference import open_embedder\n"
+        f"create_app(open_embedder({str(small_run)!r}))\n"
+        "heavy = ('matplotlib', 'sklearn', 'siamkit.pipeline', 'siamkit.train.loop', 'siamkit.evaluate.plots')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip() == "[]"

@@ -22,8 +22,8 @@ import torch
 from siamkit.data.images import load_image
 from siamkit.errors import CheckpointError
 from siamkit.losses.distances import as_dissimilarity, get_distance
+from siamkit.runs import WEIGHTS
 
-WEIGHTS = "model.safetensors"
 ONNX_FILE = "model.onnx"
 ONNX_META_KEY = "siamkit"
 
@@ -96,7 +96,7 @@ class TorchEmbedder(Embedder):
     backend = "torch"
 
     def __init__(self, run_dir: str | os.PathLike[str], device: str = "cpu"):
-        from siamkit.pipeline import load_run
+        from siamkit.runs import load_run
 
         run = load_run(Path(run_dir), device)
         self.run = run
@@ -173,7 +173,7 @@ def open_embedder(run_dir: str | os.PathLike[str], backend: str | ModelSource = 
     source = backend if isinstance(backend, ModelSource) else ModelSource(backend)
     embedder: Embedder
     if source.backend == "torch":
-        from siamkit.train.loop import resolve_device
+        from siamkit.devices import resolve_device
 
         embedder = TorchEmbedder(run_dir, str(resolve_device(source.device)))
     elif source.backend == "onnx":

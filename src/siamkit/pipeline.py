@@ -32,6 +32,7 @@ from siamkit.data.samplers import PKSampler
 from siamkit.data.splits import Splits, make_splits
 from siamkit.data.transforms import Preprocess, channel_stats
 from siamkit.data.tuples import TupleSampler, fixed_tuples
+from siamkit.devices import resolve_device
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import (
@@ -44,7 +45,7 @@ from siamkit.evaluate.evaluator import (
     threshold_metrics,
 )
 from siamkit.evaluate.metrics import retrieval_metrics, verification_accuracy
-from siamkit.inference import WEIGHTS, ModelSource, open_embedder
+from siamkit.inference import ModelSource, open_embedder
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
 from siamkit.losses.distances import as_dissimilarity, get_distance
@@ -52,9 +53,10 @@ from siamkit.losses.selfsup import SelfSupervised
 from siamkit.models.pretrained import backbone_preset
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
 from siamkit.recipes import apply_recipe, loss_trait
+from siamkit.runs import WEIGHTS, LoadedRun, load_run
 from siamkit.train.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
-from siamkit.train.checkpoint import read_weights, save_weights
-from siamkit.train.loop import FitResult, fit, resolve_device
+from siamkit.train.checkpoint import save_weights
+from siamkit.train.loop import FitResult, fit
 
 log = logging.getLogger(__name__)
 MAX_TRAIN_EVAL = 10000  # training-set verification metrics use at most this many images
@@ -438,42 +440,6 @@ def _write_history(result: FitResult, out: Path) -> None:
 
 def _write_metrics(metrics: dict[str, Any], out: Path, name: str = "metrics.json") -> None:
     atomic_write_text(out / name, json.dumps(metrics, indent=2, default=float) + "\n")
-
-
-@dataclass
-class LoadedRun:
-    cfg: RunConfig
-    model: SiameseNet
-    threshold: float | None
-    input_shape: tuple[int, int, int]
-    preprocess: Preprocess
-
-
-def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild a trained model from ``run_dir/model.safetensors`` (config and threshold are its metadata; a
-    calibrated threshold, ``threshold.json``, wins over the training one)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {str(run_dir)!r} not found; give a folder written by siamkit train")
-    state, meta = read_weights(run_dir / WEIGHTS)
-    if meta.get("format") != "siamkit-siamese-v1" or "config" not in meta:
-        raise CheckpointError(f"{run_dir / WEIGHTS}: no siamkit metadata; it was not written by siamkit train")
-    cfg: RunConfig = from_dict(RunConfig, json.loads(meta["config"]))
-    shape = tuple(json.loads(meta["input_shape"]))
-    model = build_model(cfg.model, int(shape[0]))
-    model.load_state_dict(state)
-    model.to(device).eval()
-    assert cfg.data.mean is not None and cfg.data.std is not None
-    from siamkit.calibration import read_threshold
-
-    thr = read_threshold(run_dir, float(meta["threshold"]) if "threshold" in meta else None)
-    return LoadedRun(
-        cfg,
-        model,
-        thr,
-        (int(shape[0]), int(shape[1]), int(shape[2])),
-        Preprocess(cfg.data.mean, cfg.data.std),
-    )
 
 
 def evaluate_run(

@@ -30,13 +30,13 @@ from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import read_fashion_mnist
 from siamkit.data.splits import split_indices
 from siamkit.data.transforms import CIFAR10_MEAN, CIFAR10_STD, Preprocess, augment_preset, channel_stats
+from siamkit.devices import resolve_device
 from siamkit.errors import ConfigError, DataError
 from siamkit.evaluate import plots
 from siamkit.models.blocks import BaseCNN, parse_blocks
 from siamkit.models.siamese import count_parameters
 from siamkit.report import write_report
 from siamkit.train.checkpoint import save_weights
-from siamkit.train.loop import resolve_device
 
 log = logging.getLogger(__name__)
 

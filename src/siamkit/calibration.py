@@ -51,13 +51,18 @@ def calibrate_run(
     from siamkit.inference import open_embedder
 
     parse_threshold_rule(rule)
+    from siamkit.runs import WEIGHTS
+    from siamkit.train.checkpoint import read_weights
+
     run_dir = Path(run_dir)
     embedder = open_embedder(run_dir, backend)
+    meta = read_weights(run_dir / WEIGHTS)[1]  # the training threshold and config, read once
+    run_eval = json.loads(meta["config"]).get("eval", {})
     c, h, w = embedder.input_shape
     if detect_layout(data) == "pairs-csv":
         images, table = read_tuples_csv(data, "pairs", c, (h, w), skip_bad)
     else:
-        images, table = _drawn_pairs(data, (c, h, w), skip_bad, n_pairs or _run_n_pairs(run_dir), seed)
+        images, table = _drawn_pairs(data, (c, h, w), skip_bad, n_pairs or int(run_eval.get("n_pairs", 5000)), seed)
     emb = embedder.embed(images.images)
     assert table.labels is not None
     distances = embedder.pair_distances(emb[table.index[:, 0]], emb[table.index[:, 1]]).astype(np.float64)
@@ -71,34 +76,24 @@ def calibrate_run(
         **{k: v for k, v in threshold_metrics(scores, threshold).items() if k != "threshold"},
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
-    previous = _previous(run_dir, embedder)
+    previous = _previous(run_dir, meta, run_eval.get("threshold", "accuracy"))
     record = {**entry, "history": previous}
     atomic_write_text(run_dir / CALIBRATION, json.dumps(record, indent=2) + "\n")
     return {"run_dir": str(run_dir), "file": str(run_dir / CALIBRATION), **entry,
             "previous_threshold": previous[-1]["threshold"] if previous else None}  # fmt: skip
 
 
-def _previous(run_dir: Path, embedder: Any) -> list[dict[str, Any]]:
-    """The history to keep: the current calibration's own history and entry, or the training threshold."""
+def _previous(run_dir: Path, meta: dict[str, str], rule: str) -> list[dict[str, Any]]:
+    """The history to keep: the current calibration's own history and entry, or the training threshold (from the
+    weights' metadata ``meta``, chosen by ``rule``)."""
     path = run_dir / CALIBRATION
     if path.is_file():
         old = json.loads(path.read_text())
         history = list(old.pop("history", []))
         return [*history, old]
-    from siamkit.train.checkpoint import read_weights
-
-    meta = read_weights(run_dir / "model.safetensors")[1]
     if "threshold" not in meta:
         return []
-    rule = json.loads(meta["config"]).get("eval", {}).get("threshold", "accuracy")
     return [{"threshold": float(meta["threshold"]), "rule": rule, "data": "the run's validation pairs (training)"}]
-
-
-def _run_n_pairs(run_dir: Path) -> int:
-    from siamkit.train.checkpoint import read_weights
-
-    meta = read_weights(run_dir / "model.safetensors")[1]
-    return int(json.loads(meta["config"]).get("eval", {}).get("n_pairs", 5000))
 
 
 def _drawn_pairs(

@@ -7,11 +7,14 @@ registry checks against the component's own signature.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import tempfile
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -431,6 +434,33 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+
+
+def next_free(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, … : the first of these names nothing has yet."""
+    path, i = base, 2
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+@contextlib.contextmanager
+def made_folder(path: Path, keep: Callable[[], bool] | None = None) -> Iterator[Path]:
+    """``path`` made (parents too) for the work inside. If that work fails, the folders this call made are removed
+    again — nothing half-made is left behind — unless ``keep()`` says what was written is worth keeping (a run
+    that can be resumed)."""
+    top = None
+    if not path.exists():
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if top is not None and not (keep is not None and keep()):
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -8,7 +8,7 @@ import copy
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from siamkit.config import (
     atomic_write_text,
     dump_config,
     from_dict,
+    made_folder,
+    next_free,
     to_dict,
 )
 from siamkit.data.imageset import ImageSet
@@ -150,10 +152,7 @@ def unique_run_dir(runs_dir: str, name: str) -> Path:
     base = Path(runs_dir) / name
     if not (base / WEIGHTS).exists() and not (base / "last.pt").exists():
         return base
-    i = 2
-    while (Path(runs_dir) / f"{name}-{i}").exists():
-        i += 1
-    return Path(runs_dir) / f"{name}-{i}"
+    return next_free(base)
 
 
 def _metadata(cfg: RunConfig, input_shape: tuple[int, int, int], threshold: float | None) -> dict[str, str]:
@@ -202,16 +201,16 @@ def train_run(
         if (out / WEIGHTS).is_file() and not force:
             raise CheckpointError(f"{out} is a finished run with no last.pt to resume from, and retraining would "
                                   "overwrite its model: pass --force to retrain it, or use another --name")  # fmt: skip
-    created = _first_missing(out)  # the folder this call creates (the run's, or a parent such as runs/)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
-    try:
-        metrics = _train_and_evaluate(cfg, prep, model, loss_fn, untrained, device, out, info, resume, on_epoch)
-    except BaseException as exc:
+    resumable = (out / "last.pt").is_file
+    with made_folder(out, keep=resumable) if info.is_main else contextlib.nullcontext(out):
         if info.is_main:
-            _leave_failed(out, created, exc)
-        raise
+            dump_config(cfg, out / "config.yaml")
+        try:
+            metrics = _train_and_evaluate(cfg, prep, model, loss_fn, untrained, device, out, info, resume, on_epoch)
+        except BaseException as exc:
+            if info.is_main and resumable():
+                _mark_failed(out, exc)
+            raise
     (out / FAILED).unlink(missing_ok=True)
     distributed.barrier()  # the run directory is complete before any rank returns
     return {"run_dir": str(out), **metrics}
@@ -220,25 +219,8 @@ def train_run(
 FAILED = "FAILED"
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
-    if path.exists():
-        return None
-    top = path
-    while not top.parent.exists():
-        top = top.parent
-    return top
-
-
-def _leave_failed(out: Path, created: Path | None, exc: BaseException) -> None:
-    """After a failure: remove the folders this call created if no epoch finished (nothing to resume), else mark
-    the run ``FAILED`` with the reason (it stays resumable)."""
-    import shutil
-
-    if not (out / "last.pt").is_file():
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        return
+def _mark_failed(out: Path, exc: BaseException) -> None:
+    """A run that failed after an epoch finished stays (resumable), marked ``FAILED`` with the reason."""
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     atomic_write_text(out / FAILED, f"training stopped: {reason}\nresume with: siamkit train --name {out.name} "
                       f"--runs-dir {out.parent} --resume\n")  # fmt: skip
@@ -372,20 +354,8 @@ def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet
     size) and of the untrained network, on the pairs and retrieval protocol the trained model is scored on. Each
     baseline's threshold is calibrated on its own validation pairs."""
     cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
-    embedders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     n = max(len(s.val.images), len(s.test.images))
-    if n * int(np.prod(prep.input_shape)) <= MAX_PIXEL_VALUES:
-        embedders["pixels"] = pixel_embeddings
-    else:
-        shape = "×".join(map(str, prep.input_shape))
-        log.info("raw-pixel baseline skipped: %d images of %s values are too large", n, shape)
-    if untrained is not None:
-        net = untrained
-
-        def embed_untrained(images: torch.Tensor) -> torch.Tensor:
-            return embed_images(net, images, prep.preprocess, cfg.eval.batch_size, device)
-
-        embedders["untrained"] = embed_untrained
+    embedders = baseline_embedders(n, prep.input_shape, untrained, prep.preprocess, cfg.eval.batch_size, device)
     out: dict[str, Any] = {}
     for name, embed in embedders.items():
         val = evaluate_embeddings(embed(s.val.images.images), s.val.images, s.val.tuples, cfg.eval, None, seed + 11)
@@ -396,6 +366,27 @@ def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet
     if untrained is not None:
         untrained.cpu()
     return out
+
+
+def baseline_embedders(
+    n: int, shape: tuple[int, ...], untrained: SiameseNet | None, preprocess: Preprocess, batch_size: int,
+    device: torch.device,
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:  # fmt: skip
+    """The baselines' embedding functions for ``n`` images of ``shape``: raw pixels (unless too large to hold) and
+    ``untrained`` (when given)."""
+    embedders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if n * int(np.prod(shape)) <= MAX_PIXEL_VALUES:
+        embedders["pixels"] = pixel_embeddings
+    else:
+        log.info("raw-pixel baseline skipped: %d images of %s values are too large", n, "×".join(map(str, shape)))
+    if untrained is not None:
+        net = untrained
+
+        def embed_untrained(images: torch.Tensor) -> torch.Tensor:
+            return embed_images(net, images, preprocess, batch_size, device)
+
+        embedders["untrained"] = embed_untrained
+    return embedders
 
 
 SCORES = "scores.npz"
@@ -472,29 +463,13 @@ def evaluate_run(
     prep.preprocess = run.preprocess  # the training statistics, not the new data's
     device = resolve_device(cfg.train.device)
     out = Path(run_dir) / "eval"
-    with output_folder(out):
+    with made_folder(out):
         torch.manual_seed(cfg.train.seed)
         untrained = build_model(cfg.model, run.input_shape[0]).eval()  # a fresh initialisation with the run's seed
         metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out, untrained=untrained)
         metrics["dataset"] = prep.bundle.name
         _write_metrics(metrics, out)
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
-
-
-@contextlib.contextmanager
-def output_folder(path: Path) -> Iterator[Path]:
-    """``path`` made if missing; removed again if the work inside fails and this call made it (nothing half-made
-    is left behind)."""
-    made = _first_missing(path)
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        yield path
-    except BaseException:
-        if made is not None:
-            import shutil
-
-            shutil.rmtree(made, ignore_errors=True)
-        raise
 
 
 def absolute_source(source: str) -> str:
@@ -523,15 +498,15 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
     test.metrics["verification_accuracy_best"] = test.pairs.accuracy_at()[1]
     torch.manual_seed(seed)
     untrained = build_model(cfg.model, run.input_shape[0]).eval()
+    embedders = baseline_embedders(len(images), run.input_shape, untrained, run.preprocess, cfg.eval.batch_size,
+                                   device)  # fmt: skip
     baselines: dict[str, Any] = {}
-    for name, embed in (("pixels", pixel_embeddings),
-                        ("untrained", lambda x: embed_images(untrained, x, run.preprocess, cfg.eval.batch_size,
-                                                             device))):  # fmt: skip
+    for name, embed in embedders.items():
         b = evaluate_embeddings(embed(images.images), images, tuples, cfg.eval, None, seed + 13)
         baselines[name] = {"test": b.metrics}
     metrics = {"threshold": run.threshold, "as_test": True, "data": cfg.data.source, "dataset": bundle.name,
                "test": test.metrics, "split_sizes": {"test": len(images)}, "baselines": baselines}  # fmt: skip
-    with output_folder(_fresh_dir(run_dir / f"eval-{_slug(bundle.name)}")) as out:
+    with made_folder(next_free(run_dir / f"eval-{_slug(bundle.name)}")) as out:
         _plots(out, {"test": test}, run.threshold if run.threshold is not None else test.pairs.accuracy_at()[0],
                images, cfg)  # fmt: skip
         _write_metrics(metrics, out)
@@ -542,14 +517,6 @@ def _slug(name: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name or name).strip("._") or "data"
-
-
-def _fresh_dir(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``, … : a name no earlier evaluation's folder has."""
-    path, i = base, 2
-    while path.exists():
-        path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    return path
 
 
 def verify_images(

@@ -357,14 +357,12 @@ class Gallery:
 
 
 @contextlib.contextmanager
-def locked(directory: str | os.PathLike[str], create: bool = False) -> Iterator[None]:
+def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
     """An exclusive advisory lock on the gallery folder for a read-modify-commit cycle across processes. The
-    folder must exist unless ``create`` (a new gallery): a mistyped path is an error, never a new empty folder."""
+    folder must exist (a new gallery's is made by its build): a mistyped path is an error, never a new folder."""
     directory = Path(directory)
     if not directory.is_dir():
-        if not create:
-            raise DataError(f"{directory}: no gallery there; check the path, or make one with: siamkit index build")
-        directory.mkdir(parents=True)
+        raise DataError(f"{directory}: no gallery there; check the path, or make one with: siamkit index build")
     with open(directory / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

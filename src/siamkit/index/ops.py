@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from siamkit.config import made_folder
 from siamkit.data.images import SKIP_HINT
 from siamkit.data.readers import class_folders, csv_text, list_files
 from siamkit.errors import DataError
@@ -109,17 +110,9 @@ def build(
     vectors, kept, skipped = embed_paths(embedder, items, batch_size, progress, skip_bad)
     if not kept:
         raise DataError(f"none of the {len(items)} images could be read; {SKIP_HINT}")
-    created = not Path(out).exists()
-    try:
-        with locked(out, create=True):
-            gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
-            gallery.save()
-    except BaseException:
-        if created:  # a failed build leaves no folder behind
-            import shutil
-
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with made_folder(Path(out)), locked(out):  # a failed build leaves no folder behind
+        gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
+        gallery.save()
     return {**gallery.describe(), "added": len(kept), "skipped": skipped}
 
 

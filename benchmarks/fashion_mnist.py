@@ -19,7 +19,7 @@ from common import add_run_arguments, metric_keys, parse_run_arguments, protocol
 
 from siamkit.config import load_config
 from siamkit.errors import SiamkitError
-from siamkit.pipeline import train_run
+from siamkit.training.pipeline import train_run
 
 RECIPES = {
     "default": [],  # siamkit's defaults: the measured default recipe

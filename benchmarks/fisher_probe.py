@@ -19,8 +19,8 @@ import torch
 from siamkit.config import load_config
 from siamkit.evaluate.metrics import retrieval_metrics
 from siamkit.models.siamese import SiameseNet, build_model
-from siamkit.pipeline import batch_sources, make_loss, prepare_data
-from siamkit.train.loop import fit
+from siamkit.training.loop import FitData, FitHooks, fit
+from siamkit.training.pipeline import batch_sources, make_loss, prepare_data
 
 
 def probe(model: SiameseNet, images: torch.Tensor, labels, preprocess) -> dict[str, float]:
@@ -64,8 +64,8 @@ def main() -> None:
                      **probe(model, images, labels, prep.preprocess)})  # fmt: skip
 
     t0 = time.perf_counter()
-    fit(model, loss, cfg.train, prep.preprocess, s.train.images.images, train_source, s.val.images.images,
-        val_source, torch.device("cpu"), on_epoch=on_epoch)  # fmt: skip
+    data = FitData(prep.preprocess, s.train.images.images, train_source, s.val.images.images, val_source)
+    fit(model, loss, cfg.train, data, torch.device("cpu"), FitHooks(on_epoch=on_epoch))
     print(json.dumps({"benchmark": "fisher_probe", "dataset": prep.bundle.name, "overrides": args.overrides,
                       "seconds": round(time.perf_counter() - t0, 1), "epochs": rows}))  # fmt: skip
 

@@ -32,7 +32,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="siamkit-index-bench-"))
     if args.run is None:
         from siamkit.config import load_config
-        from siamkit.pipeline import train_run
+        from siamkit.training.pipeline import train_run
 
         cfg = load_config(None, ["data.source=fashion-mnist", "train.epochs=1", f"runs_dir={tmp}", "name=fm",
                                  "train.progress=false", "eval.tsne_points=0"])  # fmt: skip

@@ -25,7 +25,7 @@ from common import add_run_arguments, metric_keys, parse_run_arguments, result_l
 
 from siamkit.config import load_config
 from siamkit.errors import SiamkitError
-from siamkit.pipeline import train_run
+from siamkit.training.pipeline import train_run
 
 STANDARD = [("0,2,4,6,8", "1,3,5,7,9"), ("1,3,5,7,9", "0,2,4,6,8"), ("5,6,7,8,9", "0,1,2,3,4")]
 SUMMARY_KEYS = ("precision_at_1", "map_at_r", "auc", "verification_accuracy", "verification_accuracy_best")

@@ -32,8 +32,8 @@ from siamkit.config import RunConfig, load_config
 from siamkit.devices import resolve_device
 from siamkit.errors import SiamkitError
 from siamkit.models.siamese import build_model, count_parameters
-from siamkit.pipeline import evaluate_prepared, prepare_data, retrieval_monitor, train_run
-from siamkit.train.loop import build_optimizer, build_scheduler
+from siamkit.training.loop import build_optimizer, build_scheduler
+from siamkit.training.pipeline import evaluate_prepared, prepare_data, retrieval_monitor, train_run
 
 RUNS = ("pml", "siamkit-triplet", "siamkit-default")
 TRIPLET = ["loss.name=triplet", "loss.params={margin: 0.2}", "loss.miner=semi-hard", "loss.miner_params={margin: 0.2}"]

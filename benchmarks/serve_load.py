@@ -42,7 +42,7 @@ def _images(run: Path) -> tuple[bytes, bytes]:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from siamkit.inference import TorchEmbedder
+    from siamkit.runs.embedders import TorchEmbedder
 
     c, h, w = TorchEmbedder(run).input_shape
     d = load_digits()

@@ -33,7 +33,7 @@ def server(small_run, digits_images, tmp_path_factory):
 
     from siamkit.index import Gallery
     from siamkit.index.ops import build
-    from siamkit.inference import TorchEmbedder
+    from siamkit.runs.embedders import TorchEmbedder
     from siamkit.serve.app import create_app
 
     gdir = tmp_path_factory.mktemp("browser") / "g"
@@ -98,7 +98,7 @@ fetch(url).then((r) => r.blob()).then((blob) => {
 def test_verify_and_search_in_the_page(server, browser, small_run, digits_images, tmp_path):
     from selenium.webdriver.common.by import By
 
-    from siamkit.pipeline import verify_images
+    from siamkit.runs import load
 
     browser.set_window_size(1200, 1800)
     browser.get(server + "/")
@@ -111,7 +111,7 @@ def test_verify_and_search_in_the_page(server, browser, small_run, digits_images
         browser.find_element(By.ID, "file-a").send_keys(str(first))
         browser.find_element(By.ID, "file-b").send_keys(str(second))
         browser.find_element(By.ID, "verify-btn").click()
-        want = verify_images(small_run, str(first), str(second))
+        want = load(small_run).verify(str(first), str(second)).to_dict()
         verdict = "SAME" if want["same"] else "DIFFERENT"
 
         def shown(verdict=verdict):

@@ -14,7 +14,7 @@ import pytest
 
 from siamkit.cli import main
 from siamkit.evaluate import metrics as M
-from siamkit.inference import file_sha256
+from siamkit.files import file_sha256
 
 
 def _run(capsys, *argv):

@@ -163,7 +163,7 @@ def tiny_cifar(tmp_path_factory):
 
 def test_classify_train_writes_every_figure(tmp_path, tiny_cifar, capsys):
     code = main(["classify", "train", "--blocks", "ABCDEDdwAB", "--data", str(tiny_cifar), "--epochs", "2",
-                 "--val-per-class", "2", "--batch-size", "20", "--runs-dir", str(tmp_path), "--name", "c", "-q"])  # fmt: skip
+                 "--set", "val_per_class=2", "--set", "batch_size=20", "--runs-dir", str(tmp_path), "--name", "c", "-q"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "most confused" in out and "trainable parameters" in out
     run = tmp_path / "c"
@@ -182,8 +182,8 @@ def test_classify_train_writes_every_figure(tmp_path, tiny_cifar, capsys):
 
 def test_classify_compare_under_a_budget(tmp_path, tiny_cifar, capsys):
     code = main(["classify", "compare", "--blocks", "A", "Ddw", "--data", str(tiny_cifar), "--epochs", "3",
-                 "--budget-seconds", "0.01", "--val-per-class", "2", "--runs-dir", str(tmp_path), "--name", "cmp",
-                 "--augment", "none", "-q", "--format", "json"])  # fmt: skip
+                 "--set", "budget_seconds=0.01", "--set", "val_per_class=2", "--runs-dir", str(tmp_path), "--name",
+                 "cmp", "--set", "augment=none", "-q", "--format", "json"])  # fmt: skip
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = {r["block"]: r for r in result["rows"]}

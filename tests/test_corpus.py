@@ -644,7 +644,7 @@ def _b64(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def http(world, tmp_path_factory):
     from siamkit.index import Gallery
-    from siamkit.inference import TorchEmbedder
+    from siamkit.runs.embedders import TorchEmbedder
     from siamkit.serve.app import create_app
     from siamkit.serve.guard import Guard, default_hosts
     from siamkit.serve.uploads import UploadLimits

@@ -19,12 +19,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from siamkit.config import EvalConfig
+from siamkit.data.batch import LabelBatch, PairBatch, TripletBatch
 from siamkit.data.imageset import ImageSet
 from siamkit.data.transforms import Preprocess
 from siamkit.distributed import DistInfo, Gatherer, gather_embeddings, shard, wrap_model
 from siamkit.evaluate.evaluator import evaluate_split
 from siamkit.losses import create_loss
-from siamkit.losses.base import LabelBatch, PairBatch, TripletBatch
 from siamkit.models import SiameseNet, create_backbone
 
 WORLD = 2
@@ -84,7 +84,7 @@ def _step(case, rank: int | None, info: DistInfo | None) -> tuple[float, dict[st
 def _rank_draws(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """An augmented batch and a dropout mask, drawn after the seeding ``train_run`` does on each rank."""
     from siamkit.config import AugmentConfig
-    from siamkit.pipeline import seed_rank
+    from siamkit.training.pipeline import seed_rank
 
     pre = Preprocess([0.5], [0.25], AugmentConfig(enabled=True, hflip=0.5, brightness=0.3), seed=0)
     seed_rank(0, rank, pre)

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from siamkit.cli import main
-from siamkit.pipeline import load_run
-from siamkit.train.checkpoint import load_state, read_weights
+from siamkit.runs.artifact import read_weights
+from siamkit.training.checkpoint import load_state
+from siamkit.training.pipeline import load_run
 
 FILES = [
     "config.yaml",

@@ -13,15 +13,15 @@ from fastapi.testclient import TestClient
 
 from siamkit.cli import main
 from siamkit.errors import CheckpointError
-from siamkit.export import export_onnx
-from siamkit.inference import OnnxEmbedder, TorchEmbedder
+from siamkit.runs.embedders import OnnxEmbedder, TorchEmbedder
+from siamkit.runs.export import export_onnx
 
 
 @pytest.fixture(scope="module")
 def exported(small_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("onnx") / "run"
     shutil.copytree(small_run, run)
-    code = main(["export", str(run), "--format", "onnx", "-q"])
+    code = main(["export", str(run), "--to", "onnx", "-q"])
     assert code == 0
     return run
 
@@ -54,7 +54,7 @@ def test_export_reports_its_parity(small_run, tmp_path, capsys):
 
 
 def test_export_refuses_a_parity_failure_and_writes_nothing(small_run, tmp_path, monkeypatch):
-    import siamkit.export as ex
+    import siamkit.runs.export as ex
 
     monkeypatch.setattr(ex, "parity", lambda *a, **k: 0.5)
     with pytest.raises(CheckpointError, match="differs from PyTorch by 0.5"):
@@ -107,8 +107,8 @@ def test_every_backbone_family_exports_with_parity(backbone, shape, extra, tmp_p
     with the input (a constant graph would match trivially)."""
     from siamkit.config import load_config
     from siamkit.models.siamese import build_model
-    from siamkit.pipeline import _metadata
-    from siamkit.train.checkpoint import save_weights
+    from siamkit.training.checkpoint import save_weights
+    from siamkit.training.pipeline import _metadata
 
     c = shape[0]
     cfg = load_config(None, [f"model.backbone={backbone}", f"data.mean={[0.5] * c}", f"data.std={[0.25] * c}", *extra])

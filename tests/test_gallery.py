@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from siamkit.cli import main
+from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.index import Gallery
 from siamkit.index import gallery as gallery_mod
-from siamkit.losses.distances import as_dissimilarity, get_distance
 
 
 def _model(distance="euclidean", dim=4, model_hash="a" * 64):
@@ -142,7 +142,7 @@ def _json(capsys, *argv):
 
 
 def test_build_search_add_remove_reload_round_trip(small_run, digits_images, tmp_path, capsys):
-    from siamkit.inference import TorchEmbedder
+    from siamkit.runs.embedders import TorchEmbedder
 
     gdir = tmp_path / "gallery"
     r = _json(capsys, "index", "build", str(small_run), str(digits_images), "--out", str(gdir))
@@ -199,7 +199,8 @@ def test_build_search_add_remove_reload_round_trip(small_run, digits_images, tmp
 
 
 def test_search_with_another_model_is_refused(small_run, digits_images, tmp_path, capsys):
-    from siamkit.train.checkpoint import read_weights, save_weights
+    from siamkit.runs.artifact import read_weights
+    from siamkit.training.checkpoint import save_weights
 
     gdir = tmp_path / "g"
     assert main(["index", "build", str(small_run), str(digits_images / "3"), "--out", str(gdir), "-q"]) == 0

@@ -16,7 +16,7 @@ import numpy as np
 
 from siamkit.index import Gallery
 from siamkit.index.ops import build
-from siamkit.train.checkpoint import load_state
+from siamkit.training.checkpoint import load_state
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from siamkit.losses import get_distance
+from siamkit.distances import get_distance
 from siamkit.losses.functional import bce_distance_loss, contrastive_loss, triplet_margin_loss
 
 

@@ -49,7 +49,8 @@ def test_user_loss_and_miner_by_dotted_path(tmp_path, capsys, monkeypatch):
     (tmp_path / "my_metric.py").write_text(
         textwrap.dedent('''
         import torch
-        from siamkit.losses import LabelBatch, SiameseLoss
+        from siamkit.losses import SiameseLoss
+        from siamkit.data.batch import LabelBatch
         from siamkit.losses.miners import Miner, PairIndices
 
         class ScaledCosine(SiameseLoss):

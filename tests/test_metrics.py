@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from siamkit.distances import verification_accuracy
 from siamkit.evaluate import metrics as M
 
 
@@ -47,8 +48,8 @@ def test_best_threshold_matches_brute_force():
     d = np.round(rng.uniform(0, 2, 60), 2)  # with ties
     y = (d + rng.normal(0, 0.4, 60) < 1.0).astype(int)
     thr = M.best_threshold(d, y)
-    best = max(M.verification_accuracy(d, y, t) for t in np.concatenate([[-1.0], np.unique(d)]))
-    assert M.verification_accuracy(d, y, thr) == pytest.approx(best)
+    best = max(verification_accuracy(d, y, t) for t in np.concatenate([[-1.0], np.unique(d)]))
+    assert verification_accuracy(d, y, thr) == pytest.approx(best)
 
 
 def test_similarity_accuracy():

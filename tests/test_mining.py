@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from siamkit.data.batch import LabelBatch, PairBatch, TripletBatch
+from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import ConfigError
-from siamkit.losses import LOSSES, MINERS, LabelBatch, PairBatch, TripletBatch, create_loss, create_miner
-from siamkit.losses.distances import as_dissimilarity, get_distance
+from siamkit.losses import LOSSES, MINERS, create_loss, create_miner
 from siamkit.losses.fisher import projection
 from siamkit.losses.functional import fdc_loss, fdt_loss, fisher_trace
 from siamkit.losses.pairs import huber
-from siamkit.models.backbones import SeedCNN
+from siamkit.models.cnns import SeedCNN
 from siamkit.models.siamese import SiameseNet
 
 SEEDS = [0, 1, 2]
@@ -311,7 +312,7 @@ def test_mined_fdc_weights_distant_pairs_to_the_neighbour_count(seed):
 
 def test_fisher_losses_are_evaluated_unnormalised(tmp_path):
     from siamkit.config import load_config
-    from siamkit.pipeline import prepare_data
+    from siamkit.training.pipeline import prepare_data
 
     for loss, want in (("fdt", False), ("fdc", False), ("triplet", True)):
         cfg = load_config(None, [f"loss.name={loss}", "data.limit=200"])

@@ -193,7 +193,7 @@ def test_pixel_baseline_equals_hand_computation():
 @pytest.fixture(scope="module")
 def open_run(tmp_path_factory):
     """A short training run on digits with an identity split; its metrics and the prepared data."""
-    from siamkit.pipeline import prepare_data, train_run
+    from siamkit.training.pipeline import prepare_data, train_run
 
     runs = tmp_path_factory.mktemp("open")
     overrides = ["data.split=identity", "data.test_classes=0,1,2", "data.val_classes=3,4,5", "train.epochs=3",
@@ -219,7 +219,7 @@ def test_pixel_and_untrained_baselines_match_a_recomputation(open_run):
     from siamkit.evaluate.evaluator import embed_images, evaluate_embeddings, pixel_embeddings
     from siamkit.evaluate.metrics import retrieval_metrics
     from siamkit.models.siamese import build_model
-    from siamkit.pipeline import make_loss
+    from siamkit.training.pipeline import make_loss
 
     r, prep, _ = open_run
     test = prep.splits.test.images
@@ -242,7 +242,7 @@ def test_checkpoint_and_threshold_come_from_validation_identities(open_run):
     identities instead gives other numbers, so this fails if they were used."""
     from siamkit.evaluate.evaluator import evaluate_split
     from siamkit.evaluate.metrics import best_threshold, retrieval_metrics
-    from siamkit.pipeline import load_run
+    from siamkit.training.pipeline import load_run
 
     r, prep, run_dir = open_run
     val_ids = set(r["identities"]["validation"])
@@ -304,7 +304,8 @@ def test_saved_config_reproduces_the_resolved_recipe(open_run, tmp_path):
 
 def test_no_head_embeds_the_pooled_features_and_fisher_losses_refuse_it():
     from siamkit.config import ModelConfig
-    from siamkit.losses import LabelBatch, create_loss
+    from siamkit.data.batch import LabelBatch
+    from siamkit.losses import create_loss
     from siamkit.models.siamese import build_model
 
     net = build_model(ModelConfig(embedding_dim=0), 1).eval()

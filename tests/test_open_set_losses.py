@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from siamkit.losses import LabelBatch, create_loss
+from siamkit.data.batch import LabelBatch
+from siamkit.losses import create_loss
 from siamkit.losses.multisim import multi_similarity_loss
 
 
@@ -163,7 +164,7 @@ def test_nt_xent_matches_loop(seed, temperature):
 def test_ssl_term_needs_augmentation_and_labelled_batches(tmp_path):
     from siamkit.config import load_config
     from siamkit.errors import ConfigError
-    from siamkit.pipeline import train_run
+    from siamkit.training.pipeline import train_run
 
     base = ["train.epochs=1", "train.progress=false", f"runs_dir={tmp_path}", "loss.ssl_weight=0.5"]
     with pytest.raises(ConfigError, match="data.augment.enabled"):
@@ -175,7 +176,7 @@ def test_ssl_term_needs_augmentation_and_labelled_batches(tmp_path):
 def test_ssl_term_is_attached_and_adds_to_the_loss():
     from siamkit.config import load_config
     from siamkit.losses.selfsup import SelfSupervised
-    from siamkit.pipeline import make_loss
+    from siamkit.training.pipeline import make_loss
 
     cfg = load_config(None, ["loss.ssl_weight=0.5", "data.augment.enabled=true"])
     loss = make_loss(cfg, 10)

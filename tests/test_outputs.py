@@ -35,9 +35,9 @@ class _Terminal(io.StringIO):
 
 def test_progress_bars_only_on_a_terminal(small_run, digits_images, monkeypatch):
     from siamkit.index.ops import collect_images, embed_paths
-    from siamkit.inference import TorchEmbedder
+    from siamkit.runs import load
 
-    embedder = TorchEmbedder(small_run)
+    embedder = load(small_run)
     items = collect_images([str(digits_images / "0")])
     piped = io.StringIO()
     monkeypatch.setattr("sys.stderr", piped)
@@ -77,7 +77,7 @@ def test_report_says_how_to_use_the_model(small_run):
     from siamkit.report import write_report
 
     html = write_report(small_run).read_text()
-    assert "Use the model" in html and f"siamkit verify {small_run.resolve()}" in html and "verify_images(" in html
+    assert "Use the model" in html and f"siamkit verify {small_run.resolve()}" in html and "siamkit.load(" in html
 
 
 def test_a_study_table_highlights_its_best_row():

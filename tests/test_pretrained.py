@@ -93,7 +93,7 @@ def test_presets_follow_the_weights(tmp_path):
     assert preset is not None and preset.input_size == 224 and preset.mean == IMAGENET_MEAN
     path = tmp_path / "r18.pth"
     torch.save(_full_model_state("resnet18", 1), path)
-    from siamkit.pipeline import prepare_data
+    from siamkit.training.pipeline import prepare_data
 
     cfg = load_config(None, ["model.backbone=resnet18", f"model.backbone_args={{weights: {path}}}", "data.limit=60"])
     prep = prepare_data(cfg)

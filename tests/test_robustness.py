@@ -104,7 +104,7 @@ def test_resume_takes_the_runs_own_config(tmp_path, capsys, digits_images):
 
 def test_a_run_that_fails_after_an_epoch_stays_resumable_and_marked(tmp_path):
     from siamkit.config import load_config
-    from siamkit.pipeline import train_run
+    from siamkit.training.pipeline import train_run
 
     def boom(row):
         if row["epoch"] == 2:

@@ -16,8 +16,8 @@ from PIL import Image
 
 from siamkit.index import Gallery
 from siamkit.index.ops import build
-from siamkit.inference import TorchEmbedder
-from siamkit.pipeline import verify_images
+from siamkit.runs import load
+from siamkit.runs.embedders import TorchEmbedder
 from siamkit.serve.app import create_app
 from siamkit.serve.uploads import UploadLimits
 
@@ -79,14 +79,14 @@ def test_verify_multipart_and_json_agree_with_the_library(client, small_run, dig
     r = client.post("/verify", files={"image_a": a.read_bytes(), "image_b": b.read_bytes()})
     assert r.status_code == 200, r.text
     same = r.json()
-    want = verify_images(small_run, str(a), str(b))
+    want = load(small_run).verify(str(a), str(b)).to_dict()
     assert same["distance"] == pytest.approx(want["distance"], abs=1e-6)
     assert same["threshold"] == pytest.approx(want["threshold"]) and same["same"] == want["same"]
     body = {"image_a": base64.b64encode(a.read_bytes()).decode(),
             "image_b": "data:image/png;base64," + base64.b64encode(c.read_bytes()).decode()}  # fmt: skip
     diff = client.post("/verify", json=body).json()
     assert diff["distance"] > same["distance"]
-    assert diff["distance"] == pytest.approx(verify_images(small_run, str(a), str(c))["distance"], abs=1e-6)
+    assert diff["distance"] == pytest.approx(load(small_run).verify(str(a), str(c)).to_dict()["distance"], abs=1e-6)
 
 
 def test_embed_one_and_many(client, small_run, digits_images):
@@ -257,10 +257,13 @@ def test_serving_imports_nothing_of_training(small_run):
 
     code = (
         "import sys\n"
+        "import siamkit\n"
         "from siamkit.serve.app import create_app\n"
-        "from siamkit.inference import open_embedder\n"
-        f"create_app(open_embedder({str(small_run)!r}))\n"
-        "heavy = ('matplotlib', 'sklearn', 'siamkit.pipeline', 'siamkit.train.loop', 'siamkit.evaluate.plots')\n"
+        f"m = siamkit.load({str(small_run)!r})\n"
+        "m.verify(*[__import__('numpy').zeros((8, 8), 'uint8')] * 2)\n"
+        "create_app(m)\n"
+        "heavy = ('matplotlib', 'sklearn', 'siamkit.training', 'siamkit.studies', 'siamkit.evaluate.plots',\n"
+        "         'siamkit.classify')\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from siamkit.cli import main
 from siamkit.index import Gallery
 from siamkit.index.ops import build
-from siamkit.inference import TorchEmbedder
+from siamkit.runs.embedders import TorchEmbedder
 from siamkit.serve.app import create_app
 from siamkit.serve.guard import Guard, default_hosts
 from siamkit.serve.uploads import UploadLimits

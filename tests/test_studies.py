@@ -16,8 +16,8 @@ import pytest
 from siamkit import studies
 from siamkit.cli import main
 from siamkit.errors import ConfigError
-from siamkit.pipeline import train_run
 from siamkit.report import CLASSIFY_SECTIONS, RUN_SECTIONS
+from siamkit.training.pipeline import train_run
 
 TINY = ["data.limit=240", "train.epochs=1", "eval.n_pairs=200", "eval.n_triplets=200", "sampling.val_tuples=100",
         "eval.tsne_points=60"]  # fmt: skip

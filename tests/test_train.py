@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from siamkit.config import load_config
-from siamkit.pipeline import train_run
+from siamkit.training.pipeline import train_run
 
 
 def _cfg(tmp_path, *extra):
@@ -49,7 +49,7 @@ def test_resume_continues_the_same_run(tmp_path):
     # third epoch must give exactly the weights of 3 uninterrupted epochs
     import torch
 
-    from siamkit.train.checkpoint import load_state
+    from siamkit.training.checkpoint import load_state
 
     extra = ["model.backbone=seed_cnn", "data.augment.enabled=true", "train.epochs=3", "train.patience=0",
              "train.monitor=val_loss"]  # fmt: skip

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from siamkit.cli import main
-from siamkit.pipeline import verify_images
+from siamkit.runs import load
 
 
 def test_pairs_csv_with_labels(small_run, digits_images, tmp_path, capsys):
@@ -26,7 +26,7 @@ def test_pairs_csv_with_labels(small_run, digits_images, tmp_path, capsys):
     assert len(rows) == summary["pairs"] == 4
     correct = 0
     for row, (a, b, lab) in zip(rows, pairs):
-        want = verify_images(small_run, str(digits_images / a), str(digits_images / b))
+        want = load(small_run).verify(str(digits_images / a), str(digits_images / b)).to_dict()
         assert float(row["distance"]) == pytest.approx(want["distance"], abs=1e-5)
         assert int(row["same"]) == int(want["same"]) and int(row["label"]) == lab
         assert int(row["correct"]) == int(want["same"] == bool(lab))

@@ -1,3 +1,68 @@
-"""siamkit: Siamese networks and deep metric learning on images."""
+"""siamkit: Siamese networks and deep metric learning on images.
 
-__version__ = "0.1.0"
+The Python API in two calls::
+
+    import siamkit
+    m = siamkit.train(data="digits", loss="contrastive", epochs=5)   # or siamkit.load("runs/default")
+    m.verify(image_a, image_b)   # paths, PIL images, numpy arrays or tensors → distance, threshold, same
+    m.embed(images)              # (D,) or (N, D) float32
+    m.search("gallery/", image, k=5)
+
+Importing ``siamkit`` imports nothing heavy; ``load`` and ``train`` import what they need on their first call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from siamkit.runs.model import Model
+
+from siamkit.version import __version__
+
+SHORTCUTS = {
+    "data": "data.source", "loss": "loss.name", "backbone": "model.backbone", "epochs": "train.epochs",
+    "name": "name", "runs_dir": "runs_dir", "recipe": "recipe",
+}  # fmt: skip
+"""Keyword shortcuts of :func:`train` (and the CLI's flags) → config keys."""
+
+
+def load(run_dir: Any, backend: str = "torch", device: str = "cpu", onnx: str | None = None,
+         threshold: float | None = None) -> Model:  # fmt: skip
+    """The trained run in ``run_dir`` as a :class:`siamkit.runs.Model` (see :func:`siamkit.runs.load`)."""
+    from siamkit.runs import load as load_run
+
+    return load_run(run_dir, backend, device, onnx, threshold)
+
+
+def train(config: Any = None, *, data: str | None = None, loss: str | None = None, **overrides: Any) -> Model:
+    """Train a model and return it, evaluated, as a :class:`siamkit.runs.Model` (its metrics in ``.result``).
+
+    ``config``: a YAML run config (optional). ``data``, ``loss``, ``backbone``, ``epochs``, ``name``,
+    ``runs_dir``, ``recipe`` are shortcuts; any other config key is given with ``__`` for the dot
+    (``train__lr=3e-4``) or as a dotted key (``**{"train.lr": 3e-4}``). Example::
+
+        m = siamkit.train(data="my_faces/", recipe="open-set", epochs=10, eval__threshold="fpr:0.001")
+    """
+    import yaml
+
+    from siamkit.config import load_config
+    from siamkit.training.pipeline import train_run
+
+    given = {"data": data, "loss": loss, **overrides}
+    sets = []
+    for key, value in given.items():
+        if value is None:
+            continue
+        dotted = SHORTCUTS.get(key, key.replace("__", "."))
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        if text.endswith("\n..."):
+            text = text[: -len("\n...")]
+        sets.append(f"{dotted}={text}")
+    result = train_run(load_config(config, sets))
+    model = load(result["run_dir"])
+    model.result = result
+    return model
+
+
+__all__ = ["SHORTCUTS", "__version__", "load", "train"]

@@ -4,7 +4,8 @@ Training chooses the threshold on the validation pairs (``eval.threshold``) and 
 ``model.safetensors``. A calibration writes ``threshold.json`` beside the weights instead of rewriting them, so
 the model's hash — which galleries and ONNX exports check — stays the same. The file holds the threshold in
 use, how and on what it was chosen, and the history of the earlier ones (the training threshold first).
-Every consumer of the run (``verify``, ``search``, ``serve``, ``eval``) reads it through :func:`read_threshold`.
+Every consumer of the run (``verify``, ``search``, ``serve``, ``eval``) reads it through
+:func:`siamkit.runs.artifact.read_threshold`.
 """
 
 from __future__ import annotations
@@ -17,24 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from siamkit.config import atomic_write_text
 from siamkit.errors import CheckpointError
-
-CALIBRATION = "threshold.json"
-
-
-def read_threshold(run_dir: str | os.PathLike[str], saved: float | None) -> float | None:
-    """The run's threshold: the calibrated one (``threshold.json``) when there is one, else ``saved`` (the
-    training threshold from the weights' metadata)."""
-    path = Path(run_dir) / CALIBRATION
-    if not path.is_file():
-        return saved
-    try:
-        value = json.loads(path.read_text())["threshold"]
-        return float(value)
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{path}: not a calibration file written by siamkit calibrate; delete it to use the "
-                              "training threshold") from None  # fmt: skip
+from siamkit.files import atomic_write_text
+from siamkit.runs.artifact import CALIBRATION, WEIGHTS, read_weights
 
 
 def calibrate_run(
@@ -48,24 +34,22 @@ def calibrate_run(
     returns the new threshold with its error rates on those pairs."""
     from siamkit.data.readers import detect_layout, read_tuples_csv
     from siamkit.evaluate.evaluator import PairScores, parse_threshold_rule, threshold_metrics
-    from siamkit.inference import open_embedder
+    from siamkit.runs.model import open_model
 
     parse_threshold_rule(rule)
-    from siamkit.runs import WEIGHTS
-    from siamkit.train.checkpoint import read_weights
 
     run_dir = Path(run_dir)
-    embedder = open_embedder(run_dir, backend)
+    model = open_model(run_dir, backend)
     meta = read_weights(run_dir / WEIGHTS)[1]  # the training threshold and config, read once
     run_eval = json.loads(meta["config"]).get("eval", {})
-    c, h, w = embedder.input_shape
+    c, h, w = model.input_shape
     if detect_layout(data) == "pairs-csv":
         images, table = read_tuples_csv(data, "pairs", c, (h, w), skip_bad)
     else:
         images, table = _drawn_pairs(data, (c, h, w), skip_bad, n_pairs or int(run_eval.get("n_pairs", 5000)), seed)
-    emb = embedder.embed(images.images)
+    emb = model.embed(images.images)
     assert table.labels is not None
-    distances = embedder.pair_distances(emb[table.index[:, 0]], emb[table.index[:, 1]]).astype(np.float64)
+    distances = model.distances(emb[table.index[:, 0]], emb[table.index[:, 1]]).astype(np.float64)
     scores = PairScores(distances, table.labels, table.index)
     if not ((scores.labels == 1).any() and (scores.labels == 0).any()):
         raise CheckpointError(f"{data}: calibration needs both genuine (label 1) and impostor (label 0) pairs")

@@ -7,21 +7,20 @@ registry checks against the component's own signature.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 import types
 import typing
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 
 from siamkit.errors import ConfigError
+from siamkit.files import atomic_write_text
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -325,20 +324,33 @@ def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML config file's top-level mapping (errors name the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; give the path of a YAML file")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return loaded
+
+
+def load_dataclass(schema: type[T], path: str | os.PathLike[str] | None = None,
+                   overrides: list[str] | None = None) -> T:  # fmt: skip
+    """Any config dataclass ``schema`` from a YAML file (defaults when ``path`` is None) and ``a.b=value``
+    overrides, every key checked against the schema (the run config, the classification study's, ...)."""
+    data = read_mapping(path) if path is not None else {}
+    for item in overrides or []:
+        set_key(data, item, schema)
+    return typing.cast(T, from_dict(schema, data))
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run config (defaults when ``path`` is None) and apply ``a.b=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found; give the path of a YAML file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        data = loaded
+    data: dict[str, Any] = read_mapping(path) if path is not None else {}
     for item in overrides or []:
         set_key(data, item)
     loss = data.get("loss")
@@ -369,13 +381,14 @@ def _dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> lis
     return keys
 
 
-def set_key(data: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict; the key is validated on build."""
+def set_key(data: dict[str, Any], assignment: str, schema: Any = None) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict; the key is checked against ``schema`` (the
+    run config by default) and the value on build."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {assignment!r} must look like section.key=value")
     parts = key.strip().split(".")
-    _check_path(parts)
+    check_key(parts, schema)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -390,8 +403,10 @@ def set_key(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def _check_path(parts: list[str]) -> None:
-    cls: Any = RunConfig
+def check_key(parts: list[str], schema: Any = None) -> None:
+    """Refuse (one line, with the valid keys) a dotted key ``parts`` that ``schema`` (the run config by default)
+    does not have."""
+    cls: Any = schema or RunConfig
     for i, part in enumerate(parts):
         if cls is dict:  # free-form keyword arguments: checked by the registry
             return
@@ -409,73 +424,6 @@ def _check_path(parts: list[str]) -> None:
 
 def dump_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_csv(path: Path, columns: list[str], rows: list[Any]) -> None:
-    """A CSV with a header; ``rows`` are sequences, or dicts keyed by the columns. Written atomically."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(columns)
-    w.writerows([[r.get(c) for c in columns] if isinstance(r, dict) else r for r in rows])
-    atomic_write_text(path, buf.getvalue())
-
-
-def _file_mode() -> int:
-    umask = os.umask(0o022)  # read once, at import (single-threaded), and restored at once
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()
-
-
-def next_free(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``, … : the first of these names nothing has yet."""
-    path, i = base, 2
-    while path.exists():
-        path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    return path
-
-
-@contextlib.contextmanager
-def made_folder(path: Path, keep: Callable[[], bool] | None = None) -> Iterator[Path]:
-    """``path`` made (parents too) for the work inside. If that work fails, the folders this call made are removed
-    again — nothing half-made is left behind — unless ``keep()`` says what was written is worth keeping (a run
-    that can be resumed)."""
-    top = None
-    if not path.exists():
-        top = path
-        while not top.parent.exists():
-            top = top.parent
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        yield path
-    except BaseException:
-        if top is not None and not (keep is not None and keep()):
-            shutil.rmtree(top, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file. The file
-    gets the usual permissions (0666 less the umask), not the temp file's private 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

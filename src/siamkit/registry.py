@@ -2,11 +2,16 @@
 
 ``create`` rejects unknown keyword arguments with a one-line error naming them, so a misspelt option is
 never silently ignored. A name containing ``:`` (``package.module:Object``) is imported as a user plugin.
+
+One idiom for every kind: a module defines components and registers them with ``@REGISTRY.register("name")``;
+the registry names those modules as its ``providers`` and imports them on first lookup, so the registry's
+module imports none of the components (no import cycles) and a lookup always sees them all.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -30,9 +35,19 @@ class Registry(Generic[T]):
         0.5
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, providers: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.providers = providers
+        """Modules (dotted names) whose components register here; imported on the first lookup."""
         self._factories: dict[str, Callable[..., T]] = {}
+        self._prefixes: dict[str, Callable[..., T]] = {}
+        self._loaded = not providers
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self.providers:
+                importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
@@ -43,9 +58,22 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_prefix(self, prefix: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """A family of names (``timm/<model>``): the factory takes the rest of the name as its first argument."""
+
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            self._prefixes[prefix] = factory
+            return factory
+
+        return decorator
+
     def get(self, name: str) -> Callable[..., T]:
         if ":" in name:
             return _import_object(name, self.kind)
+        self._load()
+        for prefix, family in self._prefixes.items():
+            if name.startswith(prefix):
+                return functools.partial(family, name[len(prefix) :])
         try:
             return self._factories[name]
         except KeyError:
@@ -60,9 +88,11 @@ class Registry(Generic[T]):
         return factory(**kwargs)
 
     def list(self, pattern: str = "*") -> list[str]:
+        self._load()
         return sorted(n for n in self._factories if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._factories
 
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from siamkit.config import atomic_write_text
 from siamkit.errors import DataError
+from siamkit.files import atomic_write_text
 
 REPORT = "report.html"
 STUDY_FILE = "study.json"
@@ -187,8 +187,10 @@ def use_section(run_dir: Path) -> str:
         f"siamkit serve {run} --gallery gallery            # HTTP service and web page on 127.0.0.1:8000",
         f"siamkit export {run}                             # ONNX",
     ])  # fmt: skip
-    python = (f"from siamkit.pipeline import verify_images\n"
-              f"verify_images({run!r}, 'a.png', 'b.png')  # distance, threshold, same")  # fmt: skip
+    python = (f"import siamkit\n"
+              f"model = siamkit.load({run!r})\n"
+              "model.verify('a.png', 'b.png')   # paths, PIL images or arrays → distance, threshold, same\n"
+              "model.embed(images)              # (N, D) float32")  # fmt: skip
     return f"<h2>Use the model</h2><pre>{commands}</pre><pre>{python}</pre>"
 
 

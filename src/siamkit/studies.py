@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from siamkit.config import atomic_write_csv, atomic_write_text, load_config
+from siamkit.config import load_config
 from siamkit.errors import ConfigError, DataError
+from siamkit.files import atomic_write_csv, atomic_write_text
 from siamkit.report import METRIC_COLUMNS, STUDY_FILE, metrics_rows, write_report
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,9 @@ def _split_choices(text: str) -> list[str]:
 
 
 def _check_key(key: str) -> None:
-    from siamkit.config import _check_path
+    from siamkit.config import check_key
 
-    _check_path(key.split("."))
+    check_key(key.split("."))
 
 
 def _override(key: str, value: Any) -> str:
@@ -177,7 +178,7 @@ def search(
     """Run (or resume) a search study; returns its summary (best trial, table, files)."""
     import optuna
 
-    from siamkit.pipeline import train_run
+    from siamkit.training.pipeline import train_run
 
     started = time.perf_counter()
     if strategy not in STRATEGIES:
@@ -282,7 +283,7 @@ def summarize_search(
     import matplotlib.pyplot as plt
     import optuna
 
-    from siamkit.evaluate.plots import _save
+    from siamkit.evaluate.plots import save_figure
 
     keys = [p.key for p in params]
     columns = ["trial", "state", *keys, objective, "best val loss", "train s", "run"]
@@ -309,7 +310,7 @@ def summarize_search(
         ax.set_title(f"Optimisation history ({strategy})")
         ax.grid(alpha=0.3)
         ax.legend()
-        _save(fig, study_dir / "history.png")
+        save_figure(fig, study_dir / "history.png")
     summary = {
         "kind": "search", "strategy": strategy, "objective": objective, "command": _command(),
         "description": f"{strategy} search over {', '.join(keys)}; objective {objective} on the validation split "
@@ -331,7 +332,7 @@ def _run_setting(
     train: Callable[..., dict[str, Any]] | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train one setting into ``study_dir/run_name`` unless a finished run with the same config is there."""
-    from siamkit.pipeline import train_run
+    from siamkit.training.pipeline import train_run
 
     run_dir = study_dir / run_name
     cfg = load_config(config, [*overrides, f"runs_dir={study_dir}", f"name={run_name}", "train.progress=false"])
@@ -394,7 +395,7 @@ def compare(
     """Loss comparison (SPEC §7): one run per loss on the same data, backbone and budget; the table of test
     TPR@FPR, AUC, EER, P@1 and MAP@R, the per-split metrics of each run, and an overlaid test ROC."""
     from siamkit.evaluate.plots import plot_roc_overlay
-    from siamkit.pipeline import SCORES
+    from siamkit.training.pipeline import SCORES
 
     started = time.perf_counter()
     study_dir = Path(runs_dir) / name

@@ -13,7 +13,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import nn
 
-from siamkit.evaluate.plots import _save
+from siamkit.evaluate.plots import save_figure
 
 
 def _show(ax: Axes, img: torch.Tensor) -> None:
@@ -37,7 +37,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
         ax.set_title(f"{title} per epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: Path) -> Path:
@@ -55,7 +55,7 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: Path) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (validation)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def plot_feature_maps(model: nn.Module, image: torch.Tensor, path: Path, per_lay
                 ax.imshow(fmap[col].numpy(), cmap="viridis")
         axes[row, 0].set_title(f"{name} {tuple(fmap.shape)}", fontsize=7, loc="left")
     fig.suptitle("Feature maps of every conv layer (first channels)")
-    return _save(fig, path), len(maps)
+    return save_figure(fig, path), len(maps)
 
 
 def plot_image_grid(images: torch.Tensor, labels: np.ndarray, names: Sequence[str], path: Path, title: str) -> Path:
@@ -100,7 +100,7 @@ def plot_image_grid(images: torch.Tensor, labels: np.ndarray, names: Sequence[st
             _show(ax, images[k])
             ax.set_title(names[labels[k]] if labels[k] < len(names) else str(labels[k]), fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_class_distribution(labels: np.ndarray, names: Sequence[str], path: Path, title: str) -> Path:
@@ -113,7 +113,7 @@ def plot_class_distribution(labels: np.ndarray, names: Sequence[str], path: Path
         ax.text(i, c, str(c), ha="center", va="bottom", fontsize=7)
     ax.set_ylabel("images")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_augmentations(original: torch.Tensor, augmented: torch.Tensor, path: Path) -> Path:
@@ -126,4 +126,4 @@ def plot_augmentations(original: torch.Tensor, augmented: torch.Tensor, path: Pa
         _show(ax, augmented[k])
         ax.set_title(f"aug {k + 1}", fontsize=7)
     fig.suptitle("Augmentation preview (training data only)")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 import yaml
 
 from siamkit.classify import figures
-from siamkit.config import atomic_write_csv, atomic_write_text
 from siamkit.data.cifar import STAND_IN_NOTE, fashion_stand_in, load_cifar10
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import read_fashion_mnist
@@ -33,10 +32,11 @@ from siamkit.data.transforms import CIFAR10_MEAN, CIFAR10_STD, Preprocess, augme
 from siamkit.devices import resolve_device
 from siamkit.errors import ConfigError, DataError
 from siamkit.evaluate import plots
+from siamkit.files import atomic_write_csv, atomic_write_text
 from siamkit.models.blocks import BaseCNN, parse_blocks
 from siamkit.models.siamese import count_parameters
 from siamkit.report import write_report
-from siamkit.train.checkpoint import save_weights
+from siamkit.training.checkpoint import save_weights
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,73 +49,135 @@ class DatasetBundle:
     """The layout it was read with (``folder``, ``flat``, ``idx``, ...)."""
 
 
+@dataclass(frozen=True)
+class Layout:
+    """One data layout: ``read(cfg)`` builds the bundle; ``detect(path)`` says whether an existing file or folder
+    has this layout (tried in registration order, so the more specific layouts come first); ``by_name``: the
+    layout's name alone is a source (``digits``)."""
+
+    name: str
+    read: Callable[[DataConfig], DatasetBundle]
+    detect: Callable[[Path], bool] | None = None
+    by_name: bool = False
+
+
+LAYOUTS: dict[str, Layout] = {}
+"""The registered layouts, in detection order (``data.layout``)."""
+
+
+def layout(name: str, detect: Callable[[Path], bool] | None = None, by_name: bool = False) -> Callable[
+    [Callable[[DataConfig], DatasetBundle]], Callable[[DataConfig], DatasetBundle]
+]:  # fmt: skip
+    """Register a reader ``read(cfg) → DatasetBundle`` as the layout ``name`` with its ``detect(path)``."""
+
+    def decorator(read: Callable[[DataConfig], DatasetBundle]) -> Callable[[DataConfig], DatasetBundle]:
+        if name in LAYOUTS:
+            raise ValueError(f"data layout {name!r} is registered twice")
+        LAYOUTS[name] = Layout(name, read, detect, by_name)
+        return read
+
+    return decorator
+
+
+def _size(cfg: DataConfig) -> tuple[int, int] | None:
+    return (cfg.image_size, cfg.image_size) if cfg.image_size else None
+
+
+def _is_csv_with(columns: set[str]) -> Callable[[Path], bool]:
+    return lambda path: path.is_file() and columns <= set(_csv_header(path))
+
+
+def _is_cifar10(path: Path) -> bool:
+    from siamkit.data.cifar import find_cifar10
+
+    return path.is_dir() and find_cifar10(path) is not None
+
+
+def _is_idx(path: Path) -> bool:
+    return path.is_dir() and any(re.search(r"-images-idx3-ubyte(\.gz)?$", e.name) for e in path.iterdir())
+
+
+def _is_folder(path: Path) -> bool:
+    return path.is_dir() and any(e.is_dir() and not e.name.startswith(".") for e in path.iterdir())
+
+
+@layout("digits", by_name=True)
+def _digits(cfg: DataConfig) -> DatasetBundle:
+    return DatasetBundle("digits", read_digits())
+
+
+@layout("fashion-mnist", by_name=True)
+def _fashion_mnist(cfg: DataConfig) -> DatasetBundle:
+    train, test = read_fashion_mnist(None if cfg.source == "fashion-mnist" else cfg.source)
+    return DatasetBundle("fashion-mnist", train, test)
+
+
+@layout("cifar10", detect=_is_cifar10, by_name=True)
+def _cifar10(cfg: DataConfig) -> DatasetBundle:
+    from siamkit.data.cifar import load_cifar10
+
+    train, test = load_cifar10(None if cfg.source == "cifar10" else cfg.source)
+    return DatasetBundle("cifar10", train, test)
+
+
+@layout("triplets-csv", detect=_is_csv_with({"anchor", "positive", "negative"}))
+def _triplets_csv(cfg: DataConfig) -> DatasetBundle:
+    images, table = read_tuples_csv(cfg.source, "triplets", cfg.channels, _size(cfg), cfg.skip_bad)
+    return DatasetBundle(Path(cfg.source).stem, images, tuples=table)
+
+
+@layout("pairs-csv", detect=_is_csv_with({"path_a", "path_b", "label"}))
+def _pairs_csv(cfg: DataConfig) -> DatasetBundle:
+    images, table = read_tuples_csv(cfg.source, "pairs", cfg.channels, _size(cfg), cfg.skip_bad)
+    return DatasetBundle(Path(cfg.source).stem, images, tuples=table)
+
+
+@layout("idx", detect=_is_idx)
+def _idx(cfg: DataConfig) -> DatasetBundle:
+    train, test = read_idx_dir(cfg.source)
+    return DatasetBundle(Path(cfg.source).name, train, test)
+
+
+@layout("folder", detect=_is_folder)
+def _folder(cfg: DataConfig) -> DatasetBundle:
+    return DatasetBundle(Path(cfg.source).name, read_folder(cfg.source, cfg.channels, _size(cfg), cfg.skip_bad))
+
+
+@layout("flat", detect=lambda path: path.is_dir())
+def _flat(cfg: DataConfig) -> DatasetBundle:
+    images = read_flat(cfg.source, cfg.flat_field, cfg.flat_regex, cfg.channels, _size(cfg), cfg.skip_bad)
+    return DatasetBundle(Path(cfg.source).name, images)
+
+
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
     """Read the source named by ``cfg.source`` with the layout ``cfg.layout`` (``auto`` detects it)."""
-    layout = detect_layout(cfg.source) if cfg.layout == "auto" else cfg.layout
-    size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
-    if layout == "digits":
-        bundle = DatasetBundle("digits", read_digits())
-    elif layout == "fashion-mnist":
-        directory = None if cfg.source == "fashion-mnist" else cfg.source
-        train, test = read_fashion_mnist(directory)
-        bundle = DatasetBundle("fashion-mnist", train, test)
-    elif layout == "cifar10":
-        from siamkit.data.cifar import load_cifar10
-
-        train, test = load_cifar10(None if cfg.source == "cifar10" else cfg.source)
-        bundle = DatasetBundle("cifar10", train, test)
-    elif layout == "idx":
-        train, test = read_idx_dir(cfg.source)
-        bundle = DatasetBundle(Path(cfg.source).name, train, test)
-    elif layout == "folder":
-        bundle = DatasetBundle(Path(cfg.source).name, read_folder(cfg.source, cfg.channels, size, cfg.skip_bad))
-    elif layout == "flat":
-        images = read_flat(cfg.source, cfg.flat_field, cfg.flat_regex, cfg.channels, size, cfg.skip_bad)
-        bundle = DatasetBundle(Path(cfg.source).name, images)
-    elif layout in ("pairs-csv", "triplets-csv"):
-        kind = "pairs" if layout == "pairs-csv" else "triplets"
-        images, table = read_tuples_csv(cfg.source, kind, cfg.channels, size, cfg.skip_bad)
-        bundle = DatasetBundle(Path(cfg.source).stem, images, tuples=table)
-    else:
-        raise DataError(
-            f"unknown data layout {layout!r}; use auto, folder, flat, pairs-csv, triplets-csv, idx, cifar10, "
-            "digits or fashion-mnist"
-        )
-    bundle.layout = layout
+    name = detect_layout(cfg.source) if cfg.layout == "auto" else cfg.layout
+    if name not in LAYOUTS:
+        raise DataError(f"unknown data layout {name!r}; use auto, {', '.join(LAYOUTS)}")
+    bundle = LAYOUTS[name].read(cfg)
+    bundle.layout = name
     return _resize_tensor_sets(bundle, cfg)
 
 
 def detect_layout(source: str) -> str:
-    if source in ("digits", "fashion-mnist", "cifar10"):
+    """The layout of ``source``: a layout's own name (``digits``), else the first registered layout whose
+    ``detect`` accepts the file or folder."""
+    named = [lay.name for lay in LAYOUTS.values() if lay.by_name]
+    if source in named:
         return source
     path = Path(source)
     if not path.exists():
-        raise DataError(
-            f"data source {source!r} not found; give an existing folder or CSV file, or 'digits' / 'fashion-mnist' "
-            "/ 'cifar10'"
-        )
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(f"{source}: a data file must be a CSV of pairs or triplets")
-        header = _csv_header(path)
-        if {"anchor", "positive", "negative"} <= set(header):
-            return "triplets-csv"
-        if {"path_a", "path_b", "label"} <= set(header):
-            return "pairs-csv"
-        raise DataError(
-            f"{source}: CSV header {header} is neither pairs (path_a,path_b,label) nor triplets "
-            "(anchor,positive,negative); rename the columns"
-        )
-    from siamkit.data.cifar import find_cifar10
-
-    if find_cifar10(path) is not None:
-        return "cifar10"
-    entries = [e for e in path.iterdir() if not e.name.startswith(".")]
-    if any(re.search(r"-images-idx3-ubyte(\.gz)?$", e.name) for e in entries):
-        return "idx"
-    if any(e.is_dir() for e in entries):
-        return "folder"
-    return "flat"
+        raise DataError(f"data source {source!r} not found; give an existing folder or CSV file, or "
+                        f"{' / '.join(repr(n) for n in named)}")  # fmt: skip
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise DataError(f"{source}: a data file must be a CSV of pairs or triplets")
+    for lay in LAYOUTS.values():
+        if lay.detect is not None and lay.detect(path):
+            return lay.name
+    raise DataError(
+        f"{source}: CSV header {_csv_header(path)} is neither pairs (path_a,path_b,label) nor triplets "
+        "(anchor,positive,negative); rename the columns"
+    )
 
 
 def read_digits() -> ImageSet:

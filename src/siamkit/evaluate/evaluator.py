@@ -13,9 +13,9 @@ from siamkit.config import EvalConfig
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.data.transforms import Preprocess
 from siamkit.data.tuples import distinct_count, fixed_tuples
+from siamkit.distances import Distance, as_dissimilarity, get_distance, verification_accuracy
 from siamkit.errors import ConfigError
 from siamkit.evaluate import metrics as M
-from siamkit.losses.distances import Distance, as_dissimilarity, get_distance
 from siamkit.models.siamese import SiameseNet
 
 
@@ -84,7 +84,7 @@ class PairScores:
         when it is None (calibration)."""
         if threshold is None:
             threshold = M.best_threshold(self.distances, self.labels)
-        return threshold, M.verification_accuracy(self.distances, self.labels, threshold)
+        return threshold, verification_accuracy(self.distances, self.labels, threshold)
 
 
 THRESHOLD_RULES = "accuracy, fpr:<rate> (e.g. fpr:0.001) or a distance (e.g. 0.8)"
@@ -196,5 +196,5 @@ def verification_metrics(scores: PairScores, threshold: float | None) -> dict[st
 def threshold_metrics(scores: PairScores, threshold: float) -> dict[str, float]:
     """The decision ``same = distance ≤ threshold`` on these pairs: its accuracy and error rates."""
     far, frr = M.rates_at(scores.distances, scores.labels, threshold)
-    return {"threshold": threshold, "verification_accuracy": M.verification_accuracy(scores.distances,
+    return {"threshold": threshold, "verification_accuracy": verification_accuracy(scores.distances,
             scores.labels, threshold), "false_accept_rate": far, "false_reject_rate": frr}  # fmt: skip

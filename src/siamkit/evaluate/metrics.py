@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from siamkit.losses.distances import Distance, SquaredEuclidean, as_dissimilarity
+from siamkit.distances import Distance, SquaredEuclidean, as_dissimilarity, verification_accuracy
 
 DEFAULT_FPRS = (0.5, 0.1, 0.01, 0.001)
 
@@ -105,12 +105,6 @@ def best_threshold(distances: np.ndarray, labels: np.ndarray) -> float:
     if k == len(d):
         return float(d[-1])
     return float((d[k - 1] + d[k]) / 2.0)
-
-
-def verification_accuracy(distances: np.ndarray, labels: np.ndarray, threshold: float) -> float:
-    """Share of pairs decided correctly by ``same = distance ≤ threshold``."""
-    pred = np.asarray(distances) <= threshold
-    return float((pred == (np.asarray(labels) == 1)).mean())
 
 
 def similarity_accuracy(d_ap: np.ndarray, d_an: np.ndarray) -> float:

@@ -13,11 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from siamkit.config import atomic_write_bytes
 from siamkit.evaluate import metrics as M
+from siamkit.files import atomic_write_bytes
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -54,7 +54,7 @@ def plot_history(
     ax.set_title("Training history")
     ax.grid(alpha=0.3)
     ax.legend(handles, labels, fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, threshold: float | None = None) -> Path:
@@ -89,7 +89,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, thres
         ax.plot([], [], "X", ms=9, mec="k", color="w", label=f"operating point (threshold {threshold:.3f})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_distances(
@@ -113,7 +113,7 @@ def plot_distances(
     ax2.set_ylabel("density")
     ax2.set_title(f"{split.capitalize()} distance histogram")
     ax2.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_neighbours(
@@ -174,7 +174,7 @@ def plot_neighbour_grid(
     ax.axis("off")
     legend = " (green frame: same class, red: another class)" if correct is not None else ""
     ax.set_title(f"Nearest neighbours with distances{legend}", fontsize=9, pad=14)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_neighbour_hubs(
@@ -223,7 +223,7 @@ def plot_neighbour_hubs(
         ax.axis("off")
         ax.set_title(f"{titles[q] if q < len(titles) else 'query'} — {k} nearest", fontsize=9)
     fig.suptitle("Nearest neighbours as a hub (spoke length grows with distance)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -247,7 +247,7 @@ def plot_embedding_map(
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
@@ -267,4 +267,4 @@ def plot_roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from siamkit.config import atomic_write_bytes, atomic_write_text
 from siamkit.errors import CheckpointError, ConfigError, DataError
+from siamkit.files import atomic_write_bytes, atomic_write_text
 
 FORMAT = "siamkit-gallery-v1"
 UPLOADS = "uploads"

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from siamkit.config import made_folder
 from siamkit.data.images import SKIP_HINT
 from siamkit.data.readers import class_folders, csv_text, list_files
 from siamkit.errors import DataError
+from siamkit.files import made_folder
 from siamkit.index.gallery import Gallery, Hit, locked
-from siamkit.inference import Embedder, ModelSource, open_embedder
+from siamkit.runs.embedders import ModelSource
+from siamkit.runs.model import Model, open_model
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def _read_list_csv(path: Path) -> list[tuple[str, str | None]]:
 
 
 def embed_paths(
-    embedder: Embedder, items: Sequence[tuple[str, str | None]], batch_size: int = 256, progress: bool = False,
+    model: Model, items: Sequence[tuple[str, str | None]], batch_size: int = 256, progress: bool = False,
     skip_bad: bool = False,
 ) -> tuple[np.ndarray, list[tuple[str, str | None]], list[str]]:  # fmt: skip
     """Decode and embed ``items`` batch by batch (memory stays one batch of images). Returns (embeddings ``(N, D)``,
@@ -81,7 +82,7 @@ def embed_paths(
         arrays = []
         for path, lab in items[s : s + batch_size]:
             try:
-                arrays.append(embedder.load(path))
+                arrays.append(model.prepare(path))
                 kept.append((path, lab))
             except DataError as exc:
                 if not skip_bad:
@@ -89,12 +90,12 @@ def embed_paths(
                 skipped.append(path)
                 log.warning("skipped %s", exc)
         if arrays:
-            parts.append(embedder.embed(torch.from_numpy(np.stack(arrays))))
+            parts.append(model.embed(torch.from_numpy(np.stack(arrays))))
         bar.update(min(batch_size, len(items) - s))
     bar.close()
     if skipped:
         log.warning("%d unreadable images skipped", len(skipped))
-    vectors = np.concatenate(parts) if parts else np.empty((0, embedder.embedding_dim), np.float32)
+    vectors = np.concatenate(parts) if parts else np.empty((0, model.embedding_dim), np.float32)
     return vectors, kept, skipped
 
 
@@ -104,10 +105,10 @@ def build(
     batch_size: int = 256,
 ) -> dict[str, Any]:  # fmt: skip
     """Embed every image of ``sources`` with the run's model and write a new gallery to ``out``."""
-    embedder = open_embedder(run_dir, backend)
-    gallery = Gallery.create(out, embedder.describe(), kind, options, overwrite)
+    model = open_model(run_dir, backend)
+    gallery = Gallery.create(out, model.describe(), kind, options, overwrite)
     items = collect_images(sources)
-    vectors, kept, skipped = embed_paths(embedder, items, batch_size, progress, skip_bad)
+    vectors, kept, skipped = embed_paths(model, items, batch_size, progress, skip_bad)
     if not kept:
         raise DataError(f"none of the {len(items)} images could be read; {SKIP_HINT}")
     with made_folder(Path(out)), locked(out):  # a failed build leaves no folder behind
@@ -116,11 +117,11 @@ def build(
     return {**gallery.describe(), "added": len(kept), "skipped": skipped}
 
 
-def _open_for(gallery_dir: str, run_dir: str | None, backend: str | ModelSource) -> tuple[Gallery, Embedder]:
+def _open_for(gallery_dir: str, run_dir: str | None, backend: str | ModelSource) -> tuple[Gallery, Model]:
     gallery = Gallery.open(gallery_dir)
-    embedder = open_embedder(run_dir or gallery.meta["run_dir"], backend)
-    gallery.check_model(embedder.describe())
-    return gallery, embedder
+    model = open_model(run_dir or gallery.meta["run_dir"], backend)
+    gallery.check_model(model.describe())
+    return gallery, model
 
 
 def add(
@@ -129,13 +130,13 @@ def add(
 ) -> dict[str, Any]:  # fmt: skip
     """Embed ``sources`` and add them (a folder per class gives labels; ``label`` labels the rest)."""
     with locked(gallery_dir):
-        gallery, embedder = _open_for(gallery_dir, run_dir, backend)
+        gallery, model = _open_for(gallery_dir, run_dir, backend)
         items = collect_images(sources, label)
         unlabelled = sum(lab is None for _, lab in items)
         if unlabelled:
             log.warning("%d of the %d images have no label (not in a class folder, and no --label NAME): search "
                         "hits on them will show none", unlabelled, len(items))  # fmt: skip
-        vectors, kept, skipped = embed_paths(embedder, items, progress=progress, skip_bad=skip_bad)
+        vectors, kept, skipped = embed_paths(model, items, progress=progress, skip_bad=skip_bad)
         ids = gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
         gallery.save()
     return {**gallery.describe(), "added_ids": ids, "skipped": skipped}
@@ -168,15 +169,15 @@ def search(
     backend: str | ModelSource = "torch", figure: str | None = None, figure_style: str = "grid",
 ) -> dict[str, Any]:  # fmt: skip
     """The ``k`` nearest gallery items of each query image; optionally the neighbours figure (SPEC §7)."""
-    gallery, embedder = _open_for(gallery_dir, run_dir, backend)
+    gallery, model = _open_for(gallery_dir, run_dir, backend)
     known = {it.label for it in gallery.items.values() if it.label is not None}
     # a query file in a folder named like a gallery label (digits/8/008.png) is labelled by it: its hits can then
     # be marked right or wrong (green / red in the figure)
     items = [(p, lab if lab is not None or Path(p).parent.name not in known else Path(p).parent.name)
              for p, lab in collect_images(queries)]  # fmt: skip
-    vectors, kept, _ = embed_paths(embedder, items)
+    vectors, kept, _ = embed_paths(model, items)
     distances, ids = gallery.search(vectors, k)
-    hits = gallery.hits(distances, ids, embedder.threshold)
+    hits = gallery.hits(distances, ids, model.threshold)
     results = [
         {"query": path, "label": lab, "neighbours": hits_to_dicts(h)} for (path, lab), h in zip(kept, hits, strict=True)
     ]

@@ -9,48 +9,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from siamkit.data.batch import Batch
 from siamkit.errors import ConfigError
 from siamkit.losses.miners import Miner, PairIndices, TripletIndices, create_miner
 from siamkit.losses.selfsup import SelfSupervised
 from siamkit.models.siamese import SiameseNet
 from siamkit.registry import Registry
-
-
-@dataclass
-class PairBatch:
-    """Two image batches ``(B, C, H, W)`` and labels ``(B,)``: 1 same, 0 different."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    y: torch.Tensor
-
-
-@dataclass
-class TripletBatch:
-    """Anchor, positive and negative image batches, each ``(B, C, H, W)``."""
-
-    a: torch.Tensor
-    p: torch.Tensor
-    n: torch.Tensor
-
-
-@dataclass
-class LabelBatch:
-    """Images ``(B, C, H, W)`` with class labels ``(B,)`` (int64), e.g. a P×K batch, for online mining;
-    ``view``: a second augmented draw of the same images ``(B, C, H, W)`` (the self-supervised term's)."""
-
-    x: torch.Tensor
-    labels: torch.Tensor
-    view: torch.Tensor | None = None
-
-
-Batch = PairBatch | TripletBatch | LabelBatch
 
 
 class SiameseLoss(nn.Module):
@@ -105,7 +74,9 @@ class SiameseLoss(nn.Module):
         return mined
 
 
-LOSSES: Registry[SiameseLoss] = Registry("loss")
+LOSSES: Registry[SiameseLoss] = Registry("loss", providers=tuple(
+    f"siamkit.losses.{family}" for family in ("pairs", "triplet", "fisher", "proxy", "multisim")
+))  # fmt: skip
 
 
 def create_loss(

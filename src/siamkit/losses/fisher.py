@@ -14,9 +14,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from siamkit.data.batch import Batch, LabelBatch, PairBatch, TripletBatch
+from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import ConfigError
-from siamkit.losses.base import LOSSES, Batch, LabelBatch, PairBatch, SiameseLoss, TripletBatch, empty_loss, expect
-from siamkit.losses.distances import as_dissimilarity, get_distance
+from siamkit.losses.base import LOSSES, SiameseLoss, empty_loss, expect
 from siamkit.losses.functional import fdc_loss, fdt_loss, fisher_trace_projected
 from siamkit.models.siamese import SiameseNet
 

@@ -8,8 +8,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from siamkit.data.batch import Batch, LabelBatch
 from siamkit.errors import ConfigError
-from siamkit.losses.base import LOSSES, Batch, LabelBatch, SiameseLoss, empty_loss, expect
+from siamkit.losses.base import LOSSES, SiameseLoss, empty_loss, expect
 from siamkit.models.siamese import SiameseNet
 
 

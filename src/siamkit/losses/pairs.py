@@ -9,9 +9,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from siamkit.data.batch import Batch, LabelBatch, PairBatch
+from siamkit.distances import Euclidean
 from siamkit.errors import ConfigError
-from siamkit.losses.base import LOSSES, Batch, LabelBatch, PairBatch, SiameseLoss, embed_many, empty_loss, expect
-from siamkit.losses.distances import Euclidean
+from siamkit.losses.base import LOSSES, SiameseLoss, embed_many, empty_loss, expect
 from siamkit.losses.functional import CONTRASTIVE_VARIANTS, bce_distance_loss, contrastive_loss
 from siamkit.models.siamese import SiameseNet
 

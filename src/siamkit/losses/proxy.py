@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from siamkit.data.batch import Batch, LabelBatch
 from siamkit.errors import ConfigError
-from siamkit.losses.base import LOSSES, Batch, LabelBatch, SiameseLoss, expect
+from siamkit.losses.base import LOSSES, SiameseLoss, expect
 from siamkit.models.siamese import SiameseNet
 
 

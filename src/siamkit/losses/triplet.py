@@ -7,8 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from siamkit.losses.base import LOSSES, Batch, LabelBatch, SiameseLoss, TripletBatch, embed_many, empty_loss, expect
-from siamkit.losses.distances import as_dissimilarity, get_distance
+from siamkit.data.batch import Batch, LabelBatch, TripletBatch
+from siamkit.distances import as_dissimilarity, get_distance
+from siamkit.losses.base import LOSSES, SiameseLoss, embed_many, empty_loss, expect
 from siamkit.losses.functional import triplet_margin_loss
 from siamkit.models.siamese import SiameseNet
 

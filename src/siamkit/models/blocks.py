@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from siamkit.errors import ConfigError
-from siamkit.models.backbones import BACKBONES
+from siamkit.models.registry import BACKBONES
 
 CHANNELS = (128, 128, 128, 256, 256, 256, 512, 512, 512)
 POOL_AFTER = (2, 4, 7)

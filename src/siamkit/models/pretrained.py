@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from siamkit.errors import ConfigError
-from siamkit.models.backbones import BACKBONES
+from siamkit.models.registry import BACKBONES
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -224,6 +224,7 @@ class TimmBackbone(nn.Module):
         return self.net(x)
 
 
+@BACKBONES.register_prefix(TIMM_PREFIX)
 def create_timm_backbone(name: str, **kwargs: Any) -> nn.Module:
     from siamkit.registry import check_kwargs
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from siamkit.config import ModelConfig
-from siamkit.models.backbones import create_backbone
+from siamkit.models.registry import create_backbone
 from siamkit.models.transfer import backbone_stages, frozen_norm_layers, set_frozen
 
 
@@ -20,7 +20,7 @@ class SiameseNet(nn.Module):
     both); ``embed(x)`` gives ``(B, D)``; ``forward(a, b)`` the per-row Euclidean distance ``(B,)``.
 
     Example:
-        >>> from siamkit.models.backbones import SeedCNN
+        >>> from siamkit.models.cnns import SeedCNN
         >>> net = SiameseNet(SeedCNN(1), embedding_dim=48)
         >>> net(torch.zeros(2, 1, 28, 28), torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2])

@@ -1,6 +1,6 @@
 """The HTTP service (FastAPI): embed, verify, search and gallery edits over a trained model, plus a web page.
 
-``create_app(embedder, gallery)`` builds the app (used in-process by tests); ``serve(...)`` runs it on uvicorn.
+``create_app(model, gallery)`` builds the app (used in-process by tests); ``serve(...)`` runs it on uvicorn.
 Model inference, image decoding and gallery commits run in the thread pool, never on the event loop. Errors are
 ``{"detail": "..."}`` without tracebacks. OpenAPI docs at ``/docs`` (schema ``/openapi.json``).
 """
@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,14 +22,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from siamkit.config import atomic_write_bytes
 from siamkit.data.images import image_to_array, to_mode
 from siamkit.errors import SiamkitError
+from siamkit.files import atomic_write_bytes
 from siamkit.index.gallery import Gallery, locked
-from siamkit.inference import Embedder, ModelSource
+from siamkit.runs.embedders import Embedder, ModelSource
+from siamkit.runs.model import Model, as_model, open_model
 from siamkit.serve.guard import Guard, GuardMiddleware, default_hosts, is_loopback
 from siamkit.serve.page import PAGE_HTML
 from siamkit.serve.uploads import BodyLimitMiddleware, Payload, UploadLimits, decode_image, read_payload
+from siamkit.version import __version__
 
 log = logging.getLogger(__name__)
 MAX_K = 100
@@ -50,10 +53,10 @@ def _image_body(*fields: str, extra: dict[str, Any] | None = None) -> dict[str, 
 
 
 class Service:
-    """The state behind the routes: the embedder, the optional gallery and the lock that serialises its edits."""
+    """The state behind the routes: the model, the optional gallery and the lock that serialises its edits."""
 
-    def __init__(self, embedder: Embedder, gallery: Gallery | None, limits: UploadLimits):
-        self.embedder = embedder
+    def __init__(self, model: Model, gallery: Gallery | None, limits: UploadLimits):
+        self.model = model
         self.gallery = gallery
         self.limits = limits
         self.lock = threading.RLock()
@@ -66,10 +69,10 @@ class Service:
 
     def decode(self, data: bytes, name: str, budget: list[int] | None = None) -> Image.Image:
         """The validated upload in the model's colour mode (``L`` or ``RGB``), at its own size."""
-        return to_mode(decode_image(data, self.limits, name, budget), self.embedder.input_shape[0])
+        return to_mode(decode_image(data, self.limits, name, budget), self.model.input_shape[0])
 
     def to_input(self, img: Image.Image) -> np.ndarray:
-        c, h, w = self.embedder.input_shape
+        c, h, w = self.model.input_shape
         return image_to_array(img, c, (h, w))
 
     @staticmethod
@@ -90,7 +93,7 @@ class Service:
 
     async def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
         batch = torch.from_numpy(np.stack(arrays))
-        return await run_in_threadpool(self.embedder.embed, batch)
+        return await run_in_threadpool(self.model.embed, batch)
 
     def current(self) -> Gallery | None:
         """The gallery (or None), reloaded first if another process (``siamkit index add/remove``) committed. A
@@ -115,7 +118,7 @@ class Service:
         assert self.gallery is not None
         if self.gallery.is_stale():
             fresh = Gallery.open(self.gallery.directory)
-            fresh.check_model(self.embedder.describe())
+            fresh.check_model(self.model.describe())
             self.gallery = fresh
 
     def add_item(self, img: Image.Image, vector: np.ndarray, label: str | None) -> int:
@@ -163,7 +166,7 @@ class Service:
         gallery = self.need_gallery()
         with self.lock:
             distances, ids = gallery.search(vectors, k)
-            hits = gallery.hits(distances, ids, self.embedder.threshold)
+            hits = gallery.hits(distances, ids, self.model.threshold)
         return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "match": h.match,
                   "image_url": f"/gallery/{h.id}/image"} for h in row] for row in hits]  # fmt: skip
 
@@ -203,16 +206,20 @@ def _int_field(payload: Payload, request: Request, name: str, default: int, low:
 
 
 def create_app(
-    embedder: Embedder, gallery: Gallery | None = None, limits: UploadLimits | None = None, guard: Guard | None = None
+    model: Model | Embedder,
+    gallery: Gallery | None = None,
+    limits: UploadLimits | None = None,
+    guard: Guard | None = None,
 ) -> FastAPI:
-    """The service for ``embedder`` (and ``gallery``, checked to come from the same model); ``guard``: the hosts it
+    """The service for ``model`` (and ``gallery``, checked to come from the same model); ``guard``: the hosts it
     answers to and the token gallery edits need (``siamkit.serve.guard``; cross-origin state changes are always
     refused)."""
+    model = as_model(model)
     limits = limits or UploadLimits()
     if gallery is not None:
-        gallery.check_model(embedder.describe())
-    svc = Service(embedder, gallery, limits)
-    app = FastAPI(title="siamkit", version="0.1.0",
+        gallery.check_model(model.describe())
+    svc = Service(model, gallery, limits)
+    app = FastAPI(title="siamkit", version=__version__,
                   description="Embed, verify and search images with a trained Siamese model.")  # fmt: skip
     app.state.service = svc
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
@@ -244,7 +251,7 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Model and gallery in use (no server paths)."""
-        info = {k: v for k, v in embedder.describe().items() if k != "run_dir"}
+        info = {k: v for k, v in model.describe().items() if k != "run_dir"}
         try:
             g = svc.current()
             gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
@@ -257,17 +264,16 @@ def create_app(
         """Embeddings of one or more images (repeat the ``image`` part, or send a JSON list)."""
         payload = await svc.read(request, ("image",))
         vectors = await svc.embed(await svc.images(payload, "image", count=None))
-        return {"dim": int(vectors.shape[1]), "model_hash": embedder.model_hash, "embeddings": vectors.tolist()}
+        return {"dim": int(vectors.shape[1]), "model_hash": model.model_hash, "embeddings": vectors.tolist()}
 
     @app.post("/verify", openapi_extra=_image_body("image_a", "image_b"))
     async def verify(request: Request) -> dict[str, Any]:
         """Distance of two images and the decision at the threshold saved with the model."""
         payload = await svc.read(request, ("image_a", "image_b"))
         arrays = await svc.images(payload, "image_a") + await svc.images(payload, "image_b")
-        vectors = await svc.embed(arrays)
-        d = float(embedder.pair_distances(vectors[:1], vectors[1:])[0])
-        return {"distance": d, "threshold": embedder.threshold, "same": embedder.decide(d),
-                "metric": embedder.distance}  # fmt: skip
+        pair = [torch.from_numpy(np.stack([a])) for a in arrays]
+        decision = (await run_in_threadpool(model.verify_many, *pair))[0]
+        return {**decision.to_dict(), "metric": model.distance}
 
     k_schema = {"k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}}
 
@@ -279,7 +285,7 @@ def create_app(
         k = _int_field(payload, request, "k", 10, 1, MAX_K)
         vectors = await svc.embed(await svc.images(payload, "image"))
         results = await run_in_threadpool(svc.search, vectors, k)
-        return {"k": k, "metric": embedder.distance, "results": results[0]}
+        return {"k": k, "metric": model.distance, "results": results[0]}
 
     label_schema = {"label": {"type": "string", "description": "identity / class name (optional)"}}
 
@@ -323,19 +329,25 @@ def serve(
     run_dir: str, gallery_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000,
     backend: str | ModelSource = "torch", limits: UploadLimits | None = None, log_level: str = "info",
     allowed_hosts: list[str] | None = None, token: str | None = None,
+    announce: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:  # fmt: skip
     """Run the service on uvicorn until interrupted. It answers to the bind address, the loopback names and
     ``allowed_hosts``; gallery edits need ``token`` when given, and a service bound beyond the loopback interface
-    must have one."""
+    must have one. ``announce(info)`` is called once the model and gallery are loaded, before serving (the URL,
+    run, backend, model hash, gallery and its size)."""
     import uvicorn
 
     from siamkit.errors import ConfigError
-    from siamkit.inference import open_embedder
 
     if not token and not is_loopback(host):
         raise ConfigError(f"--host {host} exposes gallery edits to the network: give --token (or set SIAMKIT_TOKEN), "
                           "or bind to 127.0.0.1")  # fmt: skip
-    embedder = open_embedder(run_dir, backend)
+    model = open_model(run_dir, backend)
     gallery = Gallery.open(gallery_dir) if gallery_dir else None
-    app = create_app(embedder, gallery, limits, Guard(default_hosts(host, allowed_hosts), token or None))
+    app = create_app(model, gallery, limits, Guard(default_hosts(host, allowed_hosts), token or None))
+    if announce is not None:
+        url_host = f"[{host}]" if ":" in host else host
+        announce({"url": f"http://{url_host}:{port}", "run_dir": model.run_dir, "backend": model.backend,
+                  "model_hash": model.model_hash, "gallery": str(gallery.directory) if gallery else None,
+                  "gallery_size": len(gallery) if gallery else 0, "edits_need_token": bool(token)})  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level=log_level)

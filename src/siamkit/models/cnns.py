@@ -1,36 +1,14 @@
-"""Backbone registry. Every backbone maps ``(B, C, H, W)`` → pooled features ``(B, num_features)``.
-
-Contract (as timm's ``num_features``): a registered factory takes ``in_channels`` plus its own keyword
-arguments and returns an ``nn.Module`` with an integer attribute ``num_features``.
-"""
+"""The small CNN backbones trained from scratch: ``seed_cnn`` (the reference's two-conv net) and ``convnet``
+(a four-stage batch-norm CNN). Each maps ``(B, C, H, W)`` → pooled features ``(B, num_features)``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from siamkit.registry import Registry
-
-BACKBONES: Registry[nn.Module] = Registry("backbone")
-
-
-def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """Build the backbone registered as ``name`` (strict keyword arguments); ``timm/<model>`` builds any timm
-    model when timm is installed."""
-    from siamkit.models import blocks, pretrained  # noqa: F401 - their backbones register on import
-
-    if name.startswith(pretrained.TIMM_PREFIX):
-        return pretrained.create_timm_backbone(name[len(pretrained.TIMM_PREFIX) :], **kwargs)
-    return BACKBONES.create(name, **kwargs)
-
-
-def list_backbones(pattern: str = "*") -> list[str]:
-    from siamkit.models import blocks, pretrained  # noqa: F401
-
-    return BACKBONES.list(pattern)
+from siamkit.models.registry import BACKBONES
 
 
 @BACKBONES.register("seed_cnn")

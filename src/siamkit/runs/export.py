@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamkit.config import atomic_write_bytes
+from siamkit.files import atomic_write_bytes
 from siamkit.errors import CheckpointError, ConfigError
-from siamkit.inference import ONNX_FILE, ONNX_META_KEY, TorchEmbedder
+from siamkit.runs.embedders import ONNX_FILE, ONNX_META_KEY, TorchEmbedder
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4

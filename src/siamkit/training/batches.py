@@ -11,11 +11,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from siamkit.data.batch import Batch, LabelBatch, PairBatch, TripletBatch
 from siamkit.data.imageset import TupleTable
 from siamkit.data.samplers import PKSampler
 from siamkit.data.transforms import Preprocess
 from siamkit.data.tuples import TupleSampler
-from siamkit.losses.base import Batch, LabelBatch, PairBatch, TripletBatch
 
 
 @dataclass

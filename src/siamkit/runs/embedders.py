@@ -8,7 +8,6 @@ and any other model is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -21,19 +20,12 @@ import torch
 
 from siamkit.data.images import load_image
 from siamkit.errors import CheckpointError
-from siamkit.losses.distances import as_dissimilarity, get_distance
-from siamkit.runs import WEIGHTS
+from siamkit.distances import as_dissimilarity, get_distance
+from siamkit.files import file_sha256
+from siamkit.runs.artifact import WEIGHTS, load_run, read_threshold
 
 ONNX_FILE = "model.onnx"
 ONNX_META_KEY = "siamkit"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Embedder:
@@ -96,8 +88,6 @@ class TorchEmbedder(Embedder):
     backend = "torch"
 
     def __init__(self, run_dir: str | os.PathLike[str], device: str = "cpu"):
-        from siamkit.runs import load_run
-
         run = load_run(Path(run_dir), device)
         self.run = run
         self.device = torch.device(device)
@@ -143,8 +133,6 @@ class OnnxEmbedder(Embedder):
         self.run_dir = meta["run_dir"]
         self.threshold = meta["threshold"]
         if Path(self.run_dir).is_dir():  # a calibration after the export (siamkit calibrate) wins
-            from siamkit.calibration import read_threshold
-
             self.threshold = read_threshold(self.run_dir, self.threshold)
         self.embedding_dim = int(meta["embedding_dim"])
         self.normalize = bool(meta["normalize"])

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from siamkit.config import TrainConfig
+from siamkit.data.batch import LabelBatch
 from siamkit.data.transforms import Preprocess
 from siamkit.distributed import (
     SINGLE,
@@ -29,16 +30,15 @@ from siamkit.distributed import (
     wrap_model,
 )
 from siamkit.errors import ConfigError, TrainingError
-from siamkit.losses.base import LabelBatch, SiameseLoss
+from siamkit.losses.base import SiameseLoss
 from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
 from siamkit.models.transfer import param_groups
-from siamkit.train.batches import BatchSource, ClassBatches, ShardedBatches, make_batch
-from siamkit.train.checkpoint import load_state, save_state
+from siamkit.registry import Registry
+from siamkit.training.batches import BatchSource, ClassBatches, ShardedBatches, make_batch
+from siamkit.training.checkpoint import load_state, save_state
 
 log = logging.getLogger(__name__)
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "step", "exponential", "cosine")
 MONITORS = ("auto", "val_loss", "map_at_r", "precision_at_1")
 ValMetrics = Callable[[SiameseNet], dict[str, float]]
 
@@ -56,27 +56,85 @@ def resolve_monitor(name: str, has_metrics: bool) -> str:
     return name
 
 
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("train.optimizer")
+"""``train.optimizer``: factories ``(params, cfg: TrainConfig) → Optimizer`` (``lr``, ``weight_decay``,
+``momentum`` from the config)."""
+SCHEDULERS: Registry[torch.optim.lr_scheduler.LRScheduler | None] = Registry("train.scheduler")
+"""``train.scheduler``: factories ``(optimizer, cfg: TrainConfig) → LRScheduler | None``, stepped once per epoch."""
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba, 2015) with L2 weight decay."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter, 2019): decoupled weight decay."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with (heavy-ball) momentum ``train.momentum``."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@SCHEDULERS.register("none")
+def _constant(opt: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    return None
+
+
+@SCHEDULERS.register("step")
+def _step(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """lr_t = lr_0·γ^⌊t / step_size⌋."""
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+
+
+@SCHEDULERS.register("exponential")
+def _exponential(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """lr_t = lr_0·γ^t."""
+    return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing to 0 over ``train.epochs`` (Loshchilov & Hutter, 2017, without restarts)."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+
+
 def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"unknown train.optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    """The optimiser ``cfg.optimizer`` (registered in ``OPTIMIZERS``) over ``params``."""
+    return OPTIMIZERS.get(cfg.optimizer)(params, cfg)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Stepped once per epoch: StepLR (step_size, gamma), ExponentialLR (lr_t = lr_0·γ^t), cosine to 0."""
-    if cfg.scheduler == "none":
-        return None
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.scheduler == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    raise ConfigError(f"unknown train.scheduler {cfg.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+    """The learning-rate schedule ``cfg.scheduler`` (registered in ``SCHEDULERS``), or None for a constant rate."""
+    return SCHEDULERS.get(cfg.scheduler)(opt, cfg)
+
+
+@dataclass
+class FitData:
+    """What a fit trains and validates on: uint8 images ``(N, C, H, W)`` with the batch plans over them
+    (``training.batches``), and the preprocessing (normalisation; augmentation of training batches)."""
+
+    preprocess: Preprocess
+    train_images: torch.Tensor
+    train_source: BatchSource
+    val_images: torch.Tensor
+    val_source: BatchSource
+
+
+@dataclass
+class FitHooks:
+    """Callbacks of a fit: ``val_metrics(model)`` (retrieval metrics on the validation split, for
+    ``train.monitor``), ``on_best(model, epoch, val_loss)`` when a new best epoch is kept, ``on_epoch(row)`` after
+    every epoch (a study's pruner raises from it)."""
+
+    val_metrics: ValMetrics | None = None
+    on_best: Callable[[SiameseNet, int, float], None] | None = None
+    on_epoch: Callable[[dict[str, float]], None] | None = None
 
 
 @dataclass
@@ -127,12 +185,9 @@ def validation_loss(
 
 
 def fit(
-    model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, preprocess: Preprocess,
-    train_images: torch.Tensor, train_source: BatchSource, val_images: torch.Tensor, val_source: BatchSource,
-    device: torch.device, state_path: Path | None = None,
-    on_best: Callable[[SiameseNet, int, float], None] | None = None, resume: bool = False,
-    val_metrics: ValMetrics | None = None, dist_info: DistInfo | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, data: FitData, device: torch.device,
+    hooks: FitHooks | None = None, state_path: Path | None = None, resume: bool = False,
+    dist_info: DistInfo | None = None,
 ) -> FitResult:  # fmt: skip
     """Train ``model`` for ``cfg.epochs``; keep (and restore at the end) the weights of the best epoch by
     ``cfg.monitor`` (the validation loss, or a retrieval metric that ``val_metrics`` computes on the validation
@@ -145,6 +200,10 @@ def fit(
     raises from it to stop a hopeless trial)."""
     from tqdm import tqdm
 
+    preprocess, train_images, train_source = data.preprocess, data.train_images, data.train_source
+    val_images, val_source = data.val_images, data.val_source
+    hooks = hooks or FitHooks()
+    val_metrics, on_best, on_epoch = hooks.val_metrics, hooks.on_best, hooks.on_epoch
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device)
     model.to(memory_format=fmt)

@@ -1,5 +1,5 @@
-"""End-to-end jobs on run directories: ``train_run`` (data → model → fit → evaluate → runs/<name>/),
-``evaluate_run`` and ``verify_images``. The CLI is a thin layer over these."""
+"""End-to-end jobs on run directories: ``train_run`` (data → model → fit → evaluate → runs/<name>/) and
+``evaluate_run``. The CLI and ``siamkit.train`` are thin layers over these; using a trained run is ``siamkit.runs``."""
 
 from __future__ import annotations
 
@@ -17,17 +17,7 @@ import numpy as np
 import torch
 
 from siamkit import distributed
-from siamkit.config import (
-    RunConfig,
-    atomic_write_bytes,
-    atomic_write_csv,
-    atomic_write_text,
-    dump_config,
-    from_dict,
-    made_folder,
-    next_free,
-    to_dict,
-)
+from siamkit.config import RunConfig, dump_config, from_dict, to_dict
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import DatasetBundle, load_dataset, stratified_sample
 from siamkit.data.samplers import PKSampler
@@ -35,6 +25,7 @@ from siamkit.data.splits import Splits, make_splits
 from siamkit.data.transforms import Preprocess, channel_stats
 from siamkit.data.tuples import TupleSampler, fixed_tuples
 from siamkit.devices import resolve_device
+from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import (
@@ -46,19 +37,18 @@ from siamkit.evaluate.evaluator import (
     pixel_embeddings,
     threshold_metrics,
 )
-from siamkit.evaluate.metrics import retrieval_metrics, verification_accuracy
-from siamkit.inference import ModelSource, open_embedder
+from siamkit.evaluate.metrics import retrieval_metrics
+from siamkit.files import atomic_write_bytes, atomic_write_csv, atomic_write_text, made_folder, next_free
 from siamkit.losses import create_loss
 from siamkit.losses.base import SiameseLoss
-from siamkit.losses.distances import as_dissimilarity, get_distance
 from siamkit.losses.selfsup import SelfSupervised
 from siamkit.models.pretrained import backbone_preset
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
 from siamkit.recipes import apply_recipe, loss_trait
-from siamkit.runs import WEIGHTS, LoadedRun, load_run
-from siamkit.train.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
-from siamkit.train.checkpoint import save_weights
-from siamkit.train.loop import FitResult, fit
+from siamkit.runs.artifact import FORMAT, WEIGHTS, LoadedRun, load_run
+from siamkit.training.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
+from siamkit.training.checkpoint import save_weights
+from siamkit.training.loop import FitData, FitHooks, FitResult, fit
 
 log = logging.getLogger(__name__)
 MAX_TRAIN_EVAL = 10000  # training-set verification metrics use at most this many images
@@ -157,7 +147,7 @@ def unique_run_dir(runs_dir: str, name: str) -> Path:
 
 def _metadata(cfg: RunConfig, input_shape: tuple[int, int, int], threshold: float | None) -> dict[str, str]:
     meta = {
-        "format": "siamkit-siamese-v1",
+        "format": FORMAT,
         "config": json.dumps(to_dict(cfg)),
         "input_shape": json.dumps(input_shape),
     }
@@ -192,7 +182,7 @@ def train_run(
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
     out = Path(distributed.broadcast_object(str(out)))  # rank 0's choice: one run directory for all ranks
     if resume and (out / "last.pt").is_file():
-        from siamkit.train.checkpoint import load_state
+        from siamkit.training.checkpoint import load_state
 
         load_state(out / "last.pt")  # an unreadable state fails now, before the run folder is touched
     if resume and not (out / "last.pt").is_file():
@@ -239,9 +229,9 @@ def _train_and_evaluate(
     def on_best(m: SiameseNet, epoch: int, val: float) -> None:
         save_weights(m, out / WEIGHTS, _metadata(cfg, prep.input_shape, None))
 
-    result = fit(model, loss_fn, cfg.train, prep.preprocess, s.train.images.images, train_source,
-                 s.val.images.images, val_source, device, out / "last.pt", on_best, resume=resume,
-                 val_metrics=retrieval_monitor(prep, device), dist_info=info, on_epoch=on_epoch)  # fmt: skip
+    data = FitData(prep.preprocess, s.train.images.images, train_source, s.val.images.images, val_source)
+    hooks = FitHooks(retrieval_monitor(prep, device), on_best, on_epoch)
+    result = fit(model, loss_fn, cfg.train, data, device, hooks, out / "last.pt", resume, info)
     log.info("evaluating the kept model (epoch %d) on validation, test and training images, with the raw-pixel and "
              "untrained baselines…", result.best_epoch)  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out, untrained=untrained)
@@ -517,50 +507,3 @@ def _slug(name: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name or name).strip("._") or "data"
-
-
-def verify_images(
-    run_dir: str | Path, path_a: str, path_b: str, backend: str | ModelSource = "torch"
-) -> dict[str, Any]:
-    """Distance between two image files under a trained model, and the same/different decision at the saved
-    threshold."""
-    embedder = open_embedder(run_dir, backend)
-    emb = embedder.embed_files([path_a, path_b])
-    d = float(embedder.pair_distances(emb[:1], emb[1:])[0])
-    return {"image_a": path_a, "image_b": path_b, "distance": d, "threshold": embedder.threshold,
-            "same": embedder.decide(d)}  # fmt: skip
-
-
-def verify_pairs(
-    run_dir: str | Path, pairs_csv: str | Path, out: str | Path | None = None, backend: str | ModelSource = "torch",
-    skip_bad: bool = False,
-) -> dict[str, Any]:  # fmt: skip
-    """Decide every pair of a CSV (columns ``path_a,path_b`` and optionally ``label``, 1 = same; relative paths
-    from the CSV's folder). Writes ``out`` (default ``<csv>_decisions.csv`` beside the CSV) with the distance and
-    decision per pair (and ``correct`` when labelled); returns counts and, with labels, the accuracy at the saved
-    threshold. Each distinct image is decoded and embedded once."""
-    from siamkit.data.readers import read_tuples_csv
-
-    embedder = open_embedder(run_dir, backend)
-    c, h, w = embedder.input_shape
-    images, table = read_tuples_csv(pairs_csv, "pairs", c, (h, w), skip_bad, require_label=False)
-    emb = embedder.embed(images.images)
-    d = embedder.pair_distances(emb[table.index[:, 0]], emb[table.index[:, 1]])
-    assert images.paths is not None
-    columns = ["path_a", "path_b", "distance", "same"]
-    rows: list[list[Any]] = []
-    for r, (i, j) in enumerate(table.index):
-        same = embedder.decide(float(d[r]))
-        rows.append([images.paths[i], images.paths[j], f"{d[r]:.6f}", "" if same is None else int(same)])
-    result: dict[str, Any] = {"pairs": len(rows), "threshold": embedder.threshold, "skipped_images": images.skipped}
-    if embedder.threshold is not None:
-        result["same"] = int((d <= embedder.threshold).sum())
-    if table.labels is not None:
-        columns += ["label", "correct"]
-        for row, lab in zip(rows, table.labels, strict=True):
-            row += [int(lab), "" if row[3] == "" else int(row[3] == lab)]
-        if embedder.threshold is not None:
-            result["accuracy"] = verification_accuracy(d, table.labels, embedder.threshold)
-    path = Path(out) if out is not None else Path(pairs_csv).with_name(Path(pairs_csv).stem + "_decisions.csv")
-    atomic_write_csv(path, columns, rows)
-    return {"decisions": str(path), **result}

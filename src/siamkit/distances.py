@@ -8,6 +8,7 @@ both.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,3 +95,9 @@ def as_dissimilarity(values: torch.Tensor, distance: Distance) -> torch.Tensor:
     """Values where smaller means closer: distances as they are, similarities negated. Margins then read the
     same for both: ``d(a, p) − d(a, n) + m`` becomes ``s(a, n) − s(a, p) + m`` for a similarity."""
     return -values if distance.higher_is_closer else values
+
+
+def verification_accuracy(distances: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """Share of pairs decided correctly by ``same = distance ≤ threshold``."""
+    pred = np.asarray(distances) <= threshold
+    return float((pred == (np.asarray(labels) == 1)).mean())

@@ -1,0 +1,44 @@
+"""``serve``: the HTTP service and its web page over a trained run (and optionally a gallery)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from siamkit.cli.common import Subparsers, command, emit, model_flags, model_source, output_flags
+
+
+def register(sub: Subparsers) -> None:
+    sv = command(sub, "serve", _serve, "HTTP service + web page: embed, verify, search, gallery edits", [
+        "siamkit serve runs/default --gallery gallery/          # http://127.0.0.1:8000",
+        "SIAMKIT_TOKEN=secret siamkit serve runs/default --host 0.0.0.0 --allowed-host faces.example.org",
+    ], "Prints where it listens (one JSON line with --format json), then serves until interrupted.")  # fmt: skip
+    sv.add_argument("run_dir")
+    sv.add_argument("--gallery", dest="gallery_dir", help="gallery for /search and /gallery")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit (413 above)")
+    sv.add_argument("--max-pixels", type=int, default=25_000_000, help="per-image pixel limit (422 above)")
+    sv.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                    help="also answer to this Host name (default: bind address, localhost; repeatable)")  # fmt: skip
+    sv.add_argument("--token", default=None,
+                    help="token for gallery edits (default: $SIAMKIT_TOKEN); needed beyond 127.0.0.1")  # fmt: skip
+    model_flags(sv, threshold=True)
+    output_flags(sv)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from siamkit.serve.app import serve
+    from siamkit.serve.uploads import UploadLimits
+
+    limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
+    token = args.token or os.environ.get("SIAMKIT_TOKEN")
+
+    def announce(info: dict[str, Any]) -> None:
+        gallery = f", gallery {info['gallery']} ({info['gallery_size']} items)" if info["gallery"] else ""
+        emit(info, args.format, f"serving {info['run_dir']} ({info['backend']}{gallery}) on {info['url']}")
+
+    level = "warning" if args.quiet or args.format == "json" else "info"
+    serve(args.run_dir, args.gallery_dir, args.host, args.port, model_source(args), limits, level,
+          args.allowed_hosts, token, announce)  # fmt: skip

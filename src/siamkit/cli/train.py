@@ -1,0 +1,209 @@
+"""``train``, ``eval``, ``calibrate`` and ``report``: making a run, scoring it, re-choosing its threshold, and
+rewriting its report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from siamkit import SHORTCUTS
+from siamkit.cli.common import Subparsers, command, emit, fmt, model_flags, model_source, output_flags, overrides_flag
+
+
+def register(sub: Subparsers) -> None:
+    t = command(sub, "train", _train, "train a Siamese model and evaluate it (default: on scikit-learn digits)", [
+        "siamkit train                                   # digits, the default recipe",
+        "siamkit train --data my_faces/ --recipe open-set --epochs 20",
+        "siamkit train config.yaml --set train.lr=3e-4 --set loss.name=triplet",
+    ], "Train from a YAML config plus overrides; writes runs/<name>/ (weights, metrics, figures, report).")  # fmt: skip
+    t.add_argument("config", nargs="?", help="YAML run config (optional; defaults otherwise)")
+    overrides_flag(t)
+    t.add_argument("--data", help="digits | fashion-mnist | a folder, flat folder, IDX folder or pairs/triplets CSV")
+    t.add_argument("--loss", help="contrastive, triplet, bce, huber, fdc, fdt, multi-similarity, arcface, cosface, "
+                   "normalized-softmax or pkg.mod:Class")  # fmt: skip
+    t.add_argument("--backbone", help="a registered backbone, e.g. convnet, seed_cnn, resnet18, timm/NAME")
+    t.add_argument("--recipe", help="auto (default), closed-set or open-set")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--name", help="run name (folder under --runs-dir)")
+    t.add_argument("--runs-dir", dest="runs_dir", help="where run folders go (default: runs)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue runs/<name>/ from its last finished epoch, with its own saved config (only train.* "
+                   "and eval.* may be changed, e.g. --epochs)")  # fmt: skip
+    t.add_argument("--force", action="store_true",
+                   help="with --resume: retrain a finished run that has no last.pt, overwriting its model")  # fmt: skip
+    output_flags(t)
+
+    e = command(sub, "eval", _eval, "evaluate a trained run (optionally on other data)", [
+        "siamkit eval runs/default",
+        "siamkit eval runs/my_faces --data new_people/ --as-test",
+    ])  # fmt: skip
+    e.add_argument("run_dir")
+    e.add_argument("--data", help="evaluate on this source instead of the run's own")
+    e.add_argument("--as-test", action="store_true",
+                   help="all of --data is held-out test data: no split, scored with the run's threshold into "
+                   "RUN_DIR/eval-<name>/ (a new folder each time)")  # fmt: skip
+    overrides_flag(e, "eval.n_pairs=20000")
+    output_flags(e)
+
+    ca = command(sub, "calibrate", _calibrate, "re-choose a run's verification threshold on your own pairs", [
+        "siamkit calibrate runs/default --data pairs.csv --fpr 0.001",
+        "siamkit calibrate runs/my_faces --data held_out_people/",
+    ], "DATA is a pairs CSV (path_a,path_b,label; 1 = same) or labelled images (a folder per identity, ...), whose "
+       "distinct pairs are drawn. The new threshold is saved with the run (RUN_DIR/threshold.json, earlier ones kept "
+       "in its history) and used by verify, search, serve and eval.")  # fmt: skip
+    ca.add_argument("run_dir")
+    ca.add_argument("--data", required=True, help="pairs CSV or labelled images")
+    rule = ca.add_mutually_exclusive_group()
+    rule.add_argument("--fpr", type=float, help="the largest threshold whose false-accept rate is at most this")
+    rule.add_argument("--rule", help="accuracy (default), fpr:<rate>, or a distance")
+    ca.add_argument("--pairs-per-kind", type=int, help="labelled images: genuine and impostor pairs to draw each "
+                    "(default: the run's eval.n_pairs)")  # fmt: skip
+    ca.add_argument("--skip-bad", action="store_true", help="drop pairs whose image cannot be read")
+    model_flags(ca)
+    output_flags(ca)
+
+    rp = command(sub, "report", _report, "(re)write report.html of a run or study folder",
+                 ["siamkit report runs/default"])  # fmt: skip
+    rp.add_argument("directory", metavar="RUN_OR_STUDY_DIR")
+    output_flags(rp)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from siamkit.config import load_config
+    from siamkit.training.pipeline import train_run
+
+    overrides = list(args.overrides)
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.resume:
+        config_path, overrides = resume_config(args.config, overrides)
+        cfg = load_config(config_path, overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+    if args.quiet:
+        cfg.train.progress = False
+    result = train_run(cfg, resume=args.resume, force=args.force)
+    emit(result, args.format, summary_table(result))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from siamkit.training.pipeline import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, args.overrides, args.as_test)
+    emit(result, args.format, summary_table(result) + f"\nwritten: {result['eval_dir']}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from siamkit.report import write_report
+
+    path = write_report(args.directory)
+    emit({"report": str(path)}, args.format, f"written: {path}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from siamkit.calibration import calibrate_run
+
+    rule = f"fpr:{args.fpr}" if args.fpr is not None else (args.rule or "accuracy")
+    r = calibrate_run(args.run_dir, args.data, rule, model_source(args), args.skip_bad, args.pairs_per_kind)
+    old = "none" if r["previous_threshold"] is None else f"{r['previous_threshold']:.4f}"
+    emit(r, args.format, f"threshold {r['threshold']:.4f} ({rule}; was {old}) on {r['genuine_pairs']} genuine + "
+         f"{r['impostor_pairs']} impostor pairs: false-accept rate {r['false_accept_rate']:.4f}, false-reject rate "
+         f"{r['false_reject_rate']:.4f}, accuracy {r['verification_accuracy']:.4f}\nwritten: {r['file']}")  # fmt: skip
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """The human summary of a train/eval result: one row per split."""
+    cols = ["split", "AUC", "EER", "TPR@.5", "TPR@.1", "TPR@.01", "TPR@.001", "P@1", "MAP@R", "VerAcc"]
+    from siamkit.report import split_entries
+
+    rows = []
+    for split, m in split_entries(result):
+        tprs = [t["tpr_interpolated"] for t in m["tpr_at_fpr"]]
+        flags = ["" if t["reliable"] else "*" for t in m["tpr_at_fpr"]]
+        tpr_cells = [f"{fmt(x)}{f}" for x, f in zip(tprs, flags, strict=True)]
+        extra = [m.get(k, "-") for k in ("precision_at_1", "map_at_r", "verification_accuracy")]
+        rows.append([split, m["auc"], m["eer"], *tpr_cells, *extra])
+    cells = [cols] + [[fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    head = [f"run: {result.get('run_dir')}"]
+    if result.get("threshold") is not None:
+        how = f"chosen on validation by {result['threshold_rule']}" if "threshold_rule" in result else "the run's"
+        head.append(f"threshold ({how}): {result['threshold']:.4f}")
+    if "train_seconds" in result:
+        head.append(
+            f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
+            f"   images/s: {result['images_per_second']:.0f}   best epoch: {result['best_epoch']}"
+        )
+    identities = result.get("identities")
+    if identities:
+        head.append("identity split (open set): " + "; ".join(
+            f"{part} {len(ids)} ({_names(ids)})" for part, ids in identities.items()
+        ))  # fmt: skip
+    test = result.get("test") or {}
+    if "verification_accuracy_10fold" in test:
+        k = test["verification_accuracy_10fold"]
+        far = f"; at the threshold: false-accept rate {test['false_accept_rate']:.4f}, false-reject rate " \
+              f"{test['false_reject_rate']:.4f}" if "false_accept_rate" in test else ""  # fmt: skip
+        lines.append(f"test verification accuracy, 10-fold (LFW protocol): {k['mean']:.4f} ± {k['std']:.4f}{far}")
+    foot = ["(* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful)"]
+    if result.get("baselines"):
+        foot.append("(raw pixels / untrained net: the same test pairs scored without training — the bar to beat)")
+    if "train_seconds" in result:  # a finished training run: where to look, and what to do with the model
+        run = result.get("run_dir")
+        foot += [
+            f"report: {run}/report.html",
+            f"next:   siamkit verify {run} A.png B.png",
+            f"        siamkit index build {run} IMAGES... --out GALLERY,  then: siamkit search GALLERY Q.png",
+            f"        siamkit serve {run} [--gallery GALLERY]   (Python: siamkit.load({str(run)!r}).verify(a, b))",
+        ]
+    return "\n".join(head + lines + foot)
+
+
+def _names(ids: list[str], at_most: int = 6) -> str:
+    return ", ".join(ids[:at_most]) + (f", … {len(ids) - at_most} more" if len(ids) > at_most else "")
+
+
+RESUME_MAY_CHANGE = ("train.", "eval.", "name", "runs_dir")
+
+
+def resume_config(config: str | None, overrides: list[str]) -> tuple[str, list[str]]:
+    """``--resume``: the run's own ``config.yaml`` and the overrides that may change on a resumed run (``train.*``
+    but the seed, ``eval.*``); an override that would change its data, model, loss or sampling is refused, as is a
+    config file (the run has its own)."""
+    import yaml
+
+    from siamkit.config import load_config, set_key, to_dict
+    from siamkit.errors import CheckpointError, ConfigError
+
+    if config is not None:
+        raise ConfigError(f"--resume continues a run with its own saved config; drop {config}")
+    probe = load_config(None, overrides)
+    run_dir = Path(probe.runs_dir) / probe.name
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise CheckpointError(f"nothing to resume: {saved} not found; check --name and --runs-dir")
+    base = to_dict(load_config(saved))
+    kept = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        changed: dict[str, Any] = yaml.safe_load(yaml.safe_dump(base))
+        set_key(changed, item)
+        if (key.startswith(RESUME_MAY_CHANGE) and key != "train.seed") or _lookup(changed, key) == _lookup(base, key):
+            kept.append(item)
+            continue
+        before, after = _lookup(base, key), _lookup(changed, key)
+        raise ConfigError(f"--resume continues {run_dir} with its own config: {key} cannot change ({before!r} → "
+                          f"{after!r}); start a new run with another --name")  # fmt: skip
+    return str(saved), kept
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node

@@ -119,9 +119,10 @@ def test_no_import_cycles():
 
 def test_the_modules_are_read():
     assert {"siamkit.runs.model", "siamkit.cli.train", "siamkit.training.pipeline"} <= set(MODULES)
-    assert "siamkit.runs.artifact" in GRAPH["siamkit.runs.model"][0] or "siamkit.runs.embedders" in GRAPH[
-        "siamkit.runs.model"
-    ][0]
+    assert (
+        "siamkit.runs.artifact" in GRAPH["siamkit.runs.model"][0]
+        or "siamkit.runs.embedders" in GRAPH["siamkit.runs.model"][0]
+    )
 
 
 HEAVY = ("siamkit.training", "siamkit.studies", "siamkit.classify", "siamkit.evaluate.plots", "siamkit.index.figures",

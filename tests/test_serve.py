@@ -177,7 +177,7 @@ def test_internal_errors_hide_the_traceback(client, digits_images, monkeypatch):
     def boom(images):
         raise RuntimeError("secret internals /srv/model")
 
-    monkeypatch.setattr(svc.embedder, "embed", boom)
+    monkeypatch.setattr(svc.model.embedder, "embed", boom)
     r = client.post("/embed", files={"image": (digits_images / "0" / "000.png").read_bytes()})
     assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
 
@@ -185,7 +185,7 @@ def test_internal_errors_hide_the_traceback(client, digits_images, monkeypatch):
 def test_inference_runs_off_the_event_loop(client, digits_images, monkeypatch):
     svc = client.app.state.service
     seen = []
-    real = svc.embedder.embed
+    real = svc.model.embedder.embed
 
     def spy(images):
         try:
@@ -195,7 +195,7 @@ def test_inference_runs_off_the_event_loop(client, digits_images, monkeypatch):
             seen.append("worker thread")
         return real(images)
 
-    monkeypatch.setattr(svc.embedder, "embed", spy)
+    monkeypatch.setattr(svc.model.embedder, "embed", spy)
     png = (digits_images / "0" / "000.png").read_bytes()
     assert client.post("/verify", files={"image_a": png, "image_b": png}).status_code == 200
     assert seen == ["worker thread"]

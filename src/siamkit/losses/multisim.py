@@ -16,7 +16,10 @@ from siamkit.models.siamese import SiameseNet
 
 @LOSSES.register("multi-similarity")
 class MultiSimilarityLoss(SiameseLoss):
-    """For cosine similarities ``S`` ``(B, B)`` of the L2-normalised embeddings of a labelled batch, each anchor
+    """Multi-similarity loss (Wang, Han, Huang, Dong, Scott, "Multi-Similarity Loss with General Pair Weighting
+    for Deep Metric Learning", CVPR 2019). Takes a ``LabelBatch``: images ``(B, C, H, W)``, labels ``(B,)``.
+
+    For cosine similarities ``S`` ``(B, B)`` of the L2-normalised embeddings of a labelled batch, each anchor
     ``i`` keeps the informative pairs (the paper's mining):
 
     - negatives ``k`` with ``S_ik + ε > min_{positives j} S_ij``,

@@ -44,7 +44,10 @@ class PairLoss(SiameseLoss):
 
 @LOSSES.register("contrastive")
 class ContrastiveLoss(PairLoss):
-    """Contrastive loss on Euclidean distance; ``variant`` ``hadsell`` (canonical) or ``squared-margin``."""
+    """Contrastive loss (Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant Mapping",
+    CVPR 2006) on the Euclidean distance ``D`` ``(M,)`` of pairs with labels ``y`` ``(M,)`` (1 = same):
+    ``y·D² + (1 − y)·max(0, m − D)²`` (``variant`` ``hadsell``, canonical) or with ``max(0, m² − D²)``
+    (``squared-margin``); ``half`` puts the paper's factor ½ in front."""
 
     def __init__(self, margin: float = 1.0, variant: str = "hadsell", half: bool = False) -> None:
         super().__init__()
@@ -89,7 +92,9 @@ class HuberContrastiveLoss(PairLoss):
 
 @LOSSES.register("bce")
 class BCELoss(PairLoss):
-    """Binary cross-entropy on ``sigmoid(w·D + b)``: the model's sigmoid head on the distance (source A)."""
+    """Binary cross-entropy on ``sigmoid(w·D + b)`` for pair distances ``D`` ``(M,)``: the model's sigmoid head on
+    the distance (source A; the verification head of Koch, Zemel, Salakhutdinov, "Siamese Neural Networks for
+    One-shot Image Recognition", ICML 2015 workshop, on a distance rather than an L1 feature difference)."""
 
     needs_sigmoid_head: ClassVar[bool] = True
 

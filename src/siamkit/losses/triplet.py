@@ -16,7 +16,9 @@ from siamkit.models.siamese import SiameseNet
 
 @LOSSES.register("triplet")
 class TripletLoss(SiameseLoss):
-    """``max(d(a,p) − d(a,n) + margin, 0)`` averaged over the triplets; with ``soft_margin``
+    """Triplet loss (Schroff, Kalenichenko, Philbin, "FaceNet", CVPR 2015; Hermans, Beyer, Leibe, "In Defense of
+    the Triplet Loss", 2017) on triplets of embeddings ``(T, D)`` each — fixed, or mined from a ``LabelBatch``:
+    ``max(d(a,p) − d(a,n) + margin, 0)`` averaged over the triplets; with ``soft_margin``
     ``log(1 + exp(d(a,p) − d(a,n)))`` instead (no margin to tune). ``distance``: euclidean (default),
     squared_euclidean, cosine or cosine_similarity (then ``s(a,n) − s(a,p) + margin``)."""
 

@@ -42,29 +42,57 @@ def _qps(search, queries: np.ndarray, k: int, repeats: int) -> tuple[float, tupl
     return len(queries) / best, out
 
 
-def _persistence(gallery: Gallery, labels_for: int) -> dict[str, object]:
-    """Commit the gallery to a temp folder, reopen it, remove one item and commit again: seconds and sizes."""
+def _persistence(gallery: Gallery, labels_for: int, queries: np.ndarray, k: int, repeats: int) -> dict[str, object]:
+    """Commit the gallery to a temp folder, reopen it, then time single edits — add one item, remove one item (each
+    a commit: ``gallery.save()``), the reopen after them, a search with edits pending against the same search on a
+    freshly compacted gallery — and the compaction itself. Seconds and file sizes."""
     import shutil
     import tempfile
     from pathlib import Path
 
+    from siamkit.index.gallery import locked
+
     folder = Path(tempfile.mkdtemp(prefix="siamkit-gallery-bench-"))
+    rng = np.random.default_rng(7)
     try:
         gallery.directory = folder
+        gallery.fresh = True
         t = time.perf_counter()
         gallery.save()
         save_s = time.perf_counter() - t
         t = time.perf_counter()
         reopened = Gallery.open(folder)
         open_s = time.perf_counter() - t
+        adds, removes = [], []
+        for r in range(5):  # each edit as a CLI or the service makes it: under the lock, one commit
+            vector = rng.standard_normal((1, gallery.meta["dim"]), dtype=np.float32)
+            t = time.perf_counter()
+            with locked(folder):
+                reopened.add(vector, [f"/data/new/{r}.png"], ["new"])
+                reopened.save()
+            adds.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with locked(folder):
+                reopened.remove([r * 1000])
+                reopened.save()
+            removes.append(time.perf_counter() - t)
         t = time.perf_counter()
-        reopened.remove([0])
-        reopened.save()
-        edit_s = time.perf_counter() - t
+        after_edits = Gallery.open(folder)
+        reopen_edits_s = time.perf_counter() - t
+        qps_pending, _ = _qps(after_edits.search, queries, k, repeats)
+        t = time.perf_counter()
+        after_edits.compact()
+        compact_s = time.perf_counter() - t
+        qps_compacted, _ = _qps(after_edits.search, queries, k, repeats)
         sizes = {f.name.split("-")[0].split(".")[0]: f.stat().st_size for f in folder.iterdir() if f.is_file()}
         return {"benchmark": "gallery_persistence", "n": labels_for, "save_s": round(save_s, 2),
-                "open_s": round(open_s, 2), "remove_and_save_s": round(edit_s, 2),
-                "sidecar_bytes": sizes.get("gallery"), "index_bytes": sizes.get("index")}  # fmt: skip
+                "open_s": round(open_s, 2), "add_one_ms": round(1000 * float(np.median(adds)), 1),
+                "remove_one_ms": round(1000 * float(np.median(removes)), 1),
+                "add_one_ms_max": round(1000 * max(adds), 1), "remove_one_ms_max": round(1000 * max(removes), 1),
+                "reopen_after_edits_s": round(reopen_edits_s, 2), "compact_s": round(compact_s, 2),
+                "qps_with_10_edits_pending": round(qps_pending, 1), "qps_compacted": round(qps_compacted, 1),
+                "database_bytes": (folder / "gallery.db").stat().st_size,
+                "index_bytes": sizes.get("index")}  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -150,7 +178,7 @@ def main() -> None:
                          "machine": platform.machine()})  # fmt: skip
             print(json.dumps(line), flush=True)
         if kind == "flat" and args.persist:
-            print(json.dumps(_persistence(gallery, labels_for=args.n)), flush=True)
+            print(json.dumps(_persistence(gallery, args.n, queries, args.k, args.repeats)), flush=True)
         del gallery, raw
 
 

@@ -17,6 +17,7 @@ from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.index import Gallery
 from siamkit.index import gallery as gallery_mod
+from siamkit.index.gallery import locked
 
 
 def _model(distance="euclidean", dim=4, model_hash="a" * 64):
@@ -60,10 +61,27 @@ def test_every_index_and_metric_matches_brute_force(tmp_path, distance, kind, op
     queries = rng.normal(size=(6, 8)).astype(np.float32)
     g = Gallery.create(tmp_path / "g", _model(distance, dim=8), kind, options)
     g.add(vectors, [str(i) for i in range(200)], [None] * 200)
-    d, i = g.search(queries, k=10)
+    d, i = g.search(queries, k=10)  # before the first commit: all in the delta
     for row, (want_d, want_i) in enumerate(_brute(queries, vectors, distance)):
         np.testing.assert_allclose(d[row], want_d[:10], atol=1e-4)
         assert i[row].tolist() == want_i[:10].tolist()
+    g.save()  # now the base holds them: same answers
+    d2, i2 = g.search(queries, k=10)
+    np.testing.assert_allclose(d2, d, atol=1e-4)
+    assert i2.tolist() == i.tolist()
+    # edits on top of the base: the merged answer equals brute force over what remains
+    more = rng.normal(size=(40, 8)).astype(np.float32)
+    g.add(more, [str(i) for i in range(200, 240)], [None] * 40)
+    gone = [int(x) for x in rng.choice(240, size=30, replace=False)]
+    g.remove(gone)
+    g.save()
+    everything = np.concatenate([vectors, more])
+    kept = np.array([i for i in range(240) if i not in gone])
+    for reopened in (g, Gallery.open(tmp_path / "g")):
+        d, i = reopened.search(queries, k=10)
+        for row, (want_d, want_i) in enumerate(_brute(queries, everything[kept], distance)):
+            np.testing.assert_allclose(d[row], want_d[:10], atol=1e-4)
+            assert i[row].tolist() == kept[want_i[:10]].tolist()
 
 
 @pytest.mark.parametrize("kind,options", [("flat", {}), ("hnsw", {"m": 8}), ("ivf", {"nlist": 2, "nprobe": 2})])
@@ -86,9 +104,33 @@ def test_add_remove_save_reload(tmp_path, kind, options):
     assert ids[2, 0] == 5  # still there
     assert 3 not in ids[0] and 31 not in ids[1]  # removed items are never returned
     assert g.add(vectors[:1], ["again"], [None]) == [40]  # ids are never reused
+    # the edits were logged, not written into a new index: the base is still generation 1
+    assert sorted(p.name for p in (tmp_path / "g").glob("index-*.faiss")) == ["index-000001.faiss"]
+    assert g.describe()["pending_edits"] == 9 + 1 + 1  # delta 30..39 less 31, plus 40; base id 3 removed
+    g.save()
+    g.compact()  # folded into generation 2: same answers, nothing pending
     assert sorted(p.name for p in (tmp_path / "g").glob("index-*.faiss")) == ["index-000002.faiss"]
+    g = Gallery.open(tmp_path / "g")
+    assert g.describe()["pending_edits"] == 0 and g.meta["generation"] == 2 and len(g) == 39
+    _, ids = g.search(vectors[[3, 31, 5]], k=1)
+    assert ids[2, 0] == 5 and 3 not in ids[0] and 31 not in ids[1]
     with pytest.raises(KeyError):
         g.remove([999])
+
+
+class _FailingCommit:
+    """A database connection whose COMMIT fails (a crash at the commit point)."""
+
+    def __init__(self, con):
+        self.con = con
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            raise OSError("disk full")
+        return self.con.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
 
 
 def test_a_crash_during_commit_leaves_the_previous_gallery(tmp_path, monkeypatch):
@@ -96,21 +138,103 @@ def test_a_crash_during_commit_leaves_the_previous_gallery(tmp_path, monkeypatch
     g.add(np.eye(4, dtype=np.float32), list("abcd"), [None] * 4)
     g.save()
     g.add(np.ones((1, 4), np.float32), ["e"], [None])
-
-    def crash(path, text):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(gallery_mod, "atomic_write_text", crash)  # the index file is written, the sidecar is not
+    g.remove([0])
+    real = gallery_mod.connect
+    monkeypatch.setattr(gallery_mod, "connect", lambda d: _FailingCommit(real(d)))
     with pytest.raises(OSError):
-        g.save()
-    assert (tmp_path / "g" / "index-000002.faiss").exists()  # the orphan of the failed commit
-    reopened = Gallery.open(tmp_path / "g")
-    assert len(reopened) == 4 and reopened.meta["index_file"] == "index-000001.faiss"
+        g.save()  # the edit's transaction is rolled back
     monkeypatch.undo()
+    reopened = Gallery.open(tmp_path / "g")
+    assert sorted(reopened.items) == [0, 1, 2, 3] and reopened.meta["index_file"] == "index-000001.faiss"
+    # a crash while compacting: the new base file is written, the transaction naming it is not
     reopened.add(np.ones((1, 4), np.float32), ["e"], [None])
     reopened.save()
+    monkeypatch.setattr(gallery_mod, "connect", lambda d: _FailingCommit(real(d)))
+    with pytest.raises(OSError):
+        reopened.compact()
+    monkeypatch.undo()
+    assert (tmp_path / "g" / "index-000002.faiss").exists()  # the orphan of the failed compaction
+    again = Gallery.open(tmp_path / "g")
+    assert len(again) == 5 and again.meta["index_file"] == "index-000001.faiss"
+    again.compact()
     assert sorted(p.name for p in (tmp_path / "g").glob("index-*")) == ["index-000002.faiss"]
-    assert len(Gallery.open(tmp_path / "g")) == 5
+    final = Gallery.open(tmp_path / "g")
+    assert len(final) == 5 and final.describe()["pending_edits"] == 0
+    _, ids = final.search(np.ones((1, 4), np.float32), k=1)
+    assert ids[0, 0] == 4
+
+
+def test_edits_cost_what_they_change(tmp_path):
+    """An add or a remove writes a few database rows, never the index file or every item again."""
+    rng = np.random.default_rng(0)
+    g = Gallery.create(tmp_path / "g", _model(dim=8))
+    g.add(rng.normal(size=(3000, 8)).astype(np.float32), [f"p{i}" for i in range(3000)], ["x"] * 3000)
+    g.save()
+    index_file = tmp_path / "g" / g.meta["index_file"]
+    before = index_file.stat().st_mtime_ns, (tmp_path / "g" / "gallery.json").stat().st_mtime_ns
+    g.add(rng.normal(size=(1, 8)).astype(np.float32), ["new"], ["y"])
+    g.remove([5])
+    g.save()
+    assert (index_file.stat().st_mtime_ns, (tmp_path / "g" / "gallery.json").stat().st_mtime_ns) == before
+    con = gallery_mod.connect(tmp_path / "g")
+    assert con.execute("SELECT op, id FROM log ORDER BY seq").fetchall() == [("add", 3000), ("remove", 5)]
+    con.close()
+
+
+def test_another_process_edits_are_caught_up_incrementally(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(60, 4)).astype(np.float32)
+    first = Gallery.create(tmp_path / "g", _model())
+    first.add(vectors[:50], [f"p{i}" for i in range(50)], ["a"] * 50)
+    first.save()
+    reader = Gallery.open(tmp_path / "g")
+    with locked(tmp_path / "g"):
+        writer = Gallery.open(tmp_path / "g")
+        writer.add(vectors[50:], [f"p{i}" for i in range(50, 60)], ["b"] * 10)
+        writer.remove([0, 51])
+        writer.save()
+    assert reader.is_stale()
+    same = reader.refresh()
+    assert same is reader and not reader.is_stale()  # the log rows alone, the base kept
+    assert sorted(reader.items) == sorted(Gallery.open(tmp_path / "g").items)
+    for g in (reader, Gallery.open(tmp_path / "g")):
+        _, ids = g.search(vectors, k=3)
+        assert 0 not in ids and 51 not in ids
+        assert ids[55, 0] == 55 and ids[7, 0] == 7
+    # an edit from a gallery object that missed a commit is refused rather than lost
+    stale = Gallery.open(tmp_path / "g")
+    writer = Gallery.open(tmp_path / "g")
+    writer.remove([1])
+    writer.save()
+    stale.remove([2])
+    with pytest.raises(CheckpointError, match="another process"):
+        stale.save()
+    # a compaction elsewhere: the next refresh re-reads everything
+    writer.compact()
+    fresh = reader.refresh()
+    assert fresh is not reader and sorted(fresh.items) == sorted(writer.items)
+
+
+def test_a_version_1_gallery_is_converted_on_open(tmp_path):
+    import faiss
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    index = faiss.IndexIDMap2(faiss.IndexFlat(4, faiss.METRIC_L2))
+    index.add_with_ids(np.eye(4, dtype=np.float32), np.array([0, 1, 2, 5], dtype=np.int64))
+    faiss.write_index(index, str(folder / "index-000003.faiss"))
+    model = _model()
+    old = {"format": "siamkit-gallery-v1", "model_hash": model["model_hash"], "run_dir": model["run_dir"],
+           "input_shape": [1, 8, 8], "dim": 4, "metric": "euclidean", "normalized": False, "threshold": 0.5,
+           "index": {"kind": "flat", "options": {}}, "generation": 3, "index_file": "index-000003.faiss",
+           "next_id": 6, "items": [[0, "a", "x"], [1, "b", None], [2, "c", "x"], [5, "d", "y"]]}  # fmt: skip
+    (folder / "gallery.json").write_text(json.dumps(old))
+    g = Gallery.open(folder)
+    assert sorted(g.items) == [0, 1, 2, 5] and g.items[5].label == "y" and g.meta["next_id"] == 6
+    assert json.loads((folder / "gallery.json").read_text())["format"] == "siamkit-gallery-v2"
+    _, ids = g.search(np.eye(4, dtype=np.float32)[3:], k=1)
+    assert ids[0, 0] == 5
+    assert g.add(np.zeros((1, 4), np.float32), ["e"], [None]) == [6]
 
 
 def test_model_mismatch_and_bad_input(tmp_path):
@@ -242,3 +366,21 @@ def test_hnsw_and_ivf_galleries_from_the_cli(small_run, digits_images, tmp_path,
         assert all(res["neighbours"][0]["path"] == res["query"] for res in r["results"])
         r = _json(capsys, "index", "remove", str(gdir), "0", "1")
         assert r["size"] == 198
+
+
+def test_compact_from_the_cli(small_run, digits_images, tmp_path, capsys):
+    g = tmp_path / "g"
+    assert main(["index", "build", str(small_run), str(digits_images / "0"), "--out", str(g), "-q"]) == 0
+    assert main(["index", "add", str(g), str(digits_images / "1"), "-q"]) == 0
+    first = min(Gallery.open(g).items)
+    assert main(["index", "remove", str(g), str(first), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["index", "info", str(g), "--format", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    added = len(list((digits_images / "1").glob("*.png")))
+    assert info["generation"] == 1 and info["pending_edits"] == added + 1
+    assert main(["index", "compact", str(g)]) == 0
+    assert f"{added + 1} logged edits folded into generation 2" in capsys.readouterr().out
+    after = Gallery.open(g)
+    assert after.describe()["pending_edits"] == 0 and first not in after.items
+    assert sorted(p.name for p in g.glob("index-*.faiss")) == ["index-000002.faiss"]

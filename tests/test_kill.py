@@ -55,7 +55,7 @@ def test_training_killed_mid_run_resumes_losing_at_most_the_running_epoch(tmp_pa
 def _check_gallery(directory: Path) -> int:
     g = Gallery.open(directory)
     ids = list(g.items)
-    assert len(ids) == len(set(ids)) and g.index.ntotal == len(ids)
+    assert len(ids) == len(set(ids)) and g.vector_count == len(ids)
     assert all(i < g.meta["next_id"] for i in ids)
     return len(ids)
 

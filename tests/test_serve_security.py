@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from siamkit.cli import main
 from siamkit.index import Gallery
+from siamkit.index.gallery import connect
 from siamkit.index.ops import build
 from siamkit.runs.embedders import TorchEmbedder
 from siamkit.serve.app import create_app
@@ -92,15 +93,15 @@ def test_removing_an_item_never_deletes_outside_the_uploads(small_run, gallery_d
     victim.write_text("keep me")
     with _client(small_run, gallery_dir, tmp_path) as c:
         g = c.gallery_dir
-        meta = json.loads((g / "gallery.json").read_text())
-        first, second = meta["items"][0], meta["items"][1]  # [id, path, label]
-        first[1] = "../victim.txt"
-        second[1] = "uploads/../../victim.txt"
-        (g / "gallery.json").write_text(json.dumps(meta))
+        con = connect(g)  # a tampered database: item paths that point out of the gallery
+        first, second = [row[0] for row in con.execute("SELECT id FROM items ORDER BY id LIMIT 2")]
+        con.execute("UPDATE items SET path = '../victim.txt' WHERE id = ?", (first,))
+        con.execute("UPDATE items SET path = 'uploads/../../victim.txt' WHERE id = ?", (second,))
+        con.close()
         c.app.state.service.gallery = Gallery.open(g)
-        assert c.delete(f"/gallery/{first[0]}").status_code == 200
+        assert c.delete(f"/gallery/{first}").status_code == 200
         assert victim.read_text() == "keep me"
-    code = main(["index", "remove", str(g), str(second[0]), "-q"])
+    code = main(["index", "remove", str(g), str(second), "-q"])
     assert code == 0 and victim.read_text() == "keep me"
 
 
@@ -125,8 +126,10 @@ def test_answers_never_carry_server_paths(small_run, gallery_dir, tmp_path, digi
         # another process rebuilds the gallery with another model (another hash) while the service runs
         meta = json.loads((c.gallery_dir / "gallery.json").read_text())
         meta["model_hash"] = "f" * 64
-        meta["generation"] = int(meta.get("generation", 0)) + 1
         (c.gallery_dir / "gallery.json").write_text(json.dumps(meta))
+        con = connect(c.gallery_dir)  # a rebuilt gallery is a new one (another uid)
+        con.execute("UPDATE state SET value = 'rebuilt' WHERE key = 'uid'")
+        con.close()
         h = c.get("/health")
         assert h.status_code == 200 and "another model" in h.json()["gallery"]["error"]
         for r in (c.post("/search", files={"image": _png(digits_images)}), c.get("/gallery"),

@@ -38,13 +38,18 @@ def register(sub: Subparsers) -> None:
     ir = command(isub, "remove", _remove, "remove items by id", ["siamkit index remove gallery/ 17 18"])
     ir.add_argument("gallery_dir")
     ir.add_argument("ids", nargs="+", type=int)
+    ic = command(isub, "compact", _compact, "fold the logged edits into a new base index (edits stay cheap)",
+                 ["siamkit index compact gallery/"], "Adds and removals are logged beside the base index and cost "
+                 "what they change; a commit compacts by itself once they outgrow the base. This does it "
+                 "now.")  # fmt: skip
+    ic.add_argument("gallery_dir")
     ii = command(isub, "info", _info, "size, model, index and labels of a gallery", ["siamkit index info gallery/"])
     ii.add_argument("gallery_dir")
     ii.add_argument("--limit", type=int, default=20, help="list this many items")
     for sp in (ib, ia):
         sp.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
         model_flags(sp)
-    for sp in (ib, ia, ir, ii):
+    for sp in (ib, ia, ir, ic, ii):
         output_flags(sp)
 
     se = command(sub, "search", _search, "nearest gallery items of query images", [
@@ -98,13 +103,22 @@ def _remove(args: argparse.Namespace) -> None:
     emit(r, args.format, f"gallery {r['directory']}: removed {len(r['removed_ids'])}; size {r['size']}")
 
 
+def _compact(args: argparse.Namespace) -> None:
+    from siamkit.index import ops
+
+    r = ops.compact(args.gallery_dir)
+    emit(r, args.format, f"gallery {r['directory']}: {r['folded_edits']} logged edits folded into generation "
+         f"{r['generation']}; size {r['size']}")  # fmt: skip
+
+
 def _info(args: argparse.Namespace) -> None:
     from siamkit.index import ops
 
     r = ops.info(args.gallery_dir, args.limit)
     opts = ", ".join(f"{k} {v}" for k, v in r["index"].get("options", {}).items())
     index = r["index"]["kind"] + (f" ({opts})" if opts else "")
-    lines = [f"gallery {r['directory']}: {r['size']:,} items, {r['dim']}-d, {r['metric']} distance, {index} index",
+    lines = [f"gallery {r['directory']}: {r['size']:,} items, {r['dim']}-d, {r['metric']} distance, {index} index "
+             f"(generation {r['generation']}, {r['pending_edits']} edits logged since)",
              f"model {r['model_hash'][:12]} (run {r['run_dir']})",
              "labels: " + ", ".join(f"{k} ({v})" for k, v in sorted(r["labels"].items()))]  # fmt: skip
     lines += [f"  {it['id']:>6}  {it['label'] or '-':<16} {it['path']}" for it in r["items"]]

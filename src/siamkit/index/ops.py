@@ -198,3 +198,13 @@ def info(gallery_dir: str, limit: int = 20) -> dict[str, Any]:
     first = sorted(gallery.items.values(), key=lambda it: it.id)[:limit]
     return {**gallery.describe(), "labels": labels,
             "items": [{"id": it.id, "label": it.label, "path": it.path} for it in first]}  # fmt: skip
+
+
+def compact(gallery_dir: str) -> dict[str, Any]:
+    """Fold the gallery's logged edits into a new base index (a commit, under the gallery's lock)."""
+    with locked(gallery_dir):
+        gallery = Gallery.open(gallery_dir)
+        folded = gallery.describe()["pending_edits"]
+        if folded:
+            gallery.compact()
+    return {**gallery.describe(), "folded_edits": folded}

@@ -114,12 +114,12 @@ class Service:
         return gallery
 
     def _reload(self) -> None:
-        """Re-read the committed gallery (caller holds ``self.lock``)."""
+        """Catch up with the committed gallery (caller holds ``self.lock``)."""
         assert self.gallery is not None
-        if self.gallery.is_stale():
-            fresh = Gallery.open(self.gallery.directory)
+        fresh = self.gallery.refresh()  # the new log rows alone, unless the base changed
+        if fresh is not self.gallery:
             fresh.check_model(self.model.describe())
-            self.gallery = fresh
+        self.gallery = fresh
 
     def add_item(self, img: Image.Image, vector: np.ndarray, label: str | None) -> int:
         """Store a copy of the validated image (re-encoded as PNG, at most ``STORED_SIDE`` px on its long side: no

@@ -18,6 +18,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _decode_cache(tmp_path_factory):
+    """Decoded-image caches of the tests (and of the processes they start) in a temp folder, not ~/.cache."""
+    import os
+
+    os.environ["SIAMKIT_CACHE"] = str(tmp_path_factory.mktemp("siamkit_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

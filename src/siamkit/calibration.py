@@ -47,7 +47,7 @@ def calibrate_run(
         images, table = read_tuples_csv(data, "pairs", c, (h, w), skip_bad)
     else:
         images, table = _drawn_pairs(data, (c, h, w), skip_bad, n_pairs or int(run_eval.get("n_pairs", 5000)), seed)
-    emb = model.embed(images.images)
+    emb = model.embedder.embed(images.images)
     assert table.labels is not None
     distances = model.distances(emb[table.index[:, 0]], emb[table.index[:, 1]]).astype(np.float64)
     scores = PairScores(distances, table.labels, table.index)

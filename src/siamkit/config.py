@@ -80,6 +80,18 @@ class DataConfig:
     std: list[float] | None = None
     limit: int | None = None
     """Use only N training images, sampled (seeded) and stratified by class (quick experiments)."""
+    cache: bool = True
+    """Folders and CSVs: decode once, in parallel, into a cache file that later runs open in seconds
+    (``siamkit.data.cache``); false decodes in memory every run."""
+    cache_dir: str | None = None
+    """Where decoded caches go; None = ``$SIAMKIT_CACHE`` or ``~/.cache/siamkit``, then ``decoded/``."""
+    workers: int = 0
+    """Decoding processes; 0 = one per core."""
+    memory_limit_mb: float = 1024
+    """A decoded set up to this size is loaded into memory; a larger one stays in the cache file and each batch
+    reads its rows (resident memory bounded whatever the dataset's size)."""
+    progress: bool = True
+    """A decoding progress bar (images/s) on a terminal."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -224,6 +236,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "data.val_per_class": (0, INF, True, False),
     "data.test_per_class": (0, INF, True, False),
     "data.limit": (2, INF, True, False),
+    "data.workers": (0, 1024, True, True),
+    "data.memory_limit_mb": (0, INF, True, False),
     "data.mean": (-INF, INF, False, False),
     "data.std": (0, INF, False, False),
     "data.augment.degrees": (0, 180, True, True),

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import yaml
 
 from siamkit.classify import figures
+from siamkit.data.cache import ImageArray
 from siamkit.data.cifar import STAND_IN_NOTE, fashion_stand_in, load_cifar10
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import read_fashion_mnist
@@ -108,7 +109,7 @@ def load_study_data(cfg: ClassifyConfig) -> StudyData:
 
 
 @torch.no_grad()
-def predict(model: BaseCNN, images: torch.Tensor, pre: Preprocess, device: torch.device, bs: int = 256) -> Any:
+def predict(model: BaseCNN, images: ImageArray, pre: Preprocess, device: torch.device, bs: int = 256) -> Any:
     """Logits and penultimate features of ``images`` (uint8), in eval mode."""
     model.eval()
     logits, feats = [], []

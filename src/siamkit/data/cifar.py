@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from siamkit.data.cache import as_tensor, cache_root
 from siamkit.data.imageset import ImageSet
 from siamkit.errors import DataError
 
@@ -49,11 +50,6 @@ class _BatchUnpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch")
         return super().find_class(module, name)
-
-
-def cache_dir() -> Path:
-    """``$SIAMKIT_CACHE`` or ``~/.cache/siamkit``."""
-    return Path(os.environ.get("SIAMKIT_CACHE") or Path.home() / ".cache" / "siamkit")
 
 
 def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[torch.Tensor, np.ndarray]:
@@ -111,7 +107,7 @@ def download_cifar10(
     """Fetch (unless cached), verify and unpack CIFAR-10 under ``root`` (default: the cache); return the batch
     folder. A cached archive is re-verified; a download goes to a temporary file that is renamed only once
     its checksum is right, so a broken transfer never leaves a half-written archive behind."""
-    root = Path(root) if root is not None else cache_dir() / "cifar10"
+    root = Path(root) if root is not None else cache_root() / "cifar10"
     found = find_cifar10(root)
     if found is not None:
         return found
@@ -156,14 +152,14 @@ def _check_md5(path: Path, md5: str, url: str) -> None:
 
 def load_cifar10(directory: str | None = None, download: bool = True) -> tuple[ImageSet, ImageSet]:
     """CIFAR-10 from ``directory``, ``$SIAMKIT_CIFAR10``, the cache, or (with ``download``) the internet."""
-    for cand in (directory, os.environ.get("SIAMKIT_CIFAR10"), cache_dir() / "cifar10"):
+    for cand in (directory, os.environ.get("SIAMKIT_CIFAR10"), cache_root() / "cifar10"):
         if cand and find_cifar10(cand) is not None:
             return read_cifar10(cand)
     if directory:
         raise DataError(f"{directory}: no CIFAR-10 python batches (data_batch_1..5, test_batch) found there")
     if not download:
         raise DataError(
-            f"CIFAR-10 not found in the cache {cache_dir() / 'cifar10'}; fetch {CIFAR10_URL} and unpack it there, "
+            f"CIFAR-10 not found in the cache {cache_root() / 'cifar10'}; fetch {CIFAR10_URL} and unpack it there, "
             "or pass --data DIR (offline: --data fashion-mnist runs the 32×32 stand-in)"
         )
     return read_cifar10(download_cifar10())
@@ -171,5 +167,5 @@ def load_cifar10(directory: str | None = None, download: bool = True) -> tuple[I
 
 def fashion_stand_in(images: ImageSet) -> ImageSet:
     """Fashion-MNIST 28×28×1 → 32×32×3: zero-padded by 2 on each side and the gray channel repeated."""
-    x = torch.nn.functional.pad(images.images, (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
+    x = torch.nn.functional.pad(as_tensor(images.images), (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
     return ImageSet(x, images.labels, images.class_names, images.paths)

@@ -1,4 +1,4 @@
-"""In-memory image collections and fixed pair/triplet tables."""
+"""Image collections (in memory, or rows of a decode cache read on demand) and fixed pair/triplet tables."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from siamkit.data.cache import DiskImages
+
 
 @dataclass
 class ImageSet:
-    """Images held in memory as uint8 ``(N, C, H, W)`` with integer labels ``(N,)`` (-1 = unknown)."""
+    """Images as uint8 ``(N, C, H, W)`` — a tensor, or ``siamkit.data.cache.DiskImages`` for a set larger than
+    memory (indexed the same way) — with integer labels ``(N,)`` (-1 = unknown)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | DiskImages
     labels: np.ndarray
     class_names: list[str]
     paths: list[str] | None = None
@@ -39,7 +42,9 @@ class ImageSet:
     def subset(self, index: np.ndarray) -> ImageSet:
         index = np.asarray(index, dtype=np.int64)
         paths = [self.paths[i] for i in index] if self.paths is not None else None
-        return ImageSet(self.images[torch.from_numpy(index)], self.labels[index], self.class_names, paths)
+        x = self.images
+        images = x.take(index) if isinstance(x, DiskImages) else x[torch.from_numpy(index)]
+        return ImageSet(images, self.labels[index], self.class_names, paths)
 
     def class_counts(self) -> dict[int, int]:
         values, counts = np.unique(self.labels, return_counts=True)

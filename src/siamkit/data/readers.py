@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from siamkit.config import DataConfig
+from siamkit.data.cache import CacheSettings, DiskImages, as_tensor, decode_cached, default_cache_dir
 from siamkit.data.images import SKIP_HINT, image_to_array, natural_channels, open_image
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.errors import DataError
@@ -122,13 +123,17 @@ def _cifar10(cfg: DataConfig) -> DatasetBundle:
 
 @layout("triplets-csv", detect=_is_csv_with({"anchor", "positive", "negative"}))
 def _triplets_csv(cfg: DataConfig) -> DatasetBundle:
-    images, table = read_tuples_csv(cfg.source, "triplets", cfg.channels, _size(cfg), cfg.skip_bad)
+    images, table = read_tuples_csv(
+        cfg.source, "triplets", cfg.channels, _size(cfg), cfg.skip_bad, cache=cache_settings(cfg)
+    )
     return DatasetBundle(Path(cfg.source).stem, images, tuples=table)
 
 
 @layout("pairs-csv", detect=_is_csv_with({"path_a", "path_b", "label"}))
 def _pairs_csv(cfg: DataConfig) -> DatasetBundle:
-    images, table = read_tuples_csv(cfg.source, "pairs", cfg.channels, _size(cfg), cfg.skip_bad)
+    images, table = read_tuples_csv(
+        cfg.source, "pairs", cfg.channels, _size(cfg), cfg.skip_bad, cache=cache_settings(cfg)
+    )
     return DatasetBundle(Path(cfg.source).stem, images, tuples=table)
 
 
@@ -140,12 +145,15 @@ def _idx(cfg: DataConfig) -> DatasetBundle:
 
 @layout("folder", detect=_is_folder)
 def _folder(cfg: DataConfig) -> DatasetBundle:
-    return DatasetBundle(Path(cfg.source).name, read_folder(cfg.source, cfg.channels, _size(cfg), cfg.skip_bad))
+    images = read_folder(cfg.source, cfg.channels, _size(cfg), cfg.skip_bad, cache_settings(cfg))
+    return DatasetBundle(Path(cfg.source).name, images)
 
 
 @layout("flat", detect=lambda path: path.is_dir())
 def _flat(cfg: DataConfig) -> DatasetBundle:
-    images = read_flat(cfg.source, cfg.flat_field, cfg.flat_regex, cfg.channels, _size(cfg), cfg.skip_bad)
+    images = read_flat(
+        cfg.source, cfg.flat_field, cfg.flat_regex, cfg.channels, _size(cfg), cfg.skip_bad, cache_settings(cfg)
+    )
     return DatasetBundle(Path(cfg.source).name, images)
 
 
@@ -318,11 +326,31 @@ def auto_size(paths: Sequence[Path], headers: Sequence[Header] | None = None) ->
     return size
 
 
+def decode_file(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image file as ``(C, H, W)`` uint8 at ``size``; an unreadable or too small image is a DataError naming it."""
+    img = open_image(path)
+    if min(img.height, img.width) < MIN_SIDE:
+        raise DataError(f"{path}: a {img.width}×{img.height} image is below the {MIN_SIDE}-px minimum; {SKIP_HINT}")
+    return image_to_array(img, channels, size)
+
+
 def _decode_all(
-    paths: Sequence[Path], channels: int | None, size: tuple[int, int] | None, skip_bad: bool
-) -> tuple[torch.Tensor, list[int], list[str]]:
-    """Decode ``paths`` into one uint8 tensor; returns (images, kept positions, skipped paths). Without ``size``
-    the input size comes from the data (``auto_size``); images smaller than ``MIN_SIDE`` px are refused."""
+    paths: Sequence[Path], channels: int | None, size: tuple[int, int] | None, skip_bad: bool,
+    key: str | None = None, cache: CacheSettings | None = None,
+) -> tuple[torch.Tensor | DiskImages, list[int], list[str]]:  # fmt: skip
+    """Decode ``paths`` into uint8 images ``(N, C, H, W)``; returns (images, kept positions, skipped paths). Without
+    ``size`` the input size comes from the data (``auto_size``); images smaller than ``MIN_SIDE`` px are refused.
+    With ``cache`` (and ``key``, the dataset's folder or CSV) the decode goes through ``siamkit.data.cache``: in
+    parallel, once, reused by later runs."""
+    if cache is not None and key is not None:
+
+        def resolve() -> tuple[int | None, tuple[int, int] | None]:
+            headers = [_header(p) for p in paths] if size is None or channels is None else None
+            return channels or auto_channels(paths, headers), size or auto_size(paths, headers)
+
+        got = decode_cached(paths, key, channels, size, skip_bad, cache, decode_file, resolve)
+        if got is not None:
+            return got.images, got.kept, got.skipped
     arrays: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
@@ -333,13 +361,11 @@ def _decode_all(
         channels = auto_channels(paths, headers)
     for i, p in enumerate(paths):
         try:
-            img = open_image(p)
-            if min(img.height, img.width) < MIN_SIDE:
-                raise DataError(f"{p}: a {img.width}×{img.height} image is below the {MIN_SIDE}-px minimum; "
-                                f"{SKIP_HINT}")  # fmt: skip
-            channels = channels or natural_channels(img)
-            size = size or (img.height, img.width)
-            arrays.append(image_to_array(img, channels, size))
+            if channels is None or size is None:
+                img = open_image(p)
+                channels = channels or natural_channels(img)
+                size = size or (img.height, img.width)
+            arrays.append(decode_file(p, channels, size))
             kept.append(i)
         except DataError as exc:
             if not skip_bad:
@@ -351,9 +377,17 @@ def _decode_all(
     return torch.from_numpy(np.stack(arrays)), kept, skipped
 
 
+def cache_settings(cfg: DataConfig) -> CacheSettings | None:
+    """The decode cache of ``cfg`` (None with ``data.cache=false``)."""
+    if not cfg.cache:
+        return None
+    directory = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return CacheSettings(directory, cfg.workers, cfg.memory_limit_mb, cfg.progress)
+
+
 def read_folder(
     root: str | os.PathLike[str], channels: int | None = None, size: tuple[int, int] | None = None,
-    skip_bad: bool = False,
+    skip_bad: bool = False, cache: CacheSettings | None = None,
 ) -> ImageSet:  # fmt: skip
     """Class-per-folder layout ``root/<class>/<image>``; every non-hidden file in a class folder is an image."""
     root = Path(root)
@@ -373,13 +407,13 @@ def read_folder(
         labels += [ci] * len(listed[name])
     if not paths:
         raise DataError(f"{root}: the class folders hold no files")
-    images, kept, skipped = _decode_all(paths, channels, size, skip_bad)
+    images, kept, skipped = _decode_all(paths, channels, size, skip_bad, str(root), cache)
     return ImageSet(images, np.asarray(labels, np.int64)[kept], classes, [str(paths[i]) for i in kept], skipped)
 
 
 def read_flat(
     root: str | os.PathLike[str], field: int = 1, regex: str | None = None, channels: int | None = None,
-    size: tuple[int, int] | None = None, skip_bad: bool = False,
+    size: tuple[int, int] | None = None, skip_bad: bool = False, cache: CacheSettings | None = None,
 ) -> ImageSet:  # fmt: skip
     """Flat folder, class in the file name: the ``field``-th ``_`` field of the stem, or ``regex``'s group
     ``class`` (else group 1)."""
@@ -405,7 +439,7 @@ def read_flat(
             names.append(fields[field])
     classes = sorted(set(names))
     lookup = {c: i for i, c in enumerate(classes)}
-    images, kept, skipped = _decode_all(paths, channels, size, skip_bad)
+    images, kept, skipped = _decode_all(paths, channels, size, skip_bad, str(root), cache)
     labels = np.asarray([lookup[names[i]] for i in kept], np.int64)
     return ImageSet(images, labels, classes, [str(paths[i]) for i in kept], skipped)
 
@@ -433,7 +467,7 @@ def _csv_header(path: Path) -> list[str]:
 
 def read_tuples_csv(
     path: str | os.PathLike[str], kind: str, channels: int | None = None, size: tuple[int, int] | None = None,
-    skip_bad: bool = False, require_label: bool = True,
+    skip_bad: bool = False, require_label: bool = True, cache: CacheSettings | None = None,
 ) -> tuple[ImageSet, TupleTable]:  # fmt: skip
     """A CSV of pairs (``path_a,path_b,label``; 1 = same) or triplets (``anchor,positive,negative``).
 
@@ -467,7 +501,7 @@ def read_tuples_csv(
     if kind == "pairs" and len(needed) == 3:
         labels = np.asarray([_pair_label(r[2], path, line) for line, r in enumerate(rows, start=2)], np.int64)
     ordered = list(files)
-    images, kept, skipped = _decode_all([Path(p) for p in ordered], channels, size, skip_bad)
+    images, kept, skipped = _decode_all([Path(p) for p in ordered], channels, size, skip_bad, str(path), cache)
     remap = np.full(len(ordered), -1, np.int64)
     remap[kept] = np.arange(len(kept))
     index = remap[positions]
@@ -492,17 +526,24 @@ def _resize_tensor_sets(bundle: DatasetBundle, cfg: DataConfig) -> DatasetBundle
     """Apply image_size / channels / limit to sources decoded without them (digits, IDX)."""
     sets = [bundle.images] + ([bundle.test] if bundle.test is not None else [])
     for s in sets:
-        if cfg.channels and s.images.shape[1] != cfg.channels:
+        recolour = bool(cfg.channels) and s.images.shape[1] != cfg.channels
+        resize = bool(cfg.image_size) and s.images.shape[-1] != cfg.image_size
+        if not (recolour or resize):
+            continue
+        x = as_tensor(s.images)  # sources decoded without these settings are in memory
+        if recolour:
             if cfg.channels == 3:
-                s.images = s.images.expand(-1, 3, -1, -1).contiguous()
+                x = x.expand(-1, 3, -1, -1).contiguous()
             else:  # ITU-R 601-2 luma, as PIL's convert("L")
                 luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-                s.images = (s.images.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-        if cfg.image_size and s.images.shape[-1] != cfg.image_size:
+                x = (x.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        if resize:
+            assert cfg.image_size is not None
             resized = torch.nn.functional.interpolate(
-                s.images.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False
+                x.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False
             )
-            s.images = resized.round().clamp(0, 255).to(torch.uint8)
+            x = resized.round().clamp(0, 255).to(torch.uint8)
+        s.images = x
     if cfg.limit is not None and bundle.tuples is None and cfg.limit < len(bundle.images):
         bundle.images = bundle.images.subset(stratified_sample(bundle.images.labels, cfg.limit))
     return bundle

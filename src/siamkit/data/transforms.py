@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from siamkit.config import AugmentConfig
+from siamkit.data.cache import ImageArray
 from siamkit.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,11 +35,20 @@ def augment_preset(name: str) -> AugmentConfig:
     raise ConfigError(f"unknown augmentation preset {name!r}; choose none or cifar")
 
 
-def channel_stats(images: torch.Tensor, max_items: int = 20000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 ``(N, C, H, W)`` images scaled to [0, 1] (first ``max_items``)."""
-    x = images[:max_items].float().div_(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+def channel_stats(images: ImageArray, max_items: int = 20000, chunk: int = 1024) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 ``(N, C, H, W)`` images scaled to [0, 1] (first ``max_items``), summed
+    in float64 a chunk at a time (memory bounded by one chunk)."""
+    n = min(len(images), max_items)
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, n, chunk):
+        x = images[start : min(start + chunk, n)].to(torch.float64).div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.pow(2).sum(dim=(0, 2, 3))
+    count = n * images.shape[2] * images.shape[3]
+    mean = total / count
+    var = (squares - count * mean**2) / max(count - 1, 1)  # the unbiased estimate, as torch.std
+    std = var.clamp_min(0).sqrt().clamp_min(1e-6)
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 

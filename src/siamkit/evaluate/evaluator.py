@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from siamkit.config import EvalConfig
+from siamkit.data.cache import ImageArray, as_tensor
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.data.transforms import Preprocess
 from siamkit.data.tuples import distinct_count, fixed_tuples
@@ -21,7 +22,7 @@ from siamkit.models.siamese import SiameseNet
 
 @torch.no_grad()
 def embed_images(
-    model: SiameseNet, images: torch.Tensor, preprocess: Preprocess, batch_size: int = 512,
+    model: SiameseNet, images: ImageArray, preprocess: Preprocess, batch_size: int = 512,
     device: torch.device | str = "cpu", progress: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """Embeddings ``(N, D)`` (float32, on the CPU) of uint8 images ``(N, C, H, W)``, in eval mode. Under
@@ -38,7 +39,7 @@ def embed_images(
 
 
 def _embed_local(
-    model: SiameseNet, images: torch.Tensor, preprocess: Preprocess, batch_size: int, device: torch.device | str,
+    model: SiameseNet, images: ImageArray, preprocess: Preprocess, batch_size: int, device: torch.device | str,
     progress: bool,
 ) -> torch.Tensor:  # fmt: skip
     was_training = model.training
@@ -139,10 +140,10 @@ def evaluate_split(
     return evaluate_embeddings(emb, images, tuples, cfg, threshold, seed)
 
 
-def pixel_embeddings(images: torch.Tensor) -> torch.Tensor:
+def pixel_embeddings(images: ImageArray) -> torch.Tensor:
     """The raw-pixel baseline ``(N, C·H·W)``: uint8 images ``(N, C, H, W)`` at the run's input size, flattened and
     L2-normalised (float32)."""
-    flat = images.reshape(len(images), -1).float()
+    flat = as_tensor(images).reshape(len(images), -1).float()
     return torch.nn.functional.normalize(flat, dim=1)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from siamkit.data.cache import ImageArray
 from siamkit.data.images import load_image
 from siamkit.errors import CheckpointError
 from siamkit.distances import as_dissimilarity, get_distance
@@ -48,7 +49,7 @@ class Embedder:
     def _embed_batch(self, images: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
-    def embed(self, images: torch.Tensor) -> np.ndarray:
+    def embed(self, images: ImageArray) -> np.ndarray:
         """Embeddings ``(N, D)`` float32 of uint8 images ``(N, C, H, W)`` of ``input_shape``."""
         if tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(f"images must be (N, {', '.join(map(str, self.input_shape))}), got {tuple(images.shape)}")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from siamkit.data.batch import Batch, LabelBatch, PairBatch, TripletBatch
+from siamkit.data.cache import ImageArray
 from siamkit.data.imageset import TupleTable
 from siamkit.data.samplers import PKSampler
 from siamkit.data.transforms import Preprocess
@@ -84,7 +85,7 @@ class ClassBatches:
 
 
 def make_batch(
-    images: torch.Tensor, b: BatchIndex, preprocess: Preprocess, device: torch.device, train: bool,
+    images: ImageArray, b: BatchIndex, preprocess: Preprocess, device: torch.device, train: bool,
     channels_last: bool = False, second_view: bool = False,
 ) -> Batch:  # fmt: skip
     """Gather and preprocess (augmenting when ``train``) the images of ``b`` on ``device``; ``second_view``: a

@@ -19,6 +19,7 @@ from torch import nn
 
 from siamkit.config import TrainConfig
 from siamkit.data.batch import LabelBatch
+from siamkit.data.cache import ImageArray
 from siamkit.data.transforms import Preprocess
 from siamkit.distributed import (
     SINGLE,
@@ -120,9 +121,9 @@ class FitData:
     (``training.batches``), and the preprocessing (normalisation; augmentation of training batches)."""
 
     preprocess: Preprocess
-    train_images: torch.Tensor
+    train_images: ImageArray
     train_source: BatchSource
-    val_images: torch.Tensor
+    val_images: ImageArray
     val_source: BatchSource
 
 
@@ -159,7 +160,7 @@ class FitResult:
 
 @torch.no_grad()
 def validation_loss(
-    model: SiameseNet, loss_fn: SiameseLoss, images: torch.Tensor, source: BatchSource, preprocess: Preprocess,
+    model: SiameseNet, loss_fn: SiameseLoss, images: ImageArray, source: BatchSource, preprocess: Preprocess,
     device: torch.device, channels_last: bool = False,
 ) -> float:  # fmt: skip
     """Mean loss over the fixed validation batches, in eval mode, never augmented.

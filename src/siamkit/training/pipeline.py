@@ -18,6 +18,7 @@ import torch
 
 from siamkit import distributed
 from siamkit.config import RunConfig, dump_config, from_dict, to_dict
+from siamkit.data.cache import ImageArray
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import DatasetBundle, load_dataset, stratified_sample
 from siamkit.data.samplers import PKSampler
@@ -361,10 +362,10 @@ def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet
 def baseline_embedders(
     n: int, shape: tuple[int, ...], untrained: SiameseNet | None, preprocess: Preprocess, batch_size: int,
     device: torch.device,
-) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:  # fmt: skip
+) -> dict[str, Callable[[ImageArray], torch.Tensor]]:  # fmt: skip
     """The baselines' embedding functions for ``n`` images of ``shape``: raw pixels (unless too large to hold) and
     ``untrained`` (when given)."""
-    embedders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    embedders: dict[str, Callable[[ImageArray], torch.Tensor]] = {}
     if n * int(np.prod(shape)) <= MAX_PIXEL_VALUES:
         embedders["pixels"] = pixel_embeddings
     else:
@@ -372,7 +373,7 @@ def baseline_embedders(
     if untrained is not None:
         net = untrained
 
-        def embed_untrained(images: torch.Tensor) -> torch.Tensor:
+        def embed_untrained(images: ImageArray) -> torch.Tensor:
             return embed_images(net, images, preprocess, batch_size, device)
 
         embedders["untrained"] = embed_untrained
@@ -405,9 +406,12 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_ima
     d[torch.arange(len(queries)), torch.from_numpy(queries)] = float("inf")
     k = min(10, len(emb) - 1)
     near = torch.topk(d, k, dim=1, largest=False)
-    images = test_images.images.numpy()
-    plots.plot_neighbours(images, test_images.labels, queries, near.indices.numpy(), near.values.numpy(),
-                          out / "neighbours.png", names)  # fmt: skip
+    indices = near.indices.numpy()
+    needed = np.unique(np.concatenate([queries, indices.ravel()]))  # read only the images the figure shows
+    images = test_images.images[torch.from_numpy(needed)].numpy()
+    plots.plot_neighbours(images, test_images.labels[needed], np.searchsorted(needed, queries),
+                          np.searchsorted(needed, indices), near.values.numpy(), out / "neighbours.png",
+                          names)  # fmt: skip
     if cfg.eval.tsne_points > 0:
         pick = np.sort(rng.permutation(len(emb))[: cfg.eval.tsne_points])
         pts = plots.tsne_2d(emb[pick].numpy(), cfg.train.seed)

@@ -179,3 +179,46 @@ def test_kfold_verification_accuracy_matches_a_loop():
         accs.append(((d[te] <= best) == (y[te] == 1)).mean())
     assert got["mean"] == pytest.approx(np.mean(accs), abs=0.005)
     assert len(got["folds"]) == 10 and got["std"] == pytest.approx(np.std(got["folds"]))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine", "cosine_similarity"])
+def test_knn_retrieval_equals_the_dense_ranking(distance):
+    from siamkit.distances import get_distance
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((1500, 12)).astype(np.float32))
+    y = rng.integers(0, 40, 1500)
+    dense = M.retrieval_metrics(x, y, (1, 5), distance=get_distance(distance), method="dense")
+    knn = M.retrieval_metrics(x, y, (1, 5), distance=get_distance(distance), method="knn")
+    assert knn == pytest.approx(dense, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: np.repeat(rng.standard_normal((60, 4)), 5, axis=0),  # exact duplicates: ties at 0
+        lambda rng: np.zeros((300, 4)),  # a collapsed embedding: every distance ties
+        lambda rng: rng.integers(0, 3, (400, 2)).astype(float),  # a grid: long runs of equal distances
+    ],
+)
+def test_knn_retrieval_keeps_the_tie_rule(make):
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(make(rng).astype(np.float32))
+    y = rng.integers(0, 4, len(x))
+    dense = M.retrieval_metrics(x, y, method="dense")
+    assert M.retrieval_metrics(x, y, method="knn") == pytest.approx(dense, abs=1e-7)
+
+
+def test_large_sets_are_ranked_by_the_knn_index(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((600, 6)).astype(np.float32))
+    y = rng.integers(0, 10, 600)
+    used = []
+    real = M._knn_hits
+    monkeypatch.setattr(M, "_knn_hits", lambda *a, **k: used.append(1) or real(*a, **k))
+    want = M.retrieval_metrics(x, y)  # below KNN_FROM: dense
+    assert used == []
+    monkeypatch.setattr(M, "KNN_FROM", 500)
+    assert M.retrieval_metrics(x, y) == pytest.approx(want, abs=1e-7) and used == [1]
+    with pytest.raises(ValueError, match="unknown retrieval method"):
+        M.retrieval_metrics(x, y, method="fast")

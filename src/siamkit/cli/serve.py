@@ -22,6 +22,18 @@ def register(sub: Subparsers) -> None:
     sv.add_argument("--max-pixels", type=int, default=25_000_000, help="per-image pixel limit (422 above)")
     sv.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                     help="also answer to this Host name (default: bind address, localhost; repeatable)")  # fmt: skip
+    sv.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="images per forward pass, gathered from concurrent requests (default 64; 1: no batching)",
+    )
+    sv.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="the longest a request waits for others to join its batch (default 5)",
+    )
     sv.add_argument("--token", default=None,
                     help="token for gallery edits (default: $SIAMKIT_TOKEN); needed beyond 127.0.0.1")  # fmt: skip
     model_flags(sv, threshold=True)
@@ -29,8 +41,13 @@ def register(sub: Subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from siamkit.errors import ConfigError
     from siamkit.serve.app import serve
+    from siamkit.serve.batching import Batching
     from siamkit.serve.uploads import UploadLimits
+
+    if args.max_batch < 1 or args.max_wait_ms < 0:
+        raise ConfigError("--max-batch must be at least 1 and --max-wait-ms at least 0")
 
     limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
     token = args.token or os.environ.get("SIAMKIT_TOKEN")
@@ -41,4 +58,4 @@ def _serve(args: argparse.Namespace) -> None:
 
     level = "warning" if args.quiet or args.format == "json" else "info"
     serve(args.run_dir, args.gallery_dir, args.host, args.port, model_source(args), limits, level,
-          args.allowed_hosts, token, announce)  # fmt: skip
+          args.allowed_hosts, token, announce, Batching(args.max_batch, args.max_wait_ms))  # fmt: skip

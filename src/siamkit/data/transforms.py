@@ -35,7 +35,7 @@ def augment_preset(name: str) -> AugmentConfig:
     raise ConfigError(f"unknown augmentation preset {name!r}; choose none or cifar")
 
 
-def channel_stats(images: ImageArray, max_items: int = 20000, chunk: int = 1024) -> tuple[list[float], list[float]]:
+def channel_stats(images: ImageArray, max_items: int = 20000, chunk: int = 256) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 ``(N, C, H, W)`` images scaled to [0, 1] (first ``max_items``), summed
     in float64 a chunk at a time (memory bounded by one chunk)."""
     n = min(len(images), max_items)

@@ -112,9 +112,13 @@ def similarity_accuracy(d_ap: np.ndarray, d_an: np.ndarray) -> float:
     return float((np.asarray(d_ap) < np.asarray(d_an)).mean())
 
 
+KNN_FROM = 20_000
+"""Sets of at least this many items are ranked by a k-NN index (faiss) instead of the dense distance matrix."""
+
+
 def retrieval_metrics(
     embeddings: torch.Tensor, labels: np.ndarray, recall_at: tuple[int, ...] = (1, 5, 10), chunk: int = 1024,
-    distance: Distance | None = None,
+    distance: Distance | None = None, method: str = "auto",
 ) -> dict[str, float]:  # fmt: skip
     """Leave-one-out retrieval (Musgrave et al. 2020): each item queries all the others, ranked by
     ``distance`` (Euclidean by default; a similarity ranks largest first).
@@ -124,6 +128,11 @@ def retrieval_metrics(
     out. Ties are broken against the query: among items at exactly the same distance, those of another class
     rank first, so the figures never depend on the order of the items (and a collapsed embedding, where every
     distance ties, scores 0 rather than whatever the storage order gives).
+
+    ``method``: ``dense`` ranks each chunk of queries against every item (a ``(chunk, N)`` matrix); ``knn`` asks
+    an exact faiss k-NN index for the ``max(R) + 1`` nearest of each query (what large sets need: no ``N``-wide
+    rows), and re-ranks densely the rare queries whose run of equal distances crosses that cut, so that the tie
+    rule — and every figure — is the dense method's; ``auto`` (default): ``knn`` from ``KNN_FROM`` items.
     """
     emb = embeddings.float()
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
@@ -132,28 +141,25 @@ def retrieval_metrics(
     max_k = max(max(recall_at), int(counts.max()))
     max_k = min(max_k, n - 1)
     sums = {"p1": 0.0, "r_prec": 0.0, "map_r": 0.0, **{f"r{k}": 0.0 for k in recall_at}}
-    valid = 0
     dist = distance or SquaredEuclidean()  # the same ranking as Euclidean, without the square root
-    for start in range(0, n, chunk):
-        q = slice(start, min(start + chunk, n))
-        d = as_dissimilarity(dist.matrix(emb[q], emb), dist)
-        rows = torch.arange(q.start, q.stop)
+    if method == "auto":
+        method = "knn" if n >= KNN_FROM and _knn_metric(dist) is not None and _has_faiss() else "dense"
+    if method == "knn":
+        exact_rows = _knn_hits(emb, y, counts, max_k, dist, sums, recall_at)
+    elif method == "dense":
+        exact_rows = torch.arange(n)
+    else:
+        raise ValueError(f"unknown retrieval method {method!r}; use auto, dense or knn")
+    for start in range(0, len(exact_rows), chunk):
+        rows = exact_rows[start : start + chunk]
+        d = as_dissimilarity(dist.matrix(emb[rows], emb), dist)
         d[torch.arange(len(rows)), rows] = float("inf")  # leave the query itself out
-        hits = _ranked_hits(d, y, rows, max_k)  # (q, max_k)
-        r = counts[rows]
-        keep = r > 0
-        if not keep.any():
-            continue
-        hits, r = hits[keep], r[keep]
-        valid += int(keep.sum())
-        pos = torch.arange(1, max_k + 1, dtype=torch.float32)
-        within_r = (pos[None, :] <= r[:, None]).float()
-        sums["p1"] += float(hits[:, 0].sum())
-        sums["r_prec"] += float(((hits * within_r).sum(1) / r).sum())
-        precision_at_i = hits.cumsum(1) / pos[None, :]
-        sums["map_r"] += float(((precision_at_i * hits * within_r).sum(1) / r).sum())
-        for k in recall_at:
-            sums[f"r{k}"] += float((hits[:, :k].sum(1) > 0).sum())
+        vals, idx = torch.topk(d, max_k, dim=1, largest=False, sorted=True)
+        hits = (y[idx] == y[rows, None]).to(torch.int8)
+        edge = vals[:, -1:]  # topk sorted ascending: the k-th place
+        misses_at_edge = ((d == edge) & (y[None, :] != y[rows, None])).sum(1, keepdim=True)
+        _accumulate(_ranked_hits(vals, hits, misses_at_edge), counts[rows], sums, recall_at)
+    valid = int((counts > 0).sum())
     if valid == 0:
         raise ValueError("no query has another item of its class: retrieval metrics are undefined")
     out = {
@@ -166,18 +172,101 @@ def retrieval_metrics(
     return out
 
 
-def _ranked_hits(d: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
-    """Whether each of the ``k`` nearest items (by dissimilarity ``d`` ``(q, n)``, the query itself at +inf) has
-    the query's class ``(q, k)``, ties broken against the query: wrong-class items first within a run of equal
-    distances, including the run cut by the k-th place (filled by its wrong-class members first)."""
-    vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
-    hits = (y[idx] == y[rows, None]).to(torch.int8)
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _knn_metric(dist: Distance) -> str | None:
+    """The faiss metric that ranks like ``dist``: L2 for the Euclidean distances, inner product of normalised
+    vectors for the cosine ones; None for others."""
+    name = getattr(dist, "name", "")
+    if name in ("euclidean", "squared_euclidean"):
+        return "l2"
+    if name in ("cosine", "cosine_similarity"):
+        return "ip"
+    return None
+
+
+def _knn_hits(
+    emb: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, max_k: int, dist: Distance, sums: dict[str, float],
+    recall_at: tuple[int, ...], chunk: int = 8192,
+) -> torch.Tensor:  # fmt: skip
+    """Rank every query by an exact faiss index and add its figures to ``sums``; returns the queries left to rank
+    densely (a run of equal distances crossing the ``max_k``-th place, or the query not found among its own
+    nearest), whose figures are not added."""
+    import faiss
+
+    x = np.ascontiguousarray(emb.numpy(), dtype=np.float32)
+    metric = _knn_metric(dist)
+    if metric == "ip":
+        x = x.copy()
+        faiss.normalize_L2(x)
+    index: Any = faiss.IndexFlatIP(x.shape[1]) if metric == "ip" else faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    redo: list[torch.Tensor] = []
+    want = min(max_k + 2, len(x))  # the query itself, max_k others, and one more to see a tie at the cut
+    for start in range(0, len(x), chunk):
+        rows = torch.arange(start, min(start + chunk, len(x)))
+        raw, found = index.search(x[start : rows[-1] + 1], want)
+        vals = torch.from_numpy(-raw if metric == "ip" else raw)
+        idx = torch.from_numpy(found)
+        own = idx == rows[:, None]
+        lost = ~own.any(1)  # the query itself was not among the nearest (more than max_k exact duplicates)
+        own[lost, -1] = True  # drop the last column of those rows instead; they are ranked densely
+        keep = ~own
+        vals = vals[keep].view(len(rows), want - 1)
+        idx = idx[keep].view(len(rows), want - 1)
+        crossing = (
+            (vals[:, max_k - 1] == vals[:, max_k]) if want - 1 > max_k else torch.zeros(len(rows), dtype=torch.bool)
+        )
+        dense = lost | crossing | (idx[:, :max_k] < 0).any(1)
+        ok = ~dense
+        vals, idx = vals[ok, :max_k], idx[ok, :max_k]
+        hits = (y[idx] == y[rows[ok], None]).to(torch.int8)
+        v_sorted, h_sorted = _tie_sorted(vals, hits)
+        misses_at_edge = ((v_sorted == v_sorted[:, -1:]) & (h_sorted == 0)).sum(1, keepdim=True)
+        _accumulate(_ranked_hits(vals, hits, misses_at_edge), counts[rows[ok]], sums, recall_at)
+        redo.append(rows[dense])
+    return torch.cat(redo) if redo else torch.empty(0, dtype=torch.int64)
+
+
+def _accumulate(hits: torch.Tensor, r: torch.Tensor, sums: dict[str, float], recall_at: tuple[int, ...]) -> None:
+    """Add the figures of queries with ranked ``hits`` ``(q, max_k)`` and ``r`` same-class others to ``sums``
+    (queries with ``r = 0`` are left out)."""
+    keep = r > 0
+    if not keep.any():
+        return
+    hits, r = hits[keep], r[keep]
+    max_k = hits.shape[1]
+    pos = torch.arange(1, max_k + 1, dtype=torch.float32)
+    within_r = (pos[None, :] <= r[:, None]).float()
+    sums["p1"] += float(hits[:, 0].sum())
+    sums["r_prec"] += float(((hits * within_r).sum(1) / r).sum())
+    precision_at_i = hits.cumsum(1) / pos[None, :]
+    sums["map_r"] += float(((precision_at_i * hits * within_r).sum(1) / r).sum())
+    for k in recall_at:
+        sums[f"r{k}"] += float((hits[:, :k].sum(1) > 0).sum())
+
+
+def _tie_sorted(vals: torch.Tensor, hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``vals`` ascending with, within equal values, misses before hits."""
     by_hit = torch.sort(hits, dim=1, stable=True).indices  # misses first, then a stable sort by distance
     order = by_hit.gather(1, torch.sort(vals.gather(1, by_hit), dim=1, stable=True).indices)
-    vals, hits = vals.gather(1, order), hits.gather(1, order)
+    return vals.gather(1, order), hits.gather(1, order)
+
+
+def _ranked_hits(vals: torch.Tensor, hits: torch.Tensor, misses_at_edge: torch.Tensor) -> torch.Tensor:
+    """Whether each of the ``k`` nearest items (dissimilarities ``vals`` ``(q, k)``, same-class flags ``hits``) has
+    the query's class, ties broken against the query: wrong-class items first within a run of equal distances,
+    including the run cut by the k-th place, filled by its wrong-class members first (``misses_at_edge``: how
+    many items of another class, over the whole row, sit at the k-th place's distance)."""
+    vals, hits = _tie_sorted(vals, hits)
     edge = vals[:, -1:]  # the run of ties that the k-th place cuts
     in_edge = vals == edge
-    misses_at_edge = ((d == edge) & (y[None, :] != y[rows, None])).sum(1, keepdim=True)
     rank_in_edge = in_edge.cumsum(1) - 1
     hits = torch.where(in_edge, (rank_in_edge >= misses_at_edge).to(torch.int8), hits)
     return hits.float()

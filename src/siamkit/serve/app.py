@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -28,6 +27,7 @@ from siamkit.files import atomic_write_bytes
 from siamkit.index.gallery import Gallery, locked
 from siamkit.runs.embedders import Embedder, ModelSource
 from siamkit.runs.model import Model, as_model, open_model
+from siamkit.serve.batching import Batcher, Batching
 from siamkit.serve.guard import Guard, GuardMiddleware, default_hosts, is_loopback
 from siamkit.serve.page import PAGE_HTML
 from siamkit.serve.uploads import BodyLimitMiddleware, Payload, UploadLimits, decode_image, read_payload
@@ -55,11 +55,12 @@ def _image_body(*fields: str, extra: dict[str, Any] | None = None) -> dict[str, 
 class Service:
     """The state behind the routes: the model, the optional gallery and the lock that serialises its edits."""
 
-    def __init__(self, model: Model, gallery: Gallery | None, limits: UploadLimits):
+    def __init__(self, model: Model, gallery: Gallery | None, limits: UploadLimits, batching: Batching):
         self.model = model
         self.gallery = gallery
         self.limits = limits
         self.lock = threading.RLock()
+        self.batcher = Batcher(lambda x: self.model.embedder.embed(x), batching.max_batch, batching.max_wait_ms)
 
     async def read(self, request: Request, image_fields: tuple[str, ...]) -> Payload:
         """The request's images and fields, within the per-request limits (image count, then decoded pixels)."""
@@ -92,8 +93,8 @@ class Service:
         return await run_in_threadpool(self._inputs, self.blobs(payload, field, count), field, payload.pixel_budget)
 
     async def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
-        batch = torch.from_numpy(np.stack(arrays))
-        return await run_in_threadpool(self.model.embed, batch)
+        """Embeddings ``(n, D)`` of model inputs, computed in a batch with other requests' (``serve.batching``)."""
+        return await self.batcher.embed(np.stack(arrays))
 
     def current(self) -> Gallery | None:
         """The gallery (or None), reloaded first if another process (``siamkit index add/remove``) committed. A
@@ -210,15 +211,17 @@ def create_app(
     gallery: Gallery | None = None,
     limits: UploadLimits | None = None,
     guard: Guard | None = None,
+    batching: Batching | None = None,
 ) -> FastAPI:
     """The service for ``model`` (and ``gallery``, checked to come from the same model); ``guard``: the hosts it
     answers to and the token gallery edits need (``siamkit.serve.guard``; cross-origin state changes are always
-    refused)."""
+    refused); ``batching``: how concurrent requests share forward passes (``siamkit.serve.batching``)."""
     model = as_model(model)
     limits = limits or UploadLimits()
     if gallery is not None:
         gallery.check_model(model.describe())
-    svc = Service(model, gallery, limits)
+    batching = batching or Batching()
+    svc = Service(model, gallery, limits, batching)
     app = FastAPI(title="siamkit", version=__version__,
                   description="Embed, verify and search images with a trained Siamese model.")  # fmt: skip
     app.state.service = svc
@@ -257,7 +260,9 @@ def create_app(
             gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
         except HTTPException as exc:  # the service still answers: say what is wrong with the gallery
             gal = {"error": exc.detail}
-        return {"status": "ok", **info, "gallery": gal, "max_request_bytes": limits.max_request_bytes}
+        return {"status": "ok", **info, "gallery": gal, "max_request_bytes": limits.max_request_bytes,
+                "batching": {"max_batch": batching.max_batch, "max_wait_ms": batching.max_wait_ms,
+                             "forward_passes": svc.batcher.batches}}  # fmt: skip
 
     @app.post("/embed", openapi_extra=_image_body("image"))
     async def embed(request: Request) -> dict[str, Any]:
@@ -271,8 +276,8 @@ def create_app(
         """Distance of two images and the decision at the threshold saved with the model."""
         payload = await svc.read(request, ("image_a", "image_b"))
         arrays = await svc.images(payload, "image_a") + await svc.images(payload, "image_b")
-        pair = [torch.from_numpy(np.stack([a])) for a in arrays]
-        decision = (await run_in_threadpool(model.verify_many, *pair))[0]
+        vectors = await svc.embed(arrays)
+        decision = model.decisions(vectors[:1], vectors[1:])[0]
         return {**decision.to_dict(), "metric": model.distance}
 
     k_schema = {"k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}}
@@ -329,7 +334,7 @@ def serve(
     run_dir: str, gallery_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000,
     backend: str | ModelSource = "torch", limits: UploadLimits | None = None, log_level: str = "info",
     allowed_hosts: list[str] | None = None, token: str | None = None,
-    announce: Callable[[dict[str, Any]], None] | None = None,
+    announce: Callable[[dict[str, Any]], None] | None = None, batching: Batching | None = None,
 ) -> None:  # fmt: skip
     """Run the service on uvicorn until interrupted. It answers to the bind address, the loopback names and
     ``allowed_hosts``; gallery edits need ``token`` when given, and a service bound beyond the loopback interface
@@ -344,7 +349,7 @@ def serve(
                           "or bind to 127.0.0.1")  # fmt: skip
     model = open_model(run_dir, backend)
     gallery = Gallery.open(gallery_dir) if gallery_dir else None
-    app = create_app(model, gallery, limits, Guard(default_hosts(host, allowed_hosts), token or None))
+    app = create_app(model, gallery, limits, Guard(default_hosts(host, allowed_hosts), token or None), batching)
     if announce is not None:
         url_host = f"[{host}]" if ":" in host else host
         announce({"url": f"http://{url_host}:{port}", "run_dir": model.run_dir, "backend": model.backend,

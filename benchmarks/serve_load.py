@@ -10,6 +10,13 @@ final gallery does not reflect, and duplicated ids.
     .venv/bin/python benchmarks/serve_load.py --run runs/default --requests 10000 --concurrency 16
     .venv/bin/python benchmarks/serve_load.py --backend onnx            # exports model.onnx if missing
     .venv/bin/python benchmarks/serve_load.py --mixed                   # + gallery edits from HTTP and the CLI
+    .venv/bin/python benchmarks/serve_load.py --backbone resnet18 --requests 600   # POST /embed at 224×224,
+                                                                        # dynamic batching against none
+
+``--backbone NAME`` trains a small run of that backbone (its pretrained input size: 224×224 for resnet18; no
+weights are downloaded) and loads ``POST /embed`` (one image each) on two services: with dynamic batching
+(``--max-batch 64 --max-wait-ms 5``) and without (``--max-batch 1``); one line each, the batched one with its
+throughput ratio over the unbatched.
 """
 
 from __future__ import annotations
@@ -85,6 +92,14 @@ async def _drive(
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return latencies, errors, wall
+
+
+async def _load_embed(url: str, a: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
+    async def one(client: Any, i: int) -> bool:
+        r = await client.post(url, files={"image": ("a.png", a, "image/png")})
+        return bool(r.status_code == 200 and "embeddings" in r.json())
+
+    return await _drive(requests, concurrency, one, timeout=120.0)
 
 
 async def _load(url: str, a: bytes, b: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
@@ -163,7 +178,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     ap.add_argument("--mixed", action="store_true", help="verify/search/add/remove while the CLI edits the gallery")
+    ap.add_argument("--backbone", help="POST /embed on a run of this backbone, batched against unbatched")
     args = ap.parse_args()
+    if args.backbone:
+        embed_batching(args)
+        return
     siamkit = [sys.executable, "-m", "siamkit"]
     tmp = tempfile.TemporaryDirectory()
     run = Path(args.run) if args.run else Path(tmp.name) / "runs" / "load"
@@ -236,6 +255,58 @@ def main() -> None:
         "requests_per_s": round(len(lat) / wall, 1), "wall_s": round(wall, 2), "cpus": os.cpu_count(),
         "note": "client and server share this machine's CPUs over loopback",
     }))  # fmt: skip
+
+
+def _wait_until_up(server: subprocess.Popen[bytes], port: int) -> None:
+    import httpx
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"server did not start: {server.stderr.read().decode() if server.stderr else ''}")
+        time.sleep(0.2)
+
+
+def embed_batching(args: argparse.Namespace) -> None:
+    """``POST /embed`` on a ``--backbone`` run: a service with dynamic batching, then one without."""
+    siamkit = [sys.executable, "-m", "siamkit"]
+    tmp = tempfile.TemporaryDirectory()
+    run = Path(args.run) if args.run else Path(tmp.name) / "runs" / "embed"
+    if not args.run:
+        subprocess.run([*siamkit, "train", "--backbone", args.backbone, "--runs-dir", str(run.parent), "--name",
+                        "embed", "--epochs", "1", "--set", "data.limit=64", "--set", "eval.n_pairs=100", "--set",
+                        "eval.tsne_points=0", "--set", "data.split=random", "-q", "--format", "json"], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    a, _ = _images(run)
+    results = {}
+    for name, flags in (("unbatched", ["--max-batch", "1"]), ("batched", ["--max-batch", "64", "--max-wait-ms", "5"])):
+        port = _free_port()
+        server = subprocess.Popen([*siamkit, "serve", str(run), "--port", str(port), "-q", *flags],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            _wait_until_up(server, port)
+            asyncio.run(_load_embed(f"http://127.0.0.1:{port}/embed", a, 2 * args.concurrency, args.concurrency))
+            lat, errors, wall = asyncio.run(_load_embed(f"http://127.0.0.1:{port}/embed", a, args.requests,
+                                                        args.concurrency))  # fmt: skip
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+        ms = np.asarray(lat) * 1000
+        results[name] = line = {
+            "benchmark": "serve_load", "endpoint": "POST /embed (1 PNG)", "backbone": args.backbone,
+            "service": name, "flags": " ".join(flags), "requests": len(lat), "concurrency": args.concurrency,
+            "errors": int(errors), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1), "images_per_s": round(len(lat) / wall, 1),
+            "cpus": os.cpu_count(),
+        }  # fmt: skip
+        if name == "batched":
+            line["throughput_over_unbatched"] = round(line["images_per_s"] / results["unbatched"]["images_per_s"], 2)
+        print(json.dumps(line), flush=True)
 
 
 def _gallery_ids(gallery: Path) -> list[int]:

@@ -4,7 +4,8 @@ A folder, flat-folder or CSV dataset is decoded by a pool of worker processes (`
 machine's cores) straight into one uint8 file of shape ``(N, C, H, W)`` — each worker writes its rows at their
 offsets, no pixels cross a pipe — plus a small manifest (every file's path, size and mtime, the row it went to,
 the decode settings). Both are written under temp names and renamed, the manifest last: a cache without its
-manifest is never taken for complete, and a crash leaves only temp files. One advisory lock per cache entry makes
+manifest is never taken for complete, and a crash or a kill leaves only temp files. (The file is not forced to
+disk — it is a cache: after a power cut, delete the cache folder.) One advisory lock per cache entry makes
 concurrent builders (two runs, the ranks of a distributed run) wait for the first: the cache is built once.
 
 A later run with the same files and settings finds every file unchanged (size and mtime) and opens the cache:
@@ -13,7 +14,7 @@ unchanged files are copied from the old cache file, the rest decoded, and the ch
 
 A decoded set larger than ``data.memory_limit_mb`` is not loaded: :class:`DiskImages` reads the rows a batch
 needs from the file (``pread``, never a memory map, so the resident memory stays bounded by the batches and the
-page cache does the caching); smaller sets are read into one tensor at once.
+page cache does the caching); a smaller set is one tensor over a copy-on-write map of the file.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class Cached:
 
 def _stamp(path: Path) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
@@ -203,7 +204,7 @@ def decode_cached(
     the cache cannot answer). Returns None when no size can be resolved (the caller decodes in memory)."""
     entry = entry_dir(settings, key, channels, size)
     with _locked(entry):
-        stamps = [_stamp(Path(p)) for p in paths]
+        stamps = [_stamp(p) for p in paths]
         old = _read_manifest(entry)
         if old is not None and _unchanged(old, paths, stamps):
             log.info("decoded images from the cache %s (%d files unchanged)", entry, len(paths))
@@ -243,8 +244,8 @@ def _open(entry: Path, manifest: dict[str, Any], settings: CacheSettings) -> Cac
     kept = [i for i, f in enumerate(manifest["files"]) if f[3] >= 0]
     skipped = [f[0] for f in manifest["files"] if f[3] < 0]
     images: torch.Tensor | DiskImages
-    if n * c * h * w <= settings.memory_limit_mb * 2**20:
-        images = torch.from_numpy(np.fromfile(data, dtype=np.uint8).reshape(shape))
+    if n * c * h * w <= settings.memory_limit_mb * 2**20:  # mapped copy-on-write: pages come in as they are used
+        images = torch.from_numpy(np.memmap(data, dtype=np.uint8, mode="c", shape=shape))
     else:
         images = DiskImages(data, (n, c, h, w))
         log.info("%d decoded images (%.1f GB) stay in the cache file and are read per batch (data.memory_limit_mb "
@@ -298,7 +299,6 @@ def _build(
             _compact(fd, kept_rows, row_bytes)
             if not kept_rows:
                 raise DataError(f"no readable images among {n} files ({len(bad)} skipped)")
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)
@@ -349,9 +349,13 @@ def _decode_parallel(
                 bad.update(failed)
                 if bar is not None:
                     bar.update(count)
-        finally:
+        except BaseException:
             if pool is not None:
                 pool.terminate()
+            raise
+        finally:
+            if pool is not None:
+                pool.close()
                 pool.join()
     finally:
         if bar is not None:

@@ -35,20 +35,21 @@ def augment_preset(name: str) -> AugmentConfig:
     raise ConfigError(f"unknown augmentation preset {name!r}; choose none or cifar")
 
 
-def channel_stats(images: ImageArray, max_items: int = 20000, chunk: int = 256) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 ``(N, C, H, W)`` images scaled to [0, 1] (first ``max_items``), summed
-    in float64 a chunk at a time (memory bounded by one chunk)."""
+def channel_stats(images: ImageArray, max_items: int = 20000, chunk: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 ``(N, C, H, W)`` images scaled to [0, 1] (first ``max_items``), from
+    exact per-channel histograms of the 256 pixel values, a chunk at a time (memory bounded by one chunk)."""
     n = min(len(images), max_items)
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
+    c = int(images.shape[1])
+    hist = torch.zeros(c, 256, dtype=torch.float64)
     for start in range(0, n, chunk):
-        x = images[start : min(start + chunk, n)].to(torch.float64).div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.pow(2).sum(dim=(0, 2, 3))
-    count = n * images.shape[2] * images.shape[3]
-    mean = total / count
-    var = (squares - count * mean**2) / max(count - 1, 1)  # the unbiased estimate, as torch.std
-    std = var.clamp_min(0).sqrt().clamp_min(1e-6)
+        x = images[start : min(start + chunk, n)]
+        for ch in range(c):
+            hist[ch] += torch.bincount(x[:, ch].reshape(-1), minlength=256).to(torch.float64)
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    count = hist.sum(1)
+    mean = (hist * levels).sum(1) / count
+    var = (hist * (levels[None, :] - mean[:, None]) ** 2).sum(1) / (count - 1).clamp_min(1)  # unbiased, as torch.std
+    std = var.sqrt().clamp_min(1e-6)
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 

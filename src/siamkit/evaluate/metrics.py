@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from siamkit.distances import Distance, SquaredEuclidean, as_dissimilarity, verification_accuracy
 
@@ -44,12 +43,16 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) of scikit-learn's ``roc_curve`` with every threshold kept."""
+    from sklearn.metrics import roc_curve  # imported when first needed: a training run starts without it
+
     labels, scores = _check(labels, scores)
     fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
     return fpr, tpr, thr
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
     labels, scores = _check(labels, scores)
     return float(roc_auc_score(labels, scores))
 

@@ -28,7 +28,6 @@ from siamkit.data.tuples import TupleSampler, fixed_tuples
 from siamkit.devices import resolve_device
 from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError, ConfigError, DataError
-from siamkit.evaluate import plots
 from siamkit.evaluate.evaluator import (
     EvalResult,
     embed_images,
@@ -243,6 +242,8 @@ def _train_and_evaluate(
         save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))
         _write_history(result, out)
         _write_metrics(metrics, out)
+        from siamkit.evaluate import plots
+
         plots.plot_history(result.history, out / "loss_curve.png", result.best_epoch, result.monitor)
         from siamkit.report import write_report
 
@@ -386,6 +387,8 @@ SCORES = "scores.npz"
 def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_images: ImageSet, cfg: RunConfig) -> None:
     """ROC, distance distributions, nearest neighbours of 5 random test queries and a t-SNE map of the test
     embeddings; the pair distances go to ``scores.npz`` (a study overlays its runs' ROC curves from them)."""
+    from siamkit.evaluate import plots  # matplotlib: imported when the first figure is drawn
+
     curves = {k: (r.pairs.labels, r.pairs.distances) for k, r in results.items()}
     plots.plot_roc(curves, out / "roc.png", threshold)
     t = results["test"].pairs

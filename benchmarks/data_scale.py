@@ -87,10 +87,13 @@ def train_steps(source: Path, cache_dir: Path, steps: int, batch: int, overrides
     t0 = time.perf_counter()
     import torch
 
+    from siamkit.devices import keep_freed_memory
     from siamkit.training.batches import make_batch
     from siamkit.training.pipeline import batch_sources, make_loss, prepare_data
 
     torch.set_num_threads(os.cpu_count() or 1)
+    if "train.keep_freed_memory=false" not in overrides:
+        keep_freed_memory()  # as fit() does on the CPU
     imported = time.perf_counter() - t0
     t0 = time.perf_counter()
     cfg = _config(source, cache_dir, batch, overrides)

@@ -1,5 +1,5 @@
 """Leave-one-out retrieval metrics (P@1, R-precision, MAP@R) at scale: siamkit's ``retrieval_metrics`` — the
-dense chunked ranking and the exact faiss k-NN ranking (the default from 20,000 items) — against
+dense chunked ranking and the exact faiss k-NN ranking (the default from 5,000 items) — against
 pytorch-metric-learning's ``AccuracyCalculator`` (faiss k-NN; an optional benchmark dependency:
 ``pip install pytorch-metric-learning``) on the same synthetic embeddings: identities of 100 points around
 random centres. One JSON line per size: seconds of each, the speed-up over PML, and the largest difference

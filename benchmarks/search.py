@@ -9,6 +9,7 @@ approximate kinds, recall@10 against the exact answer.
     .venv/bin/python benchmarks/search.py --n 100000 --kinds flat ivf
     .venv/bin/python benchmarks/search.py --kinds flat --persist   # + commit / reopen / edit times of 1M items
     .venv/bin/python benchmarks/search.py --data clustered          # 10k identities × 100: embedding-like
+    .venv/bin/python benchmarks/search.py --n 100000 --kinds flat --qdrant   # + the Qdrant gallery (local mode)
 """
 
 from __future__ import annotations
@@ -97,6 +98,48 @@ def _persistence(gallery: Gallery, labels_for: int, queries: np.ndarray, k: int,
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _qdrant(data: np.ndarray, queries: np.ndarray, k: int, paths: list[str], labels: list[str | None],
+            faiss_ids: np.ndarray) -> dict[str, object]:  # fmt: skip
+    """The same items in a Qdrant gallery (embedded local mode, a temp folder): build, search, one add and one
+    remove (each a commit), reopen; and the share of the exact top-k it returns."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from siamkit.index.qdrant import QdrantGallery
+
+    folder = Path(tempfile.mkdtemp(prefix="siamkit-qdrant-bench-"))
+    try:
+        t = time.perf_counter()
+        g = QdrantGallery.create_on(folder / "g", _model(data.shape[1]), f"local:{folder / 'db'}")
+        ids = g.add(data, paths, labels)
+        g.save()
+        build_s = time.perf_counter() - t
+        t = time.perf_counter()
+        _, found = g.search(queries, k)
+        qps = len(queries) / (time.perf_counter() - t)
+        to_row = {i: r for r, i in enumerate(ids)}
+        rows = np.vectorize(lambda i: to_row.get(int(i), -1))(found)
+        recall = sum(len(set(a) & set(b)) for a, b in zip(rows.tolist(), faiss_ids.tolist(), strict=True))
+        t = time.perf_counter()
+        g.add(queries[:1], ["/new.png"], ["new"])
+        g.save()
+        add_ms = 1000 * (time.perf_counter() - t)
+        t = time.perf_counter()
+        g.remove([ids[0]])
+        g.save()
+        remove_ms = 1000 * (time.perf_counter() - t)
+        t = time.perf_counter()
+        QdrantGallery.open_folder(folder / "g", json.loads((folder / "g" / "gallery.json").read_text()))
+        open_s = time.perf_counter() - t
+        return {"benchmark": "gallery_qdrant", "mode": "local (embedded)", "n": len(data), "dim": data.shape[1],
+                "queries": len(queries), "k": k, "build_s": round(build_s, 1), "qps": round(qps, 1),
+                "recall_at_k_vs_exact": round(recall / faiss_ids.size, 4), "add_one_ms": round(add_ms, 1),
+                "remove_one_ms": round(remove_ms, 1), "open_s": round(open_s, 2)}  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -111,6 +154,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--persist", action="store_true", help="also time save / open / remove+save of the flat gallery")
+    ap.add_argument("--qdrant", action="store_true", help="also the same items in a Qdrant gallery (local mode)")
     ap.add_argument("--data", choices=("random", "clustered"), default="random",
                     help="random: i.i.d. Gaussian (default); clustered: n/100 identities of 100 points")  # fmt: skip
     args = ap.parse_args()
@@ -179,6 +223,8 @@ def main() -> None:
             print(json.dumps(line), flush=True)
         if kind == "flat" and args.persist:
             print(json.dumps(_persistence(gallery, args.n, queries, args.k, args.repeats)), flush=True)
+        if kind == "flat" and args.qdrant:
+            print(json.dumps(_qdrant(data, queries, args.k, paths, labels, ids)), flush=True)
         del gallery, raw
 
 

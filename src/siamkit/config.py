@@ -178,6 +178,9 @@ class TrainConfig:
     progress: bool = True
     channels_last: bool = True
     """Channels-last memory format for model and batches (faster convolutions on CPU and recent GPUs)."""
+    keep_freed_memory: bool = True
+    """CPU on Linux/glibc: malloc keeps freed activation buffers for the next step instead of returning them to
+    the system (``siamkit.devices.keep_freed_memory``): about 1.5× faster CPU steps."""
     freeze_backbone: bool = False
     """Transfer learning: train only the embedding head; the backbone gets no gradient and no optimiser state."""
     unfreeze_epoch: int = 0

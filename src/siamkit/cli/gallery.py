@@ -29,6 +29,15 @@ def register(sub: Subparsers) -> None:
     ib.add_argument("--nlist", type=int, help="IVF cells (default 1024; needs at least that many images)")
     ib.add_argument("--nprobe", type=int, help="IVF cells visited per query (default 16)")
     ib.add_argument("--overwrite", action="store_true", help="replace an existing gallery in GALLERY_DIR")
+    ib.add_argument("--backend-url", metavar="URL", help="keep the gallery in a Qdrant collection instead of a faiss "
+                    "index: http://host:6333, or local:PATH (embedded, one process at a time)")  # fmt: skip
+    ib.add_argument("--collection", help="with --backend-url: the collection's name (default: a new one)")
+    im = command(isub, "migrate", _migrate, "copy a faiss gallery into a Qdrant collection (a new gallery folder)",
+                 ["siamkit index migrate gallery/ --backend-url http://localhost:6333 --out gq/"])  # fmt: skip
+    im.add_argument("gallery_dir")
+    im.add_argument("--backend-url", required=True, metavar="URL", help="http://host:6333, or local:PATH")
+    im.add_argument("--out", required=True, metavar="NEW_GALLERY_DIR")
+    im.add_argument("--collection", help="the collection's name (default: a new one)")
     ia = command(isub, "add", _add, "embed more images into a gallery",
                  ["siamkit index add gallery/ new_person/ --label alice"])  # fmt: skip
     ia.add_argument("gallery_dir")
@@ -49,7 +58,7 @@ def register(sub: Subparsers) -> None:
     for sp in (ib, ia):
         sp.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
         model_flags(sp)
-    for sp in (ib, ia, ir, ic, ii):
+    for sp in (ib, ia, ir, ic, im, ii):
         output_flags(sp)
 
     se = command(sub, "search", _search, "nearest gallery items of query images", [
@@ -81,7 +90,7 @@ def _build(args: argparse.Namespace) -> None:
     names = ("m", "ef_construction", "ef_search", "nlist", "nprobe")
     options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     r = ops.build(args.run_dir, args.images, args.out, args.kind, options, model_source(args), _progress(args),
-                  args.skip_bad, args.overwrite)  # fmt: skip
+                  args.skip_bad, args.overwrite, backend_url=args.backend_url, collection=args.collection)  # fmt: skip
     text = f"gallery {r['directory']}: {r['added']} images embedded ({r['index']['kind']} index, {r['metric']})"
     emit(r, args.format, text + _skipped(r))
 
@@ -101,6 +110,15 @@ def _remove(args: argparse.Namespace) -> None:
 
     r = ops.remove(args.gallery_dir, args.ids)
     emit(r, args.format, f"gallery {r['directory']}: removed {len(r['removed_ids'])}; size {r['size']}")
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    from siamkit.index import ops
+
+    r = ops.migrate(args.gallery_dir, args.out, args.backend_url, args.collection)
+    b = r["backend"]
+    emit(r, args.format, f"gallery {r['directory']}: {r['size']} items copied from {r['source']} into the Qdrant "
+         f"collection {b['collection']} at {b['url']}")  # fmt: skip
 
 
 def _compact(args: argparse.Namespace) -> None:

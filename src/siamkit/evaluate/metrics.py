@@ -115,7 +115,7 @@ def similarity_accuracy(d_ap: np.ndarray, d_an: np.ndarray) -> float:
     return float((np.asarray(d_ap) < np.asarray(d_an)).mean())
 
 
-KNN_FROM = 20_000
+KNN_FROM = 5_000
 """Sets of at least this many items are ranked by a k-NN index (faiss) instead of the dense distance matrix."""
 
 

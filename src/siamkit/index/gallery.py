@@ -40,6 +40,7 @@ import numpy as np
 
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.files import atomic_write_bytes, atomic_write_text
+from siamkit.registry import Registry
 
 FORMAT = "siamkit-gallery-v2"
 FORMAT_V1 = "siamkit-gallery-v1"
@@ -52,6 +53,9 @@ INDEX_KINDS = ("flat", "hnsw", "ivf")
 IP_METRICS = ("cosine", "cosine_similarity")
 L2_METRICS = ("euclidean", "squared_euclidean")
 log = logging.getLogger(__name__)
+BACKENDS: Registry[Any] = Registry("gallery backend", providers=("siamkit.index.qdrant",))
+"""Galleries kept elsewhere than in a faiss index of the folder: ``name`` → a class with ``create_on(directory,
+model, url, collection, overwrite)`` and ``open_folder(directory, static)`` (``gallery.json`` names the backend)."""
 DEFAULT_OPTIONS: dict[str, dict[str, int]] = {
     "flat": {},
     "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64},
@@ -273,6 +277,11 @@ class Gallery:
             raise DataError(f"{sidecar}: unreadable sidecar ({exc}); rebuild the gallery") from None
         if not isinstance(static, dict):
             raise DataError(f"{sidecar}: not a gallery sidecar; rebuild the gallery")
+        backend = static.get("backend")
+        if isinstance(backend, dict) and static.get("format") == FORMAT:  # kept in a vector database
+            backend_class: Any = BACKENDS.get(str(backend.get("kind")))
+            opened: Gallery = backend_class.open_folder(directory, static)
+            return opened
         if static.get("format") == FORMAT_V1:
             static = _migrate_v1(directory, static)
         if static.get("format") != FORMAT:
@@ -409,6 +418,10 @@ class Gallery:
             x = x.copy()
             _faiss().normalize_L2(x)
         return x
+
+    def peek_next_id(self) -> int:
+        """The id the next added item will get (the service names an upload after it before adding it)."""
+        return int(self.meta["next_id"])
 
     def add(self, vectors: np.ndarray, paths: Sequence[str], labels: Sequence[str | None]) -> list[int]:
         """Add ``vectors`` ``(N, D)`` with their paths and labels; returns the new ids (never reused)."""

@@ -17,6 +17,8 @@ from siamkit.data.readers import class_folders, csv_text, list_files
 from siamkit.errors import DataError
 from siamkit.files import made_folder
 from siamkit.index.gallery import Gallery, Hit, locked
+from siamkit.index.qdrant import QdrantGallery
+from siamkit.index.qdrant import migrate as to_qdrant
 from siamkit.runs.embedders import ModelSource
 from siamkit.runs.model import Model, open_model
 
@@ -102,11 +104,16 @@ def embed_paths(
 def build(
     run_dir: str, sources: Sequence[str], out: str, kind: str = "flat", options: dict[str, Any] | None = None,
     backend: str | ModelSource = "torch", progress: bool = False, skip_bad: bool = False, overwrite: bool = False,
-    batch_size: int = 256,
+    batch_size: int = 256, backend_url: str | None = None, collection: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Embed every image of ``sources`` with the run's model and write a new gallery to ``out``."""
+    """Embed every image of ``sources`` with the run's model and write a new gallery to ``out`` — a faiss index
+    in the folder, or, with ``backend_url``, a Qdrant collection (``http://host:6333`` or ``local:PATH``)."""
     model = open_model(run_dir, backend)
-    gallery = Gallery.create(out, model.describe(), kind, options, overwrite)
+    gallery: Gallery
+    if backend_url:
+        gallery = QdrantGallery.create_on(out, model.describe(), backend_url, collection, overwrite)
+    else:
+        gallery = Gallery.create(out, model.describe(), kind, options, overwrite)
     items = collect_images(sources)
     vectors, kept, skipped = embed_paths(model, items, batch_size, progress, skip_bad)
     if not kept:
@@ -208,3 +215,10 @@ def compact(gallery_dir: str) -> dict[str, Any]:
         if folded:
             gallery.compact()
     return {**gallery.describe(), "folded_edits": folded}
+
+
+def migrate(gallery_dir: str, out: str, backend_url: str, collection: str | None = None) -> dict[str, Any]:
+    """A copy of the faiss gallery ``gallery_dir`` as a new gallery ``out`` on the Qdrant at ``backend_url``."""
+    with locked(gallery_dir), made_folder(Path(out)):
+        gallery = to_qdrant(gallery_dir, out, backend_url, collection)
+    return {**gallery.describe(), "source": str(gallery_dir)}

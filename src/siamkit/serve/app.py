@@ -22,6 +22,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from siamkit.data.images import image_to_array, to_mode
+from siamkit.devices import keep_freed_memory
 from siamkit.errors import SiamkitError
 from siamkit.files import atomic_write_bytes
 from siamkit.index.gallery import Gallery, locked
@@ -129,7 +130,7 @@ class Service:
         with self.lock, locked(directory):  # one writer at a time, in this process and across processes
             self._reload()
             gallery = self.need_gallery()
-            item_id = int(gallery.meta["next_id"])
+            item_id = gallery.peek_next_id()
             rel = f"uploads/{item_id}.png"
             copy = img.copy()
             copy.thumbnail((STORED_SIDE, STORED_SIDE))
@@ -348,6 +349,7 @@ def serve(
         raise ConfigError(f"--host {host} exposes gallery edits to the network: give --token (or set SIAMKIT_TOKEN), "
                           "or bind to 127.0.0.1")  # fmt: skip
     model = open_model(run_dir, backend)
+    keep_freed_memory()  # a forward pass of a batch allocates large buffers: reuse them (siamkit.devices)
     gallery = Gallery.open(gallery_dir) if gallery_dir else None
     app = create_app(model, gallery, limits, Guard(default_hosts(host, allowed_hosts), token or None), batching)
     if announce is not None:

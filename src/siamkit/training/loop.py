@@ -21,6 +21,7 @@ from siamkit.config import TrainConfig
 from siamkit.data.batch import LabelBatch
 from siamkit.data.cache import ImageArray
 from siamkit.data.transforms import Preprocess
+from siamkit.devices import keep_freed_memory
 from siamkit.distributed import (
     SINGLE,
     DistInfo,
@@ -206,6 +207,8 @@ def fit(
     hooks = hooks or FitHooks()
     val_metrics, on_best, on_epoch = hooks.val_metrics, hooks.on_best, hooks.on_epoch
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     model.to(device)
     model.to(memory_format=fmt)
     loss_fn.to(device)

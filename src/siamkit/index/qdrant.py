@@ -1,0 +1,312 @@
+"""A gallery kept in a Qdrant collection — for galleries that outgrow one machine — behind the interface of
+:class:`~siamkit.index.gallery.Gallery`, so ``index``, ``search`` and ``serve`` work on it unchanged.
+
+The gallery folder stays what it is for a faiss gallery (``gallery.json``: the model hash, run, dimension,
+metric — and ``uploads/``); its ``backend`` entry names the Qdrant service (``url``: ``http://host:6333``, or
+``local:PATH`` for Qdrant's embedded local mode, one process at a time) and the collection. Vectors and items
+(path, label) live in the collection as points with their payload; nothing is held in memory but what a call
+asks for. Every ``add``/``remove`` is sent when :meth:`save` commits (the collection is the commit point), and
+the model-hash guard is the same as faiss's. ``siamkit index migrate`` copies a faiss gallery into a
+collection. Needs ``pip install qdrant-client``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from siamkit.errors import ConfigError, DataError
+from siamkit.files import atomic_write_text
+from siamkit.index.gallery import BACKENDS, FORMAT, IP_METRICS, SIDECAR, STATIC_KEYS, UPLOADS, Gallery, Hit, Item
+
+BACKEND = "qdrant"
+PAGE = 1024
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def _client(url: str) -> Any:
+    """One client per service in this process (Qdrant's local mode allows one per folder)."""
+    key = url if not url.startswith("local:") else "local:" + str(Path(url[len("local:") :]).resolve())
+    if key in _CLIENTS:
+        return _CLIENTS[key]
+    try:
+        from qdrant_client import QdrantClient
+    except ImportError:
+        raise ConfigError("a Qdrant gallery needs qdrant-client: pip install qdrant-client") from None
+    try:
+        client = QdrantClient(path=key[len("local:") :]) if key.startswith("local:") else QdrantClient(url=url)
+    except RuntimeError as exc:  # local mode: another process holds the folder
+        raise DataError(f"{url}: {str(exc).splitlines()[0]}") from None
+    _CLIENTS[key] = client
+    return client
+
+
+def _models() -> Any:
+    from qdrant_client import models
+
+    return models
+
+
+def _metric(metric: str) -> Any:
+    m = _models()
+    return m.Distance.COSINE if metric in IP_METRICS else m.Distance.EUCLID
+
+
+class QdrantItems(Mapping[int, Item]):
+    """The gallery's items, read from the collection when asked (never all held in memory)."""
+
+    def __init__(self, gallery: QdrantGallery) -> None:
+        self.g = gallery
+
+    def __getitem__(self, item_id: int) -> Item:
+        pending = self.g.pending_items.get(item_id)
+        if pending is not None:
+            return pending
+        if item_id in self.g.pending_removals:
+            raise KeyError(item_id)
+        got = self.g.client.retrieve(self.g.collection, [int(item_id)], with_payload=True, with_vectors=False)
+        if not got:
+            raise KeyError(item_id)
+        return _item(got[0])
+
+    def __iter__(self) -> Iterator[int]:
+        for point in self.g.scroll():
+            if point.id not in self.g.pending_removals:
+                yield int(point.id)
+        yield from self.g.pending_items
+
+    def __len__(self) -> int:
+        return len(self.g)
+
+
+def _item(point: Any) -> Item:
+    payload = point.payload or {}
+    return Item(int(point.id), str(payload.get("path", "")), payload.get("label"))
+
+
+@BACKENDS.register(BACKEND)
+class QdrantGallery(Gallery):
+    """A gallery whose vectors and items are points of a Qdrant collection (see the module's description)."""
+
+    def __init__(self, directory: Path, meta: dict[str, Any], client: Any, fresh: bool = False):
+        self.directory = directory
+        self.meta = meta
+        self.client = client
+        self.collection = str(meta["backend"]["collection"])
+        self.fresh = fresh
+        self.pending_items: dict[int, Item] = {}
+        self.pending_vectors: dict[int, np.ndarray] = {}
+        self.pending_removals: set[int] = set()
+        self.items = QdrantItems(self)  # type: ignore[assignment]
+        self.stamp = ("", 0, 0)
+        self._next: int | None = None
+
+    # ---- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def create_on(
+        cls, directory: str | os.PathLike[str], model: dict[str, Any], url: str, collection: str | None = None,
+        overwrite: bool = False,
+    ) -> QdrantGallery:  # fmt: skip
+        """A new gallery folder whose items go to ``collection`` (default: a fresh name) of the Qdrant at
+        ``url``. Nothing is written until :meth:`save`."""
+        directory = Path(directory)
+        if (directory / SIDECAR).exists() and not overwrite:
+            raise DataError(f"{directory}: a gallery exists there; use index add, or pass --overwrite to rebuild it")
+        name = collection or f"siamkit-{uuid.uuid4().hex[:12]}"
+        meta = {
+            "format": FORMAT, "model_hash": model["model_hash"], "run_dir": model["run_dir"],
+            "input_shape": list(model["input_shape"]), "dim": int(model["embedding_dim"]),
+            "metric": model["distance"], "normalized": model["distance"] in IP_METRICS,
+            "threshold": model.get("threshold"), "index": {"kind": "qdrant", "options": {}},
+            "backend": {"kind": BACKEND, "url": url, "collection": name}, "generation": 0, "next_id": 0,
+        }  # fmt: skip
+        return cls(directory, meta, _client(url), fresh=True)
+
+    @classmethod
+    def open_folder(cls, directory: Path, static: dict[str, Any]) -> QdrantGallery:
+        backend = static["backend"]
+        client = _client(str(backend["url"]))
+        if not client.collection_exists(str(backend["collection"])):
+            raise DataError(f"{directory}: Qdrant collection {backend['collection']!r} not found at {backend['url']}; "
+                            "rebuild the gallery")  # fmt: skip
+        return cls(directory, {**static, "generation": 0, "next_id": 0}, client)
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        if self.fresh:
+            return len(self.pending_items)
+        count = int(self.client.count(self.collection, exact=True).count)
+        return count + len(self.pending_items) - len(self.pending_removals)
+
+    @property
+    def vector_count(self) -> int:
+        return len(self)
+
+    def is_stale(self) -> bool:
+        return False  # every read asks the collection itself
+
+    def refresh(self) -> Gallery:
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        keys = ("model_hash", "run_dir", "dim", "metric", "normalized", "index", "generation")
+        return {"directory": str(self.directory), "size": len(self), **{k: self.meta[k] for k in keys},
+                "pending_edits": 0, "backend": {k: v for k, v in self.meta["backend"].items()}}  # fmt: skip
+
+    def scroll(self) -> Iterator[Any]:
+        """Every committed point (id and payload), a page at a time."""
+        if self.fresh:
+            return
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=PAGE, offset=offset, with_payload=True,
+                                                with_vectors=False)  # fmt: skip
+            yield from points
+            if offset is None:
+                return
+
+    # ---- changes -------------------------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, paths: Sequence[str], labels: Sequence[str | None]) -> list[int]:
+        if not (len(vectors) == len(paths) == len(labels)):
+            raise ValueError("vectors, paths and labels differ in length")
+        x = self._prepare(vectors)
+        ids = []
+        for v, p, lab in zip(x, paths, labels, strict=True):
+            i = self.peek_next_id()
+            self._next = None
+            self.pending_items[i] = Item(i, str(p), lab)
+            self.pending_vectors[i] = v
+            ids.append(i)
+        return ids
+
+    def peek_next_id(self) -> int:
+        """A fresh item id: random 62-bit (no counter to share between machines; never reused in practice). The
+        next :meth:`add` uses it first."""
+        if self._next is None or self._next in self.pending_items:
+            self._next = int.from_bytes(os.urandom(8), "little") >> 2
+        return self._next
+
+    def remove(self, ids: Sequence[int]) -> list[Item]:
+        removed = []
+        for i in ids:
+            if i not in self.items:
+                raise KeyError(f"no gallery item with id {i}")
+        for i in sorted(set(int(i) for i in ids)):
+            if i in self.pending_items:
+                removed.append(self.pending_items.pop(i))
+                self.pending_vectors.pop(i)
+            else:
+                removed.append(self.items[i])
+                self.pending_removals.add(i)
+        return removed
+
+    def save(self) -> None:
+        """Commit: the new points upserted and the removed ones deleted (waiting for the collection to apply
+        them); a new gallery's folder and collection made first."""
+        m = _models()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.fresh:
+            if self.client.collection_exists(self.collection):
+                self.client.delete_collection(self.collection)
+            self.client.create_collection(self.collection, vectors_config=m.VectorParams(
+                size=int(self.meta["dim"]), distance=_metric(self.metric)))  # fmt: skip
+            static = {k: self.meta[k] for k in (*STATIC_KEYS, "backend")}
+            atomic_write_text(self.directory / SIDECAR, json.dumps(static) + "\n")
+            (self.directory / UPLOADS).mkdir(exist_ok=True)
+            self.fresh = False
+        ids = list(self.pending_vectors)
+        for s in range(0, len(ids), PAGE):
+            chunk = ids[s : s + PAGE]
+            self.client.upsert(self.collection, wait=True, points=m.Batch(
+                ids=chunk, vectors=[self.pending_vectors[i].tolist() for i in chunk],
+                payloads=[{"path": self.pending_items[i].path, "label": self.pending_items[i].label} for i in chunk],
+            ))  # fmt: skip
+        if self.pending_removals:
+            self.client.delete(self.collection, wait=True,
+                               points_selector=m.PointIdsList(points=sorted(self.pending_removals)))  # fmt: skip
+        self.pending_items.clear()
+        self.pending_vectors.clear()
+        self.pending_removals.clear()
+
+    def compact(self) -> None:
+        """Nothing to fold: the collection keeps its own index."""
+
+    # ---- search --------------------------------------------------------------------------------------------
+    def search(
+        self, vectors: np.ndarray, k: int = 10, nprobe: int | None = None, ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        if self.pending_items or self.pending_removals:
+            raise DataError("a Qdrant gallery searches what is committed: save() first")
+        x = self._prepare(vectors)
+        k = min(k, len(self))
+        dist = np.zeros((len(x), k), np.float32)
+        ids = np.full((len(x), k), -1, np.int64)
+        if k == 0:
+            return dist, ids
+        m = _models()
+        requests = [m.QueryRequest(query=v.tolist(), limit=k, with_payload=True) for v in x]
+        self._payloads: dict[int, Item] = {}
+        for row, answer in enumerate(self.client.query_batch_points(self.collection, requests=requests)):
+            for col, point in enumerate(answer.points[:k]):
+                ids[row, col] = int(point.id)
+                dist[row, col] = float(point.score)
+                self._payloads[int(point.id)] = _item(point)
+        return self.to_distance_qdrant(dist, ids), ids
+
+    def to_distance_qdrant(self, score: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Qdrant's scores (Euclidean distance, or cosine similarity) → the run's dissimilarity."""
+        if self.metric == "squared_euclidean":
+            out = score**2
+        elif self.metric == "cosine":
+            out = 1.0 - score
+        elif self.metric == "cosine_similarity":
+            out = -score
+        else:
+            out = score
+        return np.where(ids < 0, np.float32(0), out).astype(np.float32)
+
+    def hits(self, distances: np.ndarray, ids: np.ndarray, threshold: float | None = None) -> list[list[Hit]]:
+        thr = self.meta.get("threshold") if threshold is None else threshold
+        known = getattr(self, "_payloads", {})
+        out = []
+        for drow, irow in zip(distances, ids, strict=True):
+            row = [(int(i), float(d)) for d, i in zip(drow, irow, strict=True) if i >= 0]
+            items = [known.get(i) or self.items[i] for i, _ in row]
+            out.append([Hit(r + 1, i, d, it.label, it.path, None if thr is None else d <= thr)
+                        for r, ((i, d), it) in enumerate(zip(row, items, strict=True))])  # fmt: skip
+        return out
+
+
+def migrate(source: str | os.PathLike[str], out: str | os.PathLike[str], url: str,
+            collection: str | None = None) -> QdrantGallery:  # fmt: skip
+    """A copy of the faiss gallery ``source`` as a new gallery folder ``out`` on the Qdrant at ``url``: the same
+    items, ids, labels and vectors (read back from the faiss index), the same model guard."""
+    src = Gallery.open(source)
+    if isinstance(src, QdrantGallery):
+        raise DataError(f"{source}: already a Qdrant gallery")
+    model = {"model_hash": src.model_hash, "run_dir": src.meta["run_dir"], "input_shape": src.meta["input_shape"],
+             "embedding_dim": src.meta["dim"], "distance": src.metric,
+             "threshold": src.meta.get("threshold")}  # fmt: skip
+    dst = QdrantGallery.create_on(out, model, url, collection)
+    for item_id in src.items:  # each vector read back from the index that holds it (the base or the delta)
+        index = src.delta if item_id in src.delta_ids else src.base
+        it = src.items[item_id]
+        dst.pending_items[item_id] = Item(item_id, it.path, it.label)
+        dst.pending_vectors[item_id] = np.asarray(index.reconstruct(int(item_id)), np.float32)
+    dst.save()
+    uploads = Path(source) / UPLOADS
+    if uploads.is_dir():  # the images added over HTTP belong to the gallery: they move with it
+        import shutil
+
+        shutil.copytree(uploads, Path(out) / UPLOADS, dirs_exist_ok=True)
+    return dst

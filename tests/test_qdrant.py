@@ -1,0 +1,89 @@
+"""A gallery in a Qdrant collection (embedded local mode) behind the Gallery interface: the same answers as the
+faiss gallery and as brute force, edits, the model guard, migration from a faiss gallery, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from siamkit.cli import main
+from siamkit.errors import CheckpointError
+from siamkit.index import Gallery
+from siamkit.index.qdrant import QdrantGallery, migrate
+
+pytest.importorskip("qdrant_client")
+
+
+def _model(distance="euclidean", dim=8, model_hash="b" * 64):
+    return {"model_hash": model_hash, "run_dir": "/runs/x", "input_shape": [1, 8, 8], "embedding_dim": dim,
+            "distance": distance, "threshold": 0.5}  # fmt: skip
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine", "cosine_similarity"])
+def test_the_same_answers_as_the_faiss_gallery(tmp_path, distance):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    queries = rng.normal(size=(5, 8)).astype(np.float32)
+    faiss_g = Gallery.create(tmp_path / "f", _model(distance))
+    faiss_g.add(vectors, [f"p{i}" for i in range(300)], [str(i % 7) for i in range(300)])
+    faiss_g.save()
+    q = QdrantGallery.create_on(tmp_path / "q", _model(distance), f"local:{tmp_path / 'db'}")
+    ids = q.add(vectors, [f"p{i}" for i in range(300)], [str(i % 7) for i in range(300)])
+    q.save()
+    reopened = Gallery.open(tmp_path / "q")
+    assert isinstance(reopened, QdrantGallery) and len(reopened) == 300
+    d_f, i_f = faiss_g.search(queries, k=5)
+    d_q, i_q = reopened.search(queries, k=5)
+    to_id = dict(enumerate(ids))  # the Qdrant gallery's ids are its own
+    assert [[to_id[int(i)] for i in row] for row in i_f] == i_q.tolist()
+    np.testing.assert_allclose(d_q, d_f, atol=1e-4)
+    hits = reopened.hits(d_q, i_q)[0]
+    assert hits[0].path == f"p{int(i_f[0, 0])}" and hits[0].label == str(int(i_f[0, 0]) % 7)
+
+
+def test_edits_guard_and_migration(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    g = Gallery.create(tmp_path / "f", _model())
+    g.add(vectors[:40], [f"p{i}" for i in range(40)], ["a"] * 40)
+    g.save()
+    g.add(vectors[40:], [f"p{i}" for i in range(40, 50)], ["b"] * 10)
+    g.remove([3, 45])
+    g.save()  # a base, a delta and a removal: all migrate
+    q = migrate(tmp_path / "f", tmp_path / "q", f"local:{tmp_path / 'db'}")
+    assert sorted(q.items) == sorted(g.items) and q.items[44].label == "b"
+    d_f, i_f = g.search(vectors, k=3)
+    d_q, i_q = q.search(vectors, k=3)
+    assert i_q.tolist() == i_f.tolist()
+    np.testing.assert_allclose(d_q, d_f, atol=1e-4)
+    (removed,) = q.remove([7])
+    assert removed.path == "p7"
+    with pytest.raises(KeyError):
+        q.remove([3])  # removed before the migration
+    new = q.add(vectors[:1], ["again"], ["c"])
+    q.save()
+    _, ids = q.search(vectors[[7, 0]], k=1)
+    assert ids[0, 0] != 7 and ids[1, 0] in (0, new[0])
+    with pytest.raises(CheckpointError, match="built with model"):
+        q.check_model(_model(model_hash="c" * 64))
+
+
+def test_the_cli_on_a_qdrant_gallery(small_run, digits_images, tmp_path, capsys):
+    url = f"local:{tmp_path / 'db'}"
+    g = tmp_path / "g"
+    assert main(["index", "build", str(small_run), str(digits_images / "0"), "--out", str(g), "--backend-url", url,
+                 "-q"]) == 0  # fmt: skip
+    assert main(["index", "add", str(g), str(digits_images / "1"), "-q"]) == 0
+    capsys.readouterr()
+    query = sorted((digits_images / "1").glob("*.png"))[0]
+    assert main(["search", str(g), str(query), "-k", "2", "--format", "json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"][0]["neighbours"]
+    assert hits[0]["path"] == str(query) and hits[0]["distance"] == pytest.approx(0, abs=1e-4)
+    assert main(["index", "remove", str(g), str(hits[0]["id"]), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["index", "info", str(g), "--format", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    n0, n1 = (len(list((digits_images / d).glob("*.png"))) for d in ("0", "1"))
+    assert info["size"] == n0 + n1 - 1 and info["index"]["kind"] == "qdrant"

@@ -12,6 +12,8 @@ collection. Needs ``pip install qdrant-client``.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import uuid
@@ -45,8 +47,17 @@ def _client(url: str) -> Any:
         client = QdrantClient(path=key[len("local:") :]) if key.startswith("local:") else QdrantClient(url=url)
     except RuntimeError as exc:  # local mode: another process holds the folder
         raise DataError(f"{url}: {str(exc).splitlines()[0]}") from None
+    if not _CLIENTS:
+        atexit.register(_close_all)  # closed while the interpreter still runs (the client's __del__ is too late)
     _CLIENTS[key] = client
     return client
+
+
+def _close_all() -> None:
+    for client in _CLIENTS.values():
+        with contextlib.suppress(Exception):
+            client.close()
+    _CLIENTS.clear()
 
 
 def _models() -> Any:

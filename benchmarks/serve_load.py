@@ -13,8 +13,8 @@ final gallery does not reflect, and duplicated ids.
     .venv/bin/python benchmarks/serve_load.py --backbone resnet18 --requests 600   # POST /embed at 224×224,
                                                                         # dynamic batching against none
 
-``--backbone NAME`` trains a small run of that backbone (its pretrained input size: 224×224 for resnet18; no
-weights are downloaded) and loads ``POST /embed`` (one image each) on two services: with dynamic batching
+``--backbone NAME`` trains a small run of that backbone at ``--image-size`` (224: resnet18's pretrained input
+size; RGB; no weights are downloaded) and loads ``POST /embed`` (one image each) on two services: with dynamic batching
 (``--max-batch 64 --max-wait-ms 5``) and without (``--max-batch 1``); one line each, the batched one with its
 throughput ratio over the unbatched.
 """
@@ -179,6 +179,7 @@ def main() -> None:
     ap.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     ap.add_argument("--mixed", action="store_true", help="verify/search/add/remove while the CLI edits the gallery")
     ap.add_argument("--backbone", help="POST /embed on a run of this backbone, batched against unbatched")
+    ap.add_argument("--image-size", type=int, default=224, help="--backbone: the run's input size (default 224)")
     args = ap.parse_args()
     if args.backbone:
         embed_batching(args)
@@ -280,7 +281,9 @@ def embed_batching(args: argparse.Namespace) -> None:
     if not args.run:
         subprocess.run([*siamkit, "train", "--backbone", args.backbone, "--runs-dir", str(run.parent), "--name",
                         "embed", "--epochs", "1", "--set", "data.limit=64", "--set", "eval.n_pairs=100", "--set",
-                        "eval.tsne_points=0", "--set", "data.split=random", "-q", "--format", "json"], check=True,
+                        "eval.tsne_points=0", "--set", "data.split=random", "--set",
+                        f"data.image_size={args.image_size}", "--set", "data.channels=3", "-q", "--format", "json"],
+                       check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     a, _ = _images(run)
     results = {}
@@ -299,7 +302,8 @@ def embed_batching(args: argparse.Namespace) -> None:
         ms = np.asarray(lat) * 1000
         results[name] = line = {
             "benchmark": "serve_load", "endpoint": "POST /embed (1 PNG)", "backbone": args.backbone,
-            "service": name, "flags": " ".join(flags), "requests": len(lat), "concurrency": args.concurrency,
+            "service": name, "flags": " ".join(flags), "input": f"3x{args.image_size}x{args.image_size}",
+            "requests": len(lat), "concurrency": args.concurrency,
             "errors": int(errors), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1), "images_per_s": round(len(lat) / wall, 1),
             "cpus": os.cpu_count(),

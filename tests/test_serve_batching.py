@@ -102,5 +102,3 @@ def test_bad_batching_flags_are_one_line(small_run, capsys):
 
     assert main(["serve", str(small_run), "--max-batch", "0"]) == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
-
-

@@ -206,18 +206,7 @@ def main() -> None:
     ledger = Ledger()
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        import httpx
-
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"server did not start: {server.stderr.read().decode() if server.stderr else ''}")
-            time.sleep(0.2)
+        _wait_until_up(server, port)
         if args.mixed:
             import threading
 

@@ -91,7 +91,7 @@ def test_missing_onnx_file_is_one_line(small_run, tmp_path, capsys):
     (run / "model.onnx").unlink(missing_ok=True)
     code = main(["verify", str(run), "a.png", "b.png", "--backend", "onnx"])
     err = capsys.readouterr().err
-    assert code == 2 and "siamkit export RUN_DIR --format onnx" in err and err.count("\n") == 1
+    assert code == 2 and "siamkit export RUN_DIR" in err and err.count("\n") == 1
     (run / "model.onnx").write_bytes(b"not onnx")
     assert main(["verify", str(run), "a.png", "b.png", "--backend", "onnx"]) == 2
     assert "not a loadable ONNX model" in capsys.readouterr().err

@@ -88,3 +88,17 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked_file(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) on ``path`` (made if missing) for the work inside: other processes
+    taking it wait."""
+    import fcntl
+
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

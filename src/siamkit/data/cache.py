@@ -20,7 +20,6 @@ page cache does the caching); a smaller set is one tensor over a copy-on-write m
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from siamkit.errors import DataError
-from siamkit.files import atomic_write_text
+from siamkit.files import atomic_write_text, locked_file
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -184,15 +183,9 @@ def entry_dir(settings: CacheSettings, key: str, channels: int | None, size: tup
     return settings.directory / hashlib.sha256(ident.encode()).hexdigest()[:20]
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def _locked(directory: Path) -> contextlib.AbstractContextManager[None]:
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locked_file(directory / ".lock")
 
 
 def decode_cached(

@@ -1,4 +1,4 @@
-"""Readers for every layout of SPEC §2.1, all returning in-memory ``ImageSet``s.
+"""Readers for every layout of SPEC §2.1, all returning ``ImageSet``s (folders and CSVs through the decode cache).
 
 - class per folder: ``root/<identity>/<image>``
 - flat folder: ``<prefix>_<class>_<rest>.png`` (field index or regex)

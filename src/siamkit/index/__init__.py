@@ -1,4 +1,5 @@
-"""Galleries: embeddings of images in a persisted faiss index with a sidecar, searched by nearest neighbour."""
+"""Galleries: embeddings of images in a persisted faiss index (items and edits in SQLite) or a Qdrant collection,
+searched by nearest neighbour."""
 
 from siamkit.index.gallery import Gallery, Hit, Item
 

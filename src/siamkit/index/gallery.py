@@ -24,7 +24,6 @@ vectors) and ``cosine_similarity`` (reported negated, like the verification thre
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from siamkit.errors import CheckpointError, ConfigError, DataError
-from siamkit.files import atomic_write_bytes, atomic_write_text
+from siamkit.files import atomic_write_bytes, atomic_write_text, locked_file
 from siamkit.registry import Registry
 
 FORMAT = "siamkit-gallery-v2"
@@ -680,9 +679,5 @@ def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: no gallery there; check the path, or make one with: siamkit index build")
-    with open(directory / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked_file(directory / ".lock"):
+        yield

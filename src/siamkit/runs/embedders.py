@@ -119,14 +119,14 @@ class OnnxEmbedder(Embedder):
             raise CheckpointError("onnxruntime is not installed; pip install 'siamkit[serve]'") from None
         path = Path(path)
         if not path.is_file():
-            raise CheckpointError(f"{path}: ONNX model not found; write it with: siamkit export RUN_DIR --format onnx")
+            raise CheckpointError(f"{path}: ONNX model not found; write it with: siamkit export RUN_DIR")
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
         if raw is None:
-            raise CheckpointError(f"{path}: no siamkit metadata; export it with: siamkit export RUN_DIR --format onnx")
+            raise CheckpointError(f"{path}: no siamkit metadata; export it with: siamkit export RUN_DIR")
         meta = json.loads(raw)
         self.input_shape = (int(meta["input_shape"][0]), int(meta["input_shape"][1]), int(meta["input_shape"][2]))
         self.distance = meta["distance"]

@@ -1,4 +1,4 @@
-"""``siamkit export RUN_DIR --format onnx``: the embedding network with its input normalisation as one ONNX graph
+"""``siamkit export RUN_DIR``: the embedding network with its input normalisation as one ONNX graph
 (float32 pixels in [0, 255], ``(batch, C, H, W)`` with a dynamic batch dimension → embeddings ``(batch, D)``),
 checked against PyTorch on random inputs before it is written."""
 

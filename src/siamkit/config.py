@@ -178,6 +178,10 @@ class TrainConfig:
     progress: bool = True
     channels_last: bool = True
     """Channels-last memory format for model and batches (faster convolutions on CPU and recent GPUs)."""
+    amp: bool = False
+    """Mixed precision for the training steps: float16 with gradient scaling on a GPU (its tensor cores),
+    bfloat16 on the CPU (only faster where the CPU has bfloat16 instructions); validation and evaluation stay in
+    float32."""
     keep_freed_memory: bool = True
     """CPU on Linux/glibc: malloc keeps freed activation buffers for the next step instead of returning them to
     the system (``siamkit.devices.keep_freed_memory``): about 1.5× faster CPU steps."""

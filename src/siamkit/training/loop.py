@@ -227,6 +227,10 @@ def fit(
                         train_source.sampler.p, info.world_size)  # fmt: skip
         train_source = ShardedBatches(train_source, info.rank, info.world_size)
     sched = build_scheduler(opt, cfg)
+    # mixed precision (train.amp): float16 with a gradient scaler on a GPU, bfloat16 on the CPU; evaluation stays
+    # in float32
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     result = FitResult(monitor=resolve_monitor(cfg.monitor, val_metrics is not None))
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs, start_epoch = 0, 1
@@ -237,6 +241,8 @@ def fit(
         opt.load_state_dict(st["optimizer"])
         if sched is not None and st.get("scheduler"):
             sched.load_state_dict(st["scheduler"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
         best_state = st["best_model"]
         result.history = list(st["history"])
         result.best_epoch, result.best_val_loss = int(st["best_epoch"]), float(st["best_val_loss"])
@@ -281,15 +287,21 @@ def fit(
         for b in bar:
             batch = make_batch(train_images, b, preprocess, device, train=True, channels_last=cfg.channels_last,
                                second_view=ssl is not None)  # fmt: skip
-            loss = loss_fn(train_model, batch)
-            if ssl is not None and isinstance(batch, LabelBatch) and batch.view is not None:
-                loss = loss + ssl(train_model, batch.x, batch.view)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                loss = loss_fn(train_model, batch)
+                if ssl is not None and isinstance(batch, LabelBatch) and batch.view is not None:
+                    loss = loss + ssl(train_model, batch.x, batch.view)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {float(loss)} at epoch {epoch}: training diverged; lower "
                                     f"train.lr (now {cfg.lr:g})")  # fmt: skip
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:  # float16 gradients: scaled against underflow, unscaled before the step
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             total += loss.detach() * len(b.index)  # summed on the device: no sync per step
             n += len(b.index)
             n_images += b.n_images
@@ -326,6 +338,7 @@ def fit(
                 "rng": rng,
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else {}, "best_model": best_state,
+                "scaler": scaler.state_dict() if scaler is not None else {},
                 "history": result.history, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                 "best_score": result.best_score,
                 "train_seconds": result.train_seconds, "images_seen": result.images_seen,

@@ -20,8 +20,8 @@ import torch
 
 from siamkit.data.cache import ImageArray
 from siamkit.data.images import load_image
-from siamkit.errors import CheckpointError
 from siamkit.distances import as_dissimilarity, get_distance
+from siamkit.errors import CheckpointError
 from siamkit.files import file_sha256
 from siamkit.runs.artifact import WEIGHTS, load_run, read_threshold
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamkit.files import atomic_write_bytes
 from siamkit.errors import CheckpointError, ConfigError
+from siamkit.files import atomic_write_bytes
 from siamkit.runs.embedders import ONNX_FILE, ONNX_META_KEY, TorchEmbedder
 
 log = logging.getLogger(__name__)

@@ -136,7 +136,9 @@ class Model:
             return self.prepare(t.numpy())
         if isinstance(image, np.ndarray):
             return image_to_array(array_image(image), c, (h, w))
-        raise ConfigError(f"an image must be a path, PIL image, numpy array or torch tensor, not {type(image).__name__}")
+        raise ConfigError(
+            f"an image must be a path, PIL image, numpy array or torch tensor, not {type(image).__name__}"
+        )
 
     # -- embeddings and decisions ---------------------------------------------------------------------------
     def embed(self, images: Images) -> np.ndarray:

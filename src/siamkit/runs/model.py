@@ -4,9 +4,10 @@
 Images may be given as file paths, PIL images, numpy arrays or torch tensors, one or many. Arrays follow their
 library's habit: numpy arrays are ``(H, W)`` or ``(H, W, C)`` (as PIL, OpenCV and matplotlib hold images; a batch
 ``(N, H, W, C)``, or ``(N, H, W)`` for grayscale), tensors ``(C, H, W)`` (a batch ``(N, C, H, W)``); uint8 values
-are pixels 0–255, float values are read as 0–1 when none exceeds 1, else as 0–255. Every image goes through the same conversion as a file
-(colour mode to the model's channels, bilinear resize to its input size), so an array and the file it came
-from embed identically. The PyTorch weights and an ONNX export are served by the same object (``backend``).
+are pixels 0–255, float values are read as 0–1 when none exceeds 1, else as 0–255. Every image goes through the same
+conversion as a file (colour mode to the model's channels, bilinear resize to its input size), so an array and the
+file it came from embed identically. The PyTorch weights and an ONNX export are served by the same object
+(``backend``).
 
 The CLI (``verify``, ``index``, ``search``, ``export``), the HTTP service and galleries all use this object.
 """

@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -327,32 +326,26 @@ def _decode_parallel(
     workers = min(settings.workers or os.cpu_count() or 1, max(1, len(todo) // 64))
     chunk = max(16, min(512, len(todo) // (workers * 8) or 1))
     tasks = [(data, todo[s : s + chunk], channels, size, row_bytes, decode) for s in range(0, len(todo), chunk)]
-    bar = _progress(len(todo), settings.progress)
+    from tqdm import tqdm
+
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    results: Any = map(_decode_task, tasks) if pool is None else pool.imap_unordered(_decode_task, tasks)
     bad: dict[int, str] = {}
     started = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="decode", unit="img", leave=False, disable=None if settings.progress else True)
     try:
-        if workers == 1:
-            results: Any = map(_decode_task, tasks)
-            pool = None
-        else:
-            pool = multiprocessing.get_context("fork").Pool(workers)
-            results = pool.imap_unordered(_decode_task, tasks)
-        try:
-            for count, failed in results:
-                bad.update(failed)
-                if bar is not None:
-                    bar.update(count)
-        except BaseException:
-            if pool is not None:
-                pool.terminate()
-            raise
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+        for count, failed in results:
+            bad.update(failed)
+            bar.update(count)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
     seconds = time.perf_counter() - started
     log.info("decoded %d images in %.1fs (%.0f images/s, %d process%s)", len(todo), seconds,
              len(todo) / max(seconds, 1e-9), workers, "" if workers == 1 else "es")  # fmt: skip
@@ -378,11 +371,3 @@ def _decode_task(task: Task) -> tuple[int, dict[int, str]]:
     finally:
         os.close(fd)
     return len(rows), bad
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not (enabled and sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="decode", unit="img", leave=False)

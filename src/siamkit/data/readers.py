@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import logging
@@ -336,6 +337,16 @@ def decode_file(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     return image_to_array(img, channels, size)
 
 
+def _resolve_settings(
+    paths: Sequence[Path], channels: int | None, size: tuple[int, int] | None
+) -> tuple[int | None, tuple[int, int] | None]:
+    """``channels`` and ``size``, the unset ones taken from the data (one header scan: ``auto_channels``,
+    ``auto_size``); still None when no header could be read."""
+    headers = [_header(p) for p in paths] if size is None or channels is None else None
+    size = size or auto_size(paths, headers)
+    return channels or auto_channels(paths, headers), size
+
+
 def _decode_all(
     paths: Sequence[Path], channels: int | None, size: tuple[int, int] | None, skip_bad: bool,
     key: str | None = None, cache: CacheSettings | None = None,
@@ -345,22 +356,14 @@ def _decode_all(
     With ``cache`` (and ``key``, the dataset's folder or CSV) the decode goes through ``siamkit.data.cache``: in
     parallel, once, reused by later runs."""
     if cache is not None and key is not None:
-
-        def resolve() -> tuple[int | None, tuple[int, int] | None]:
-            headers = [_header(p) for p in paths] if size is None or channels is None else None
-            return channels or auto_channels(paths, headers), size or auto_size(paths, headers)
-
+        resolve = functools.partial(_resolve_settings, paths, channels, size)
         got = decode_cached(paths, key, channels, size, skip_bad, cache, decode_file, resolve)
         if got is not None:
             return got.images, got.kept, got.skipped
     arrays: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
-    headers = [_header(p) for p in paths] if size is None or channels is None else None  # one header scan
-    if size is None:
-        size = auto_size(paths, headers)
-    if channels is None:
-        channels = auto_channels(paths, headers)
+    channels, size = _resolve_settings(paths, channels, size)
     for i, p in enumerate(paths):
         try:
             if channels is None or size is None:

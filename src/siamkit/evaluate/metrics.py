@@ -230,9 +230,7 @@ def _knn_hits(
         ok = ~dense
         vals, idx = vals[ok, :max_k], idx[ok, :max_k]
         hits = (y[idx] == y[rows[ok], None]).to(torch.int8)
-        v_sorted, h_sorted = _tie_sorted(vals, hits)
-        misses_at_edge = ((v_sorted == v_sorted[:, -1:]) & (h_sorted == 0)).sum(1, keepdim=True)
-        _accumulate(_ranked_hits(vals, hits, misses_at_edge), counts[rows[ok]], sums, recall_at)
+        _accumulate(_ranked_hits(vals, hits), counts[rows[ok]], sums, recall_at)  # the k-th place's run is all here
         redo.append(rows[dense])
     return torch.cat(redo) if redo else torch.empty(0, dtype=torch.int64)
 
@@ -262,12 +260,15 @@ def _tie_sorted(vals: torch.Tensor, hits: torch.Tensor) -> tuple[torch.Tensor, t
     return vals.gather(1, order), hits.gather(1, order)
 
 
-def _ranked_hits(vals: torch.Tensor, hits: torch.Tensor, misses_at_edge: torch.Tensor) -> torch.Tensor:
+def _ranked_hits(vals: torch.Tensor, hits: torch.Tensor, misses_at_edge: torch.Tensor | None = None) -> torch.Tensor:
     """Whether each of the ``k`` nearest items (dissimilarities ``vals`` ``(q, k)``, same-class flags ``hits``) has
     the query's class, ties broken against the query: wrong-class items first within a run of equal distances,
     including the run cut by the k-th place, filled by its wrong-class members first (``misses_at_edge``: how
-    many items of another class, over the whole row, sit at the k-th place's distance)."""
+    many items of another class, over the whole row, sit at the k-th place's distance; None when that run lies
+    wholly within the ``k``, where sorting misses first already places it)."""
     vals, hits = _tie_sorted(vals, hits)
+    if misses_at_edge is None:
+        return hits.float()
     edge = vals[:, -1:]  # the run of ties that the k-th place cuts
     in_edge = vals == edge
     rank_in_edge = in_edge.cumsum(1) - 1

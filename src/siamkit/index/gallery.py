@@ -346,22 +346,23 @@ class Gallery:
     def refresh(self) -> Gallery:
         """Catch up with what other processes committed: the new log rows alone when the base is the same (cheap),
         else the whole gallery re-read. Returns the up-to-date gallery (``self`` or a new one)."""
-        if not self.is_stale():
-            return self
+        if not (self.directory / DATABASE).is_file():
+            return Gallery.open(self.directory)  # gone or rebuilt: open says which, in one line
         con = connect(self.directory)
         try:
-            st = _state(con)
-            if (str(st.get("uid", "")), int(st.get("generation", 0))) != self.stamp[:2] or self.pending:
-                con.close()
-                return Gallery.open(self.directory)
-            rows = con.execute("SELECT seq, op, id, vector FROM log WHERE seq > ? ORDER BY seq",
-                               (self.meta["seq"],)).fetchall()  # fmt: skip
-            found = {
-                int(i): Item(int(i), p, lab)
-                for i, p, lab in con.execute("SELECT id, path, label FROM items WHERE id >= ?", (self.meta["next_id"],))
-            }  # ids are never reused
+            st = _state(con)  # one read of the state: unchanged, new log rows, or another base
+            if self._stamp_of(st) == self.stamp:
+                return self
+            if self._stamp_of(st)[:2] != self.stamp[:2] or self.pending:
+                rows = None
+            else:
+                rows = con.execute("SELECT seq, op, id, vector FROM log WHERE seq > ? ORDER BY seq",
+                                   (self.meta["seq"],)).fetchall()  # fmt: skip
+                found = Items(con.execute("SELECT id, path, label FROM items WHERE id >= ?", (self.meta["next_id"],)))
         finally:
             con.close()
+        if rows is None:
+            return Gallery.open(self.directory)
         for _, op, item_id, _ in rows:
             if op == "remove":
                 self.items.pop(item_id, None)
@@ -620,10 +621,14 @@ class Gallery:
         out = []
         for drow, irow in zip(distances, ids, strict=True):
             row = [(int(i), float(d)) for d, i in zip(drow, irow, strict=True) if i >= 0]
-            items = [self.items[i] for i, _ in row]
+            items = [self.item(i) for i, _ in row]
             out.append([Hit(r + 1, i, d, it.label, it.path, None if thr is None else d <= thr)
                         for r, ((i, d), it) in enumerate(zip(row, items, strict=True))])  # fmt: skip
         return out
+
+    def item(self, item_id: int) -> Item:
+        """The item with id ``item_id`` (a hit's path and label)."""
+        return self.items[item_id]
 
     def owned_upload(self, item: Item) -> Path | None:
         """The item's file when the gallery owns it — an upload under its own ``uploads/`` folder, checked on the

@@ -25,7 +25,7 @@ import numpy as np
 
 from siamkit.errors import ConfigError, DataError
 from siamkit.files import atomic_write_text
-from siamkit.index.gallery import BACKENDS, FORMAT, IP_METRICS, SIDECAR, STATIC_KEYS, UPLOADS, Gallery, Hit, Item
+from siamkit.index.gallery import BACKENDS, FORMAT, IP_METRICS, SIDECAR, STATIC_KEYS, UPLOADS, Gallery, Item
 
 BACKEND = "qdrant"
 PAGE = 1024
@@ -119,6 +119,7 @@ class QdrantGallery(Gallery):
         self.items = QdrantItems(self)  # type: ignore[assignment]
         self.stamp = ("", 0, 0)
         self._next: int | None = None
+        self._payloads: dict[int, Item] = {}
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -259,43 +260,25 @@ class QdrantGallery(Gallery):
         if self.pending_items or self.pending_removals:
             raise DataError("a Qdrant gallery searches what is committed: save() first")
         x = self._prepare(vectors)
-        k = min(k, len(self))
-        dist = np.zeros((len(x), k), np.float32)
-        ids = np.full((len(x), k), -1, np.int64)
-        if k == 0:
-            return dist, ids
         m = _models()
         requests = [m.QueryRequest(query=v.tolist(), limit=k, with_payload=True) for v in x]
-        self._payloads: dict[int, Item] = {}
-        for row, answer in enumerate(self.client.query_batch_points(self.collection, requests=requests)):
-            for col, point in enumerate(answer.points[:k]):
+        answers = [a.points[:k] for a in self.client.query_batch_points(self.collection, requests=requests)]
+        width = max((len(points) for points in answers), default=0)  # min(k, size), without asking the size
+        raw = np.zeros((len(x), width), np.float32)
+        ids = np.full((len(x), width), -1, np.int64)
+        self._payloads = {}
+        euclid = self.metric not in IP_METRICS
+        for row, points in enumerate(answers):
+            for col, point in enumerate(points):
                 ids[row, col] = int(point.id)
-                dist[row, col] = float(point.score)
+                # into faiss's scores (squared L2, or the cosine similarity), which to_distance converts
+                raw[row, col] = float(point.score) ** 2 if euclid else float(point.score)
                 self._payloads[int(point.id)] = _item(point)
-        return self.to_distance_qdrant(dist, ids), ids
+        return self.to_distance(raw), ids
 
-    def to_distance_qdrant(self, score: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Qdrant's scores (Euclidean distance, or cosine similarity) → the run's dissimilarity."""
-        if self.metric == "squared_euclidean":
-            out = score**2
-        elif self.metric == "cosine":
-            out = 1.0 - score
-        elif self.metric == "cosine_similarity":
-            out = -score
-        else:
-            out = score
-        return np.where(ids < 0, np.float32(0), out).astype(np.float32)
-
-    def hits(self, distances: np.ndarray, ids: np.ndarray, threshold: float | None = None) -> list[list[Hit]]:
-        thr = self.meta.get("threshold") if threshold is None else threshold
-        known = getattr(self, "_payloads", {})
-        out = []
-        for drow, irow in zip(distances, ids, strict=True):
-            row = [(int(i), float(d)) for d, i in zip(drow, irow, strict=True) if i >= 0]
-            items = [known.get(i) or self.items[i] for i, _ in row]
-            out.append([Hit(r + 1, i, d, it.label, it.path, None if thr is None else d <= thr)
-                        for r, ((i, d), it) in enumerate(zip(row, items, strict=True))])  # fmt: skip
-        return out
+    def item(self, item_id: int) -> Item:
+        """From the payloads the last search brought back, else from the collection."""
+        return self._payloads.get(item_id) or self.items[item_id]
 
 
 def migrate(source: str | os.PathLike[str], out: str | os.PathLike[str], url: str,

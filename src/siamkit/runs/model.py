@@ -159,12 +159,15 @@ class Model:
     def verify(self, a: Images, b: Images) -> Verification | list[Verification]:
         """Are ``a`` and ``b`` the same identity? One :class:`Verification` for two images; for two equally long
         collections, one per pair ``(a[i], b[i])``."""
-        out = self.verify_many(a, b)
-        return out[0] if split_images(a)[1] and split_images(b)[1] else out
+        (xa, single_a), (xb, single_b) = self.inputs(a), self.inputs(b)
+        out = self._verify_inputs(xa, xb)
+        return out[0] if single_a and single_b else out
 
     def verify_many(self, a: Images, b: Images) -> list[Verification]:
         """One :class:`Verification` per pair ``(a[i], b[i])`` (one image counts as a collection of one)."""
-        xa, xb = self.inputs(a)[0], self.inputs(b)[0]
+        return self._verify_inputs(self.inputs(a)[0], self.inputs(b)[0])
+
+    def _verify_inputs(self, xa: torch.Tensor, xb: torch.Tensor) -> list[Verification]:
         if len(xa) != len(xb):
             raise ConfigError(f"verify needs as many images in a as in b ({len(xa)} vs {len(xb)})")
         vectors = self.embedder.embed(torch.cat([xa, xb]))
@@ -235,7 +238,7 @@ def load(
     """The trained run in ``run_dir`` (a folder written by ``siamkit train``) as a :class:`Model`: on PyTorch
     (``device`` cpu, cuda, mps or auto) or on ONNX Runtime (``backend="onnx"``; ``onnx`` = the file, default
     ``RUN_DIR/model.onnx``). ``threshold`` replaces the run's decision threshold for this object."""
-    return Model(open_embedder(run_dir, ModelSource(backend, onnx, device, threshold)))
+    return open_model(run_dir, ModelSource(backend, onnx, device, threshold))
 
 
 def as_model(model: Model | Embedder) -> Model:

@@ -87,3 +87,11 @@ def test_the_cli_on_a_qdrant_gallery(small_run, digits_images, tmp_path, capsys)
     info = json.loads(capsys.readouterr().out)
     n0, n1 = (len(list((digits_images / d).glob("*.png"))) for d in ("0", "1"))
     assert info["size"] == n0 + n1 - 1 and info["index"]["kind"] == "qdrant"
+
+
+def test_an_unreachable_qdrant_is_one_line_and_nothing_is_written(small_run, digits_images, tmp_path, capsys):
+    code = main(["index", "build", str(small_run), str(digits_images / "0"), "--out", str(tmp_path / "g"),
+                 "--backend-url", "http://127.0.0.1:1", "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "http://127.0.0.1:1: no Qdrant answers there" in err and err.count("\n") == 1
+    assert not (tmp_path / "g").exists()

@@ -45,8 +45,12 @@ def _client(url: str) -> Any:
         raise ConfigError("a Qdrant gallery needs qdrant-client: pip install qdrant-client") from None
     try:
         client = QdrantClient(path=key[len("local:") :]) if key.startswith("local:") else QdrantClient(url=url)
+        client.get_collections()  # a remote client connects lazily: ask once, so a wrong address fails here
     except RuntimeError as exc:  # local mode: another process holds the folder
         raise DataError(f"{url}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # the client's connection errors (httpx, grpc, its own wrappers)
+        raise DataError(f"{url}: no Qdrant answers there ({str(exc).splitlines()[0] or type(exc).__name__}); start "
+                        "it, or check --backend-url") from None  # fmt: skip
     if not _CLIENTS:
         atexit.register(_close_all)  # closed while the interpreter still runs (the client's __del__ is too late)
     _CLIENTS[key] = client

@@ -275,6 +275,8 @@ def embed_batching(args: argparse.Namespace) -> None:
                        check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     a, _ = _images(run)
+    ceiling = {**_forward_only(run, args.concurrency), "backbone": args.backbone}
+    print(json.dumps(ceiling), flush=True)
     results = {}
     for name, flags in (("unbatched", ["--max-batch", "1"]), ("batched", ["--max-batch", "64", "--max-wait-ms", "5"])):
         port = _free_port()
@@ -300,6 +302,31 @@ def embed_batching(args: argparse.Namespace) -> None:
         if name == "batched":
             line["throughput_over_unbatched"] = round(line["images_per_s"] / results["unbatched"]["images_per_s"], 2)
         print(json.dumps(line), flush=True)
+
+
+def _forward_only(run: Path, batch: int, seconds: float = 5.0) -> dict[str, Any]:
+    """What batching can gain at most here: the model's forward pass alone (no HTTP, no decoding, no client on
+    the same CPUs), images/s one at a time and ``batch`` at a time."""
+    import torch
+
+    from siamkit.runs.embedders import TorchEmbedder
+
+    emb = TorchEmbedder(run)
+    rates = {}
+    for size in (1, batch):
+        x = torch.randint(0, 256, (size, *emb.input_shape), dtype=torch.uint8)
+        emb.embed(x)  # warm-up
+        t, n = time.perf_counter(), 0
+        while time.perf_counter() - t < seconds:
+            emb.embed(x)
+            n += size
+        rates[size] = n / (time.perf_counter() - t)
+    return {
+        "benchmark": "serve_load", "measure": "forward pass only (the ceiling of batching)",
+        "images_per_s_batch_1": round(rates[1], 1), f"images_per_s_batch_{batch}": round(rates[batch], 1),
+        "batch_gain_ceiling": round(rates[batch] / rates[1], 2), "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }  # fmt: skip
 
 
 def _gallery_ids(gallery: Path) -> list[int]:

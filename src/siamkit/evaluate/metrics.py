@@ -254,10 +254,18 @@ def _accumulate(hits: torch.Tensor, r: torch.Tensor, sums: dict[str, float], rec
 
 
 def _tie_sorted(vals: torch.Tensor, hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``vals`` ascending with, within equal values, misses before hits."""
-    by_hit = torch.sort(hits, dim=1, stable=True).indices  # misses first, then a stable sort by distance
-    order = by_hit.gather(1, torch.sort(vals.gather(1, by_hit), dim=1, stable=True).indices)
-    return vals.gather(1, order), hits.gather(1, order)
+    """``vals`` ascending with, within equal values, misses before hits (only rows not already in that order are
+    sorted: a k-NN index returns its rows ascending, and ties are rare)."""
+    step = vals[:, 1:] - vals[:, :-1]
+    todo = ((step < 0) | ((step == 0) & (hits[:, 1:] < hits[:, :-1]))).any(1).nonzero().squeeze(1)
+    if len(todo) == 0:
+        return vals, hits
+    v, h = vals[todo], hits[todo]
+    by_hit = torch.sort(h, dim=1, stable=True).indices  # misses first, then a stable sort by distance
+    order = by_hit.gather(1, torch.sort(v.gather(1, by_hit), dim=1, stable=True).indices)
+    vals, hits = vals.clone(), hits.clone()
+    vals[todo], hits[todo] = v.gather(1, order), h.gather(1, order)
+    return vals, hits
 
 
 def _ranked_hits(vals: torch.Tensor, hits: torch.Tensor, misses_at_edge: torch.Tensor | None = None) -> torch.Tensor:

@@ -351,7 +351,7 @@ def fit(
                     "did not generalise to the validation identities (try fewer epochs, a lower train.lr, "
                     "augmentation or loss.ssl_weight)", result.monitor)  # fmt: skip
     model.load_state_dict(best_state)
-    model.to(memory_format=torch.contiguous_format)  # as a reloaded checkpoint is: identical evaluation numbers
+    model.to(memory_format=fmt)  # as a reloaded checkpoint is (runs.artifact.load_run): identical evaluation numbers
     return result
 
 

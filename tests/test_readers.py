@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_folder_reader_with_small_class_and_odd_modes(tmp_path):
     assert s.labels.tolist() == [0, 0, 0, 1, 1, 2]
 
 
-def test_corrupt_file_is_a_clear_error_or_skipped(tmp_path):
+def test_corrupt_file_is_a_clear_error_or_skipped(tmp_path, caplog):
     root = tmp_path / "data"
     _img(root / "a" / "1.png", "L")
     _img(root / "a" / "2.png", "L")
@@ -85,8 +86,13 @@ def test_corrupt_file_is_a_clear_error_or_skipped(tmp_path):
     s = read_folder(root, skip_bad=True)
     assert len(s) == 3 and s.skipped == [str(bad)]
     bad.unlink()
-    (root / "b" / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match="notes.txt"):
+    (root / "b" / "notes.txt").write_text("hello")  # not an image by its name: left out, said once
+    (root / "b" / "Thumbs.db").write_bytes(b"\0junk")
+    with caplog.at_level(logging.WARNING):
+        assert len(read_folder(root)) == 3
+    assert "2 files left out" in caplog.text and "notes.txt" in caplog.text and "Thumbs.db" in caplog.text
+    (root / "b" / "photo.jpg").write_text("hello")  # an image by its name: its bytes are checked
+    with pytest.raises(DataError, match="photo.jpg"):
         read_folder(root, skip_bad=False)
 
 

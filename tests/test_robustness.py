@@ -67,6 +67,18 @@ def test_input_size_is_the_most_common_not_the_first(tmp_path, caplog):
     assert auto_size([tmp_path / "big.png"]) == (128, 256)
 
 
+def test_input_size_of_photos_of_many_sizes_is_the_median(tmp_path, caplog):
+    # no size shared by half of them: the most common one (two odd 9×9 images) would be arbitrary
+    sizes = [(9, 9), (9, 9), (30, 40), (32, 44), (34, 48), (36, 50), (60, 80)]  # (W, H)
+    paths = []
+    for i, size in enumerate(sizes):
+        _png(tmp_path / f"{i}.png", size=size, seed=i)
+        paths.append(tmp_path / f"{i}.png")
+    with caplog.at_level(logging.INFO):
+        assert auto_size(paths) == (44, 32)  # (H, W): the medians of 9, 9, 40, 44, 48, 50, 80 and of the widths
+    assert "median" in caplog.text
+
+
 def test_a_closed_pipe_is_not_an_error(small_run, digits_images, tmp_path):
     from siamkit.index.ops import build
 
@@ -143,3 +155,19 @@ def test_colour_is_kept_when_a_grey_image_sorts_first(tmp_path):
     paths = sorted(tmp_path.glob("*.png"))
     assert auto_channels(paths) == 3
     assert auto_channels(paths[:1]) == 1
+
+
+def test_train_takes_a_data_folder_where_the_config_goes(tmp_path, capsys):
+    from siamkit.cli import build_parser, main
+    from siamkit.cli.train import _data_in_config_place
+
+    for c in ("a", "b"):
+        _png(tmp_path / "faces" / c / "0.png")
+    for given, data, config in ((str(tmp_path / "faces"), str(tmp_path / "faces"), None), ("digits", "digits", None),
+                                ("run.yaml", None, "run.yaml"), ("pairs.csv", "pairs.csv", None)):  # fmt: skip
+        args = build_parser().parse_args(["train", given])
+        _data_in_config_place(args)
+        assert (args.data, args.config) == (data, config), given
+    assert main(["train", str(tmp_path / "faces"), "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "faces is data, and --data digits gives data too" in err and len(err.strip().splitlines()) == 1

@@ -14,10 +14,12 @@ from siamkit.cli.common import Subparsers, command, emit, fmt, model_flags, mode
 def register(sub: Subparsers) -> None:
     t = command(sub, "train", _train, "train a Siamese model and evaluate it (default: on scikit-learn digits)", [
         "siamkit train                                   # digits, the default recipe",
+        "siamkit train my_faces/                         # a folder per identity: tested on unseen identities",
         "siamkit train --data my_faces/ --recipe open-set --epochs 20",
         "siamkit train config.yaml --set train.lr=3e-4 --set loss.name=triplet",
     ], "Train from a YAML config plus overrides; writes runs/<name>/ (weights, metrics, figures, report).")  # fmt: skip
-    t.add_argument("config", nargs="?", help="YAML run config (optional; defaults otherwise)")
+    t.add_argument("config", nargs="?", help="YAML run config (optional; defaults otherwise); a data folder or CSV "
+                   "here is taken as --data")  # fmt: skip
     overrides_flag(t)
     t.add_argument("--data", help="digits | fashion-mnist | a folder, flat folder, IDX folder or pairs/triplets CSV")
     t.add_argument("--loss", help="contrastive, triplet, bce, huber, fdc, fdt, multi-similarity, arcface, cosface, "
@@ -73,6 +75,7 @@ def _train(args: argparse.Namespace) -> None:
     from siamkit.config import load_config
     from siamkit.training.pipeline import train_run
 
+    _data_in_config_place(args)
     overrides = list(args.overrides)
     for flag, key in SHORTCUTS.items():
         value = getattr(args, flag, None)
@@ -169,6 +172,22 @@ def _names(ids: list[str], at_most: int = 6) -> str:
 
 
 RESUME_MAY_CHANGE = ("train.", "eval.", "name", "runs_dir")
+
+
+def _data_in_config_place(args: argparse.Namespace) -> None:
+    """``siamkit train my_faces/``: a folder (or a CSV, or an IDX file) where the YAML config goes is the data."""
+    from siamkit.data.readers import LAYOUTS
+    from siamkit.errors import ConfigError
+
+    named = {name for name, lay in LAYOUTS.items() if lay.by_name}
+    given = args.config
+    if given is None or Path(given).suffix.lower() in (".yaml", ".yml", ".json"):
+        return
+    if not (Path(given).is_dir() or Path(given).suffix.lower() in (".csv", ".gz") or given in named):
+        return
+    if args.data is not None:
+        raise ConfigError(f"{given} is data, and --data {args.data} gives data too; give one of them")
+    args.data, args.config = given, None
 
 
 def resume_config(config: str | None, overrides: list[str]) -> tuple[str, list[str]]:

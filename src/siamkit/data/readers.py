@@ -268,11 +268,34 @@ def read_fashion_mnist(directory: str | None = None) -> tuple[ImageSet, ImageSet
     )
 
 
-def list_files(folder: Path) -> list[Path]:
-    """The non-hidden files of ``folder``, sorted (one directory scan: no stat per file)."""
+def list_files(folder: Path, left_out: list[str] | None = None) -> list[Path]:
+    """The non-hidden files of ``folder`` that may be images, sorted (one directory scan: no stat per file): a name
+    with an image format's extension (any Pillow reads) or with none. Others (``Thumbs.db``, ``desktop.ini``,
+    ``notes.txt``, annotation files) are left out, appended to ``left_out`` (for ``note_left_out``); a file whose
+    extension says image but whose bytes are not is still an error (or skipped with ``data.skip_bad``)."""
     with os.scandir(folder) as entries:
         names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
-    return [folder / name for name in names]
+    known = image_extensions()
+    keep = [name for name in names if not Path(name).suffix or Path(name).suffix.lower() in known]
+    if left_out is not None and len(keep) < len(names):
+        left_out.extend(str(folder / name) for name in sorted(set(names) - set(keep)))
+    return [folder / name for name in keep]
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Lower-case extensions (with the dot) of the image formats Pillow can open here."""
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def note_left_out(where: str | Path, left_out: Sequence[str]) -> None:
+    """One warning line naming the files ``list_files`` left out as no images (nothing when none)."""
+    if left_out:
+        one = len(left_out) == 1
+        names = ", ".join(Path(p).name for p in left_out[:5]) + (", …" if len(left_out) > 5 else "")
+        log.warning("%s: %d file%s left out, no image by %s extension (%s); give an image its format's extension "
+                    "to include it", where, len(left_out), "" if one else "s", "its" if one else "their",
+                    names)  # fmt: skip
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -314,18 +337,24 @@ def auto_channels(paths: Sequence[Path], headers: Sequence[Header] | None = None
 
 def auto_size(paths: Sequence[Path], headers: Sequence[Header] | None = None) -> tuple[int, int] | None:
     """The input size when ``data.image_size`` is unset: the most common (H, W) among the images of at least
-    ``MIN_SIDE`` px (ties: the larger), its long side capped at ``AUTO_SIZE_CAP`` (aspect kept) — never whatever
-    image sorts first. Logged in one line."""
+    ``MIN_SIDE`` px (ties: the larger) when at least half of them have it, else the median height and width (photos
+    of many sizes: the most common one may be 3 images' odd size); its long side capped at ``AUTO_SIZE_CAP``
+    (aspect kept) — never whatever image sorts first. Logged in one line."""
     found = headers if headers is not None else [_header(p) for p in paths]
     sizes = Counter(hw for hw in ((h[0], h[1]) for h in found if h is not None) if min(hw) >= MIN_SIDE)
     if not sizes:
         return None
     (h, w), count = max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1]))
+    total = sum(sizes.values())
+    plural = "" if len(sizes) == 1 else "s"
+    how = f"the most common of {len(sizes)} size{plural} among {len(paths)} images ({count} have it)"
+    if count * 2 < total:
+        h, w = (int(np.median([hw[k] for hw in sizes.elements()])) for k in (0, 1))
+        how = f"the median height and width of {total} images of {len(sizes)} sizes (no size is shared by half of them)"
     scale = min(1.0, AUTO_SIZE_CAP / max(h, w))
     size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
     capped = f", capped to {size[0]}×{size[1]}" if size != (h, w) else ""
-    log.info("input size %d×%d: the most common of %d size%s among %d images (%d have it)%s; set data.image_size to "
-             "choose", h, w, len(sizes), "" if len(sizes) == 1 else "s", len(paths), count, capped)  # fmt: skip
+    log.info("input size %d×%d: %s%s; set data.image_size to choose", h, w, how, capped)
     return size
 
 
@@ -399,7 +428,9 @@ def read_folder(
     folders = [d.name for d in class_folders(root)]
     if not folders:
         raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>")
-    listed = {name: list_files(root / name) for name in folders}
+    left_out: list[str] = []
+    listed = {name: list_files(root / name, left_out) for name in folders}
+    note_left_out(root, left_out)
     empty = [name for name, files in listed.items() if not files]
     if empty and len(empty) < len(folders):
         log.warning("%s: %d empty class folder%s left out: %s", root, len(empty), "" if len(empty) == 1 else "s",
@@ -424,7 +455,9 @@ def read_flat(
     ``class`` (else group 1)."""
     root = Path(root)
     pattern = re.compile(regex) if regex else None
-    paths = list_files(root)
+    left_out: list[str] = []
+    paths = list_files(root, left_out)
+    note_left_out(root, left_out)
     if not paths:
         raise DataError(f"{root}: the folder holds no files")
     names: list[str] = []

@@ -1,0 +1,79 @@
+"""What fixed, untrained descriptors reach on the open-set test identities of Fashion-MNIST: a reference for the
+open-set targets (docs/open-set.md). Same retrieval protocol as ``open_set.py`` (leave-one-out over the test
+identities' images of the test file, Euclidean distance of L2-normalised vectors): raw pixels, and a histogram of
+oriented gradients (HOG: 9 unsigned orientations, magnitude-weighted, square-rooted) pooled over 4×4-px cells,
+and over a pyramid of 4, 7 and 14-px cells. Nothing is trained, so no training identity is used. One JSON line per
+split, then one with the ratios to the pixels.
+
+    .venv/bin/python benchmarks/open_set_reference.py                  # the standard folds and 2 seeded random ones
+    .venv/bin/python benchmarks/open_set_reference.py --test-classes 1,4,6,7,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from siamkit.data.readers import read_fashion_mnist
+from siamkit.evaluate.metrics import retrieval_metrics
+
+FOLDS = ["1,3,5,7,9", "0,2,4,6,8", "0,1,2,3,4"]
+
+
+def orientation_maps(x: torch.Tensor, bins: int = 9) -> torch.Tensor:
+    """``(N, bins, H, W)``: each pixel's gradient magnitude in the bin of its unsigned orientation."""
+    gx = F.conv2d(x, torch.tensor([[[[-1.0, 0.0, 1.0]]]]), padding=(0, 1))
+    gy = F.conv2d(x, torch.tensor([[[[-1.0], [0.0], [1.0]]]]), padding=(1, 0))
+    angle = torch.atan2(gy, gx) % np.pi
+    b = (angle / np.pi * bins).long().clamp(max=bins - 1)
+    return torch.zeros(x.shape[0], bins, *x.shape[2:]).scatter_(1, b, (gx**2 + gy**2).sqrt())
+
+
+def descriptors(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    maps = orientation_maps(x)
+    cells = {c: F.avg_pool2d(maps, c).sqrt().flatten(1) for c in (4, 7, 14)}
+    return {
+        "pixels": x.flatten(1),
+        "hog_4px": cells[4],
+        "hog_pyramid": torch.cat([F.normalize(v, dim=1) for v in cells.values()], 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--test-classes", help="one split's test classes (default: the standard and 2 random folds)")
+    ap.add_argument("--data", help="a folder of Fashion-MNIST IDX files (default: the Debian package's)")
+    args = ap.parse_args()
+    _, test = read_fashion_mnist(args.data)
+    assert test is not None
+    rng = np.random.default_rng(0)
+    folds = [args.test_classes] if args.test_classes else FOLDS + [
+        ",".join(map(str, sorted(rng.permutation(10)[:5]))) for _ in range(2)]  # fmt: skip
+    ratios: dict[str, list[float]] = {}
+    for fold in folds:
+        classes = [int(c) for c in fold.split(",")]
+        keep = np.isin(test.labels, classes)
+        x = torch.as_tensor(test.images[torch.from_numpy(keep)]).float() / 255.0
+        labels = test.labels[keep]
+        line: dict[str, object] = {"benchmark": "open_set_reference", "test_classes": classes,
+                                   "images": int(keep.sum())}  # fmt: skip
+        for name, vectors in descriptors(x).items():
+            m = retrieval_metrics(F.normalize(vectors, dim=1), labels)
+            line[name] = {"precision_at_1": round(m["precision_at_1"], 4), "map_at_r": round(m["map_at_r"], 4)}
+        for name in ("hog_4px", "hog_pyramid"):
+            ratio = line[name]["map_at_r"] / line["pixels"]["map_at_r"]  # type: ignore[index]
+            line[name]["map_at_r_over_pixels"] = round(ratio, 3)  # type: ignore[index]
+            ratios.setdefault(name, []).append(ratio)
+        print(json.dumps(line), flush=True)
+    summary = {name: {"mean": round(statistics.mean(r), 3), "min": round(min(r), 3), "max": round(max(r), 3)}
+               for name, r in ratios.items()}  # fmt: skip
+    print(json.dumps({"benchmark": "open_set_reference", "map_at_r_over_pixels": summary, "folds": len(folds)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ from PIL import Image
 from siamkit.cli import main
 from siamkit.config import DataConfig
 from siamkit.data.readers import auto_size, load_dataset, read_folder, read_tuples_csv
+from siamkit.errors import DataError
 
 
 def _png(path: Path, size=(12, 12), seed=0) -> None:
@@ -171,3 +172,31 @@ def test_train_takes_a_data_folder_where_the_config_goes(tmp_path, capsys):
     assert main(["train", str(tmp_path / "faces"), "--data", "digits"]) == 2
     err = capsys.readouterr().err
     assert "faces is data, and --data digits gives data too" in err and len(err.strip().splitlines()) == 1
+
+
+def test_class_folders_may_nest_and_split_folders_are_refused(tmp_path, capsys):
+    for rel in ("a/session1/0.png", "a/session2/1.png", "a/2.png", "b/0.png", "b/.hidden/3.png"):
+        _png(tmp_path / "people" / rel)
+    images = read_folder(tmp_path / "people")
+    assert images.class_names == ["a", "b"] and images.labels.tolist() == [0, 0, 0, 1]
+    assert [Path(p).relative_to(tmp_path / "people").as_posix() for p in images.paths] == [
+        "a/2.png", "a/session1/0.png", "a/session2/1.png", "b/0.png"]  # fmt: skip
+    for rel in ("train/a/0.png", "train/b/0.png", "test/a/0.png", "test/b/0.png"):
+        _png(tmp_path / "splits" / rel)
+    with pytest.raises(DataError, match="test, train look like the splits of a dataset") as err:
+        read_folder(tmp_path / "splits")
+    assert "--data " + str(tmp_path / "splits" / "train") in str(err.value) and "\n" not in str(err.value)
+    assert len(read_folder(tmp_path / "splits" / "train")) == 2
+
+
+def test_validation_identities_of_one_image_each_are_one_error_line(tmp_path):
+    from siamkit.config import load_config
+    from siamkit.data.splits import make_splits
+
+    for c in range(8):
+        for i in range(1 if c < 2 else 4):
+            _png(tmp_path / "ids" / f"p{c}" / f"{i}.png", seed=i)
+    cfg = load_config(None, [f"data.source={tmp_path / 'ids'}", "data.val_classes=p0,p1"])
+    with pytest.raises(DataError, match="no identity has two images in the validation split") as err:
+        make_splits(load_dataset(cfg.data), cfg.data, 0)
+    assert "\n" not in str(err.value)

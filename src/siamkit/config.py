@@ -50,7 +50,8 @@ class DataConfig:
     flat_regex: str | None = None
     """Flat layout: a regex whose group ``class`` (or group 1) is the class; overrides ``flat_field``."""
     image_size: int | None = None
-    """Resize every image to this square size; None takes it from the data: the size most images share, else their median height and width."""
+    """Resize every image to this square size; None takes it from the data: the size most images share, else their
+    median height and width."""
     channels: int | None = None
     """1 (grayscale) or 3 (RGB); None takes it from the data: 3 when at least a tenth of the images are colour."""
     skip_bad: bool = False

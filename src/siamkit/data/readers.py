@@ -299,8 +299,32 @@ def note_left_out(where: str | Path, left_out: Sequence[str]) -> None:
 
 
 def class_folders(root: Path) -> list[Path]:
-    """The non-hidden sub-folders of ``root``, sorted: the classes of a class-per-folder layout."""
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The non-hidden sub-folders of ``root``, sorted: the classes of a class-per-folder layout. Folders named
+    like a dataset's splits (``train``, ``test``, …) are refused: ``root/train/<class>/`` is one dataset per split,
+    not two classes."""
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    splits = [d.name for d in folders if d.name.lower() in SPLIT_FOLDER_NAMES]
+    if len(splits) >= 2 or (splits and len(folders) == 1):
+        first = next((name for name in splits if name.lower() in ("train", "training")), splits[0])
+        raise DataError(
+            f"{root}: its folders {', '.join(splits)} look like the splits of a dataset, not identities; "
+            f"give one of them (e.g. --data {root / first}), with one folder per class inside"
+        )
+    return folders
+
+
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev"})
+
+
+def class_files(folder: Path, left_out: list[str] | None = None) -> list[Path]:
+    """The images of one class folder, at any depth (``person/session/img.jpg``), sorted by path; hidden files and
+    folders skipped, files no image by their extension left out as in ``list_files``."""
+    out = list_files(folder, left_out)
+    with os.scandir(folder) as entries:
+        subs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    for sub in subs:
+        out += class_files(folder / sub, left_out)
+    return out
 
 
 MIN_SIDE = 8  # images with a shorter side are refused (or skipped with data.skip_bad): nothing to learn from
@@ -423,13 +447,14 @@ def read_folder(
     root: str | os.PathLike[str], channels: int | None = None, size: tuple[int, int] | None = None,
     skip_bad: bool = False, cache: CacheSettings | None = None,
 ) -> ImageSet:  # fmt: skip
-    """Class-per-folder layout ``root/<class>/<image>``; every non-hidden file in a class folder is an image."""
+    """Class-per-folder layout ``root/<class>/[<sub-folders>/]<image>``: every image under a class folder, at any
+    depth, is of that class (``class_files``)."""
     root = Path(root)
     folders = [d.name for d in class_folders(root)]
     if not folders:
         raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>")
     left_out: list[str] = []
-    listed = {name: list_files(root / name, left_out) for name in folders}
+    listed = {name: class_files(root / name, left_out) for name in folders}
     note_left_out(root, left_out)
     empty = [name for name, files in listed.items() if not files]
     if empty and len(empty) < len(folders):

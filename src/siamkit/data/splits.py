@@ -162,8 +162,19 @@ def make_splits(bundle: DatasetBundle, cfg: DataConfig, seed: int) -> Splits:
                 f"{bundle.name}: the {part} split holds {len(np.unique(labels))} class(es); pairs need at least 2 — "
                 "add identities or change data.val_fraction / data.test_fraction"
             )
+        if part != "train":
+            _need_genuine_pairs(bundle.name, part, labels, "raise data.val_fraction / data.test_fraction")
     log.info("split %s: train %d, validation %d, test %d", method, len(keep), len(held), len(test))
     return Splits(Split(pool.subset(keep)), Split(pool.subset(held)), Split(test), method=method)
+
+
+def _need_genuine_pairs(name: str, part: str, labels: np.ndarray, fix: str) -> None:
+    """Validation and test need an identity with two images: no genuine pair (and no retrieval query) without."""
+    if len(labels) and np.bincount(labels).max() < 2:
+        raise DataError(
+            f"{name}: no identity has two images in the {part} split ({len(labels)} images, one each): "
+            f"genuine pairs need two; add images per identity or {fix}"
+        )
 
 
 def parse_class_list(value: list[str] | str | None, names: list[str], key: str) -> list[int] | None:
@@ -246,6 +257,8 @@ def identity_splits(bundle: DatasetBundle, cfg: DataConfig, rng: np.random.Gener
                 "or the data.*_classes lists"
             )
         subsets[part] = source.subset(np.flatnonzero(np.isin(source.labels, ids)))
+        if part != "train":
+            _need_genuine_pairs(bundle.name, part, subsets[part].labels, "name other identities in data.*_classes")
     identities = {part: [names[c] for c in ids] for part, (_, ids) in parts.items()}
     for part, held in identities.items():
         log.info("identities %s (%d, %d images): %s", part, len(held), len(subsets[part]), ", ".join(held))

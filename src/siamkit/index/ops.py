@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from siamkit.data.images import SKIP_HINT
-from siamkit.data.readers import class_folders, csv_text, list_files, note_left_out
+from siamkit.data.readers import class_files, class_folders, csv_text, list_files, note_left_out
 from siamkit.errors import DataError
 from siamkit.files import made_folder
 from siamkit.index.gallery import Gallery, Hit, locked
@@ -46,7 +46,7 @@ def collect_images(sources: Sequence[str], label: str | None = None) -> list[tup
             classes = class_folders(p)
             left_out: list[str] = []
             if classes:
-                out += [(str(f.resolve()), c.name) for c in classes for f in list_files(c, left_out)]
+                out += [(str(f.resolve()), c.name) for c in classes for f in class_files(c, left_out)]
             else:
                 out += [(str(f.resolve()), label) for f in list_files(p, left_out)]
             note_left_out(p, left_out)

@@ -47,6 +47,21 @@ def test_every_image_form_embeds_like_its_file(model, files):
         assert np.abs(got - want).max() <= 1e-5, name
 
 
+def test_a_photo_with_an_exif_orientation_embeds_upright_in_every_form(model, files, tmp_path):
+    with Image.open(files[0]) as im:
+        upright_pixels = np.array(im.convert("L"))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned clockwise; displayed after a 90° counter-clockwise turn
+    tagged = tmp_path / "tagged.png"
+    Image.fromarray(upright_pixels).transpose(Image.Transpose.ROTATE_270).save(tagged, exif=exif.tobytes())
+    want = model.embed(upright_pixels)
+    with Image.open(tagged) as im:
+        pil = im.copy()
+        pil.info["exif"] = im.info["exif"]
+    for name, image in {"path": tagged, "PIL": pil}.items():
+        assert np.abs(model.embed(image) - want).max() <= 1e-5, name
+
+
 def test_many_images_give_one_row_each(model, files):
     arrays = np.stack([np.asarray(Image.open(p)) for p in files])  # (N, H, W): a stack of grayscale images
     rows = model.embed(arrays)

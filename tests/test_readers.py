@@ -199,3 +199,30 @@ def test_digits_default_and_resize():
     bundle = load_dataset(DataConfig(image_size=16, channels=3))
     assert bundle.images.images.shape == (1797, 3, 16, 16)
     assert int(bundle.images.images.max()) == 255
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_exif_orientation_turns_the_photo_upright(tmp_path, fmt):
+    # a phone's portrait photo: pixels stored 40 wide × 20 high, tag 6 = "turn 90° clockwise to display"
+    rng = np.random.default_rng(0)
+    stored = Image.fromarray(rng.integers(0, 256, (20, 40), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "people" / "a" / f"portrait.{fmt}"
+    path.parent.mkdir(parents=True)
+    stored.save(path, exif=exif.tobytes(), **({"quality": 100} if fmt == "jpeg" else {}))
+    shown = np.asarray(stored.transpose(Image.Transpose.ROTATE_270))  # clockwise: 20 wide × 40 high
+    got = load_image(path, 1, None)
+    assert got.shape == (1, 40, 20)
+    if fmt == "png":  # lossless: exactly the turned pixels
+        assert np.array_equal(got[0], shown)
+    else:
+        assert np.abs(got[0].astype(int) - shown).mean() < 3
+    from siamkit.data.readers import auto_size
+
+    assert auto_size([path]) == (40, 20)  # the header scan sees the upright size too
+    Image.fromarray(shown).save(path.parent / "upright.png")  # no tag: the same picture, already upright
+    images = read_folder(tmp_path / "people")
+    assert images.images.shape[2:] == (40, 20)
+    if fmt == "png":
+        assert np.array_equal(images.images[0].numpy(), images.images[1].numpy())

@@ -136,3 +136,18 @@ def test_answers_never_carry_server_paths(small_run, gallery_dir, tmp_path, digi
                   c.get("/gallery/0/image"), h):  # fmt: skip
             assert str(tmp_path) not in r.text and str(small_run) not in r.text, r.text
             assert "/" not in json.dumps(r.json()).replace("\\/", "").replace("/gallery", ""), r.text
+
+
+def test_an_upload_is_turned_upright_like_a_file():
+    import io
+
+    from PIL import Image
+
+    from siamkit.serve.uploads import decode_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("L", (40, 20)).save(buf, format="PNG", exif=exif.tobytes())
+    img = decode_image(buf.getvalue(), UploadLimits())
+    assert (img.width, img.height) == (20, 40)

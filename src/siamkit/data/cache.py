@@ -39,7 +39,7 @@ from siamkit.errors import DataError
 from siamkit.files import atomic_write_text, locked_file
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2  # 2: EXIF orientation applied
 """Bumped when decoding changes (mode conversion, resize): older caches are then rebuilt."""
 MANIFEST = "manifest.json"
 

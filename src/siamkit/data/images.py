@@ -10,27 +10,55 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from siamkit.errors import DataError
 
 SKIP_HINT = "remove it or pass --skip-bad (data.skip_bad=true) to skip unreadable files"
 
 
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag saying how a camera's pixels are to be turned for display (values 5–8 swap width and height)."""
+
+
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and fully decode ``path``; any failure is a DataError naming the file."""
+    """Open and fully decode ``path``, turned upright as its EXIF orientation says (a phone's portrait photo is
+    stored sideways with a tag; every viewer turns it, so must we); any failure is a DataError naming the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
             img.load()
-        return img
+        return upright(img)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}); {SKIP_HINT}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc}); {SKIP_HINT}") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag says (unchanged without one, or with a tag Pillow cannot read)."""
+    try:
+        if img.getexif().get(EXIF_ORIENTATION, 1) not in range(2, 9):
+            return img  # upright already (no copy)
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block does not make the pixels unreadable: keep them as stored
+        return img
+
+
+def header_size(img: Image.Image) -> tuple[int, int]:
+    """(H, W) of an opened, not yet decoded image as ``open_image`` will return it (EXIF orientation applied), from
+    EXIF already read with the header (JPEG, WebP, TIFF; a PNG's eXIf chunk when it precedes the pixels)."""
+    h, w = img.height, img.width
+    if "exif" in img.info or img.format == "TIFF":
+        try:
+            if img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):
+                return w, h
+        except Exception:  # as in upright: an unreadable tag turns nothing
+            pass
+    return h, w
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from siamkit.config import DataConfig
 from siamkit.data.cache import CacheSettings, DiskImages, as_tensor, decode_cached, default_cache_dir
-from siamkit.data.images import SKIP_HINT, image_to_array, natural_channels, open_image
+from siamkit.data.images import SKIP_HINT, header_size, image_to_array, natural_channels, open_image
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.errors import DataError
 
@@ -336,7 +336,7 @@ def _header(path: Path) -> tuple[int, int, int] | None:
     decode that follows reports it)."""
     try:
         with Image.open(path) as img:
-            return img.height, img.width, natural_channels(img)
+            return (*header_size(img), natural_channels(img))
     except Exception:  # any unreadable file is reported by the decode that follows
         return None
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from siamkit.data.images import image_to_array, load_image
+from siamkit.data.images import image_to_array, load_image, upright
 from siamkit.distances import verification_accuracy
 from siamkit.errors import ConfigError
 from siamkit.runs.embedders import Embedder, ModelSource, open_embedder
@@ -128,8 +128,8 @@ class Model:
         c, h, w = self.input_shape
         if isinstance(image, (str, os.PathLike)):
             return load_image(image, c, (h, w))
-        if isinstance(image, Image.Image):
-            return image_to_array(image, c, (h, w))
+        if isinstance(image, Image.Image):  # turned upright as a file of it would be (EXIF orientation)
+            return image_to_array(upright(image), c, (h, w))
         if isinstance(image, torch.Tensor):
             t = image.detach().cpu()
             if t.ndim == 3:  # (C, H, W) → (H, W, C), numpy's habit

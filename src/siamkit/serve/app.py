@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from siamkit.data.images import image_to_array, to_mode
+from siamkit.data.images import image_to_array, to_mode, upright
 from siamkit.devices import keep_freed_memory
 from siamkit.errors import SiamkitError
 from siamkit.files import atomic_write_bytes
@@ -179,7 +179,8 @@ class Service:
             raise HTTPException(404, f"no gallery item with id {item_id}")
         path = gallery.resolve(item)
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as opened:
+                img = upright(opened)
                 img.thumbnail((THUMBNAIL, THUMBNAIL))
                 buf = io.BytesIO()
                 img.convert("RGBA" if img.mode in ("RGBA", "LA", "P") else "RGB").save(buf, format="PNG")

@@ -20,6 +20,8 @@ from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from siamkit.data.images import upright
+
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 
 
@@ -128,7 +130,7 @@ def decode_image(
             raise HTTPException(422, f"{name}: too many pixels (decompression-bomb guard)") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise HTTPException(422, f"{name}: corrupt or truncated image ({exc})") from None
-    return img
+    return upright(img)  # as a file of it is read (EXIF orientation): the same photo, the same embedding
 
 
 def _b64(value: Any, name: str) -> bytes:

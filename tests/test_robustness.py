@@ -200,3 +200,10 @@ def test_validation_identities_of_one_image_each_are_one_error_line(tmp_path):
     with pytest.raises(DataError, match="no identity has two images in the validation split") as err:
         make_splits(load_dataset(cfg.data), cfg.data, 0)
     assert "\n" not in str(err.value)
+
+
+def test_a_link_back_up_inside_a_class_folder_ends(tmp_path):
+    for rel in ("a/0.png", "a/1.png", "b/0.png"):
+        _png(tmp_path / "people" / rel)
+    (tmp_path / "people" / "a" / "loop").symlink_to(tmp_path / "people", target_is_directory=True)
+    assert read_folder(tmp_path / "people").labels.tolist() == [0, 0, 1]

@@ -318,10 +318,11 @@ SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation
 
 def class_files(folder: Path, left_out: list[str] | None = None) -> list[Path]:
     """The images of one class folder, at any depth (``person/session/img.jpg``), sorted by path; hidden files and
-    folders skipped, files no image by their extension left out as in ``list_files``."""
+    folders skipped, files no image by their extension left out as in ``list_files``; linked sub-folders are not
+    entered (as ``os.walk``: a link back up would never end)."""
     out = list_files(folder, left_out)
     with os.scandir(folder) as entries:
-        subs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        subs = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
     for sub in subs:
         out += class_files(folder / sub, left_out)
     return out

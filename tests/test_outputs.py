@@ -98,3 +98,19 @@ def test_query_files_in_a_labelled_folder_get_their_hits_marked(small_run, digit
                  str(tmp_path / "hub.png"), "--figure-style", "hub"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["label"] == "8" and (tmp_path / "hub.png").is_file()
+
+
+def test_the_verdict_compares_the_test_figures_with_the_baselines():
+    from siamkit.report import verdict
+
+    def metrics(model: float, pixels: float, untrained: float, **extra):
+        return {"test": {"map_at_r": model}, "split": "identity", **extra,
+                "baselines": {"pixels": {"test": {"map_at_r": pixels}}, "untrained": {"test": {"map_at_r": untrained}}}}  # fmt: skip
+
+    assert verdict({"test": {"auc": 0.9}}) is None  # no retrieval figures, no baselines: nothing to say
+    said = verdict(metrics(0.9, 0.6, 0.5))
+    assert said.startswith("Training helped") and "MAP@R 0.900 against 0.600 for raw pixels and 0.500 untrained" in said
+    said = verdict(metrics(0.5, 0.6, 0.5, best_epoch=0, epochs_run=5))
+    assert said.startswith("The kept model is the untrained network") and "Raw pixels rank the test identities" in said
+    assert verdict(metrics(0.605, 0.6, 0.7)).startswith("The network before training ranks")
+    assert verdict(metrics(0.605, 0.6, 0.6)).startswith("On a par")

@@ -139,6 +139,34 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def verdict(metrics: dict[str, Any]) -> str | None:
+    """One plain sentence on whether training learned a similarity for this data: the test figures (MAP@R, AUC)
+    against the same test pairs scored by the raw pixels and by the network before training; None without a test
+    split with retrieval figures and baselines."""
+    test = metrics.get("test") or {}
+    base = {name: (b.get("test") or {}) for name, b in (metrics.get("baselines") or {}).items()}
+    if "map_at_r" not in test or not all("map_at_r" in b for b in base.values()) or "pixels" not in base:
+        return None
+    who = "test identities (never seen in training)" if metrics.get("split") == "identity" else "test images"
+    t, px = test["map_at_r"], base["pixels"]["map_at_r"]
+    un = base["untrained"]["map_at_r"] if "untrained" in base else None
+    figures = f"MAP@R {t:.3f} against {px:.3f} for raw pixels" + ("" if un is None else f" and {un:.3f} untrained")
+    kept = ""
+    if metrics.get("best_epoch") == 0 and metrics.get("epochs_run"):
+        kept = "The kept model is the untrained network (no epoch beat it on validation). "
+    margin = 0.01
+    if t >= px + margin and (un is None or t >= un + margin):
+        return f"{kept}Training helped: on the {who}, {figures}."
+    if t < px - margin:
+        return (f"{kept}Raw pixels rank the {who} better than the model ({figures}): it has not learned a similarity "
+                "that carries to them — more identities, augmentation or a pretrained backbone (--backbone resnet18 "
+                "--set model.backbone_args={weights: FILE}) are the levers.")  # fmt: skip
+    if un is not None and t < un - margin:
+        return (f"{kept}The network before training ranks the {who} better ({figures}): training hurt on them, and "
+                "the validation split did not show it.")  # fmt: skip
+    return f"{kept}On a par with the baselines on the {who} ({figures}): training added little here."
+
+
 def run_report(run_dir: Path) -> str:
     metrics = _read_json(run_dir / "metrics.json")
     parts = []
@@ -151,6 +179,9 @@ def run_report(run_dir: Path) -> str:
         ("threshold rule", metrics.get("threshold_rule")), ("split", metrics.get("split")),
         *test_decision_rows(metrics.get("test") or {}),
     ]  # fmt: skip
+    said = verdict(metrics)
+    if said:
+        parts.append(f"<p><b>{html.escape(said)}</b></p>")
     parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
     parts.append("<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, metrics_rows(metrics)))
     parts.append(

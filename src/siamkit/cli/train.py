@@ -120,7 +120,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 def summary_table(result: dict[str, Any]) -> str:
     """The human summary of a train/eval result: one row per split."""
     cols = ["split", "AUC", "EER", "TPR@.5", "TPR@.1", "TPR@.01", "TPR@.001", "P@1", "MAP@R", "VerAcc"]
-    from siamkit.report import split_entries
+    from siamkit.report import split_entries, verdict
 
     rows = []
     for split, m in split_entries(result):
@@ -156,6 +156,9 @@ def summary_table(result: dict[str, Any]) -> str:
     foot = ["(* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful)"]
     if result.get("baselines"):
         foot.append("(raw pixels / untrained net: the same test pairs scored without training — the bar to beat)")
+    said = verdict(result)
+    if said:
+        foot.append(said)
     if "train_seconds" in result:  # a finished training run: where to look, and what to do with the model
         run = result.get("run_dir")
         foot += [

@@ -165,7 +165,8 @@ def test_train_takes_a_data_folder_where_the_config_goes(tmp_path, capsys):
     for c in ("a", "b"):
         _png(tmp_path / "faces" / c / "0.png")
     for given, data, config in ((str(tmp_path / "faces"), str(tmp_path / "faces"), None), ("digits", "digits", None),
-                                ("run.yaml", None, "run.yaml"), ("pairs.csv", "pairs.csv", None)):  # fmt: skip
+                                ("run.yaml", None, "run.yaml"), ("pairs.csv", "pairs.csv", None),
+                                ("no_such_folder/", "no_such_folder/", None)):  # fmt: skip
         args = build_parser().parse_args(["train", given])
         _data_in_config_place(args)
         assert (args.data, args.config) == (data, config), given

@@ -186,7 +186,9 @@ def _data_in_config_place(args: argparse.Namespace) -> None:
     given = args.config
     if given is None or Path(given).suffix.lower() in (".yaml", ".yml", ".json"):
         return
-    if not (Path(given).is_dir() or Path(given).suffix.lower() in (".csv", ".gz") or given in named):
+    path = Path(given)
+    missing_folder = not path.exists() and not path.suffix  # "my_faces/" mistyped: say the data is not found
+    if not (path.is_dir() or path.suffix.lower() in (".csv", ".gz") or given in named or missing_folder):
         return
     if args.data is not None:
         raise ConfigError(f"{given} is data, and --data {args.data} gives data too; give one of them")

@@ -208,3 +208,19 @@ def test_a_link_back_up_inside_a_class_folder_ends(tmp_path):
         _png(tmp_path / "people" / rel)
     (tmp_path / "people" / "a" / "loop").symlink_to(tmp_path / "people", target_is_directory=True)
     assert read_folder(tmp_path / "people").labels.tolist() == [0, 0, 1]
+
+
+def test_a_split_of_many_identities_logs_one_readable_line(tmp_path, caplog):
+    from siamkit.config import load_config
+    from siamkit.data.splits import make_splits
+    from siamkit.text import name_list
+
+    assert name_list(["a", "b", "c"], 2) == "a, b, … 1 more" and name_list(["a"], 2) == "a"
+    for c in range(120):
+        for i in range(2):
+            _png(tmp_path / "many" / f"person{c:03d}" / f"{i}.png", seed=i)
+    cfg = load_config(None, [f"data.source={tmp_path / 'many'}"])
+    with caplog.at_level(logging.INFO):
+        splits = make_splits(load_dataset(cfg.data), cfg.data, 0)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("identities train"))
+    assert len(splits.identities["train"]) > 20 and line.endswith(f"… {len(splits.identities['train']) - 20} more")

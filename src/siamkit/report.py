@@ -20,6 +20,7 @@ from typing import Any
 
 from siamkit.errors import DataError
 from siamkit.files import atomic_write_text
+from siamkit.text import name_list
 
 REPORT = "report.html"
 STUDY_FILE = "study.json"
@@ -191,7 +192,7 @@ def run_report(run_dir: Path) -> str:
     )
     identities = metrics.get("identities")
     if identities:
-        rows = [[part, len(ids), ", ".join(ids)] for part, ids in identities.items()]
+        rows = [[part, len(ids), name_list(ids, 100)] for part, ids in identities.items()]  # all: metrics.json
         parts.append("<h2>Identities (open-set split: pairwise disjoint)</h2>"
                      + html_table(["split", "identities", "names"], rows))  # fmt: skip
     parts.append(use_section(run_dir))

@@ -9,6 +9,7 @@ from typing import Any
 
 from siamkit import SHORTCUTS
 from siamkit.cli.common import Subparsers, command, emit, fmt, model_flags, model_source, output_flags, overrides_flag
+from siamkit.text import name_list
 
 
 def register(sub: Subparsers) -> None:
@@ -145,7 +146,7 @@ def summary_table(result: dict[str, Any]) -> str:
     identities = result.get("identities")
     if identities:
         head.append("identity split (open set): " + "; ".join(
-            f"{part} {len(ids)} ({_names(ids)})" for part, ids in identities.items()
+            f"{part} {len(ids)} ({name_list(ids, 6)})" for part, ids in identities.items()
         ))  # fmt: skip
     test = result.get("test") or {}
     if "verification_accuracy_10fold" in test:
@@ -168,10 +169,6 @@ def summary_table(result: dict[str, Any]) -> str:
             f"        siamkit serve {run} [--gallery GALLERY]   (Python: siamkit.load({str(run)!r}).verify(a, b))",
         ]
     return "\n".join(head + lines + foot)
-
-
-def _names(ids: list[str], at_most: int = 6) -> str:
-    return ", ".join(ids[:at_most]) + (f", … {len(ids) - at_most} more" if len(ids) > at_most else "")
 
 
 RESUME_MAY_CHANGE = ("train.", "eval.", "name", "runs_dir")

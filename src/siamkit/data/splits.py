@@ -11,6 +11,7 @@ from siamkit.config import DataConfig
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.data.readers import DatasetBundle
 from siamkit.errors import ConfigError, DataError
+from siamkit.text import name_list
 
 log = logging.getLogger(__name__)
 SPLIT_METHODS = ("auto", "random", "per-class", "identity")
@@ -261,7 +262,7 @@ def identity_splits(bundle: DatasetBundle, cfg: DataConfig, rng: np.random.Gener
             _need_genuine_pairs(bundle.name, part, subsets[part].labels, "name other identities in data.*_classes")
     identities = {part: [names[c] for c in ids] for part, (_, ids) in parts.items()}
     for part, held in identities.items():
-        log.info("identities %s (%d, %d images): %s", part, len(held), len(subsets[part]), ", ".join(held))
+        log.info("identities %s (%d, %d images): %s", part, len(held), len(subsets[part]), name_list(held, 20))
     for part in ("validation", "test"):
         if len(identities[part]) < 4:
             log.warning("only %d %s identities: its figures describe very few people/classes and vary a lot from "

@@ -115,6 +115,16 @@ def test_flat_reader_field_and_regex(tmp_path):
         read_flat(tmp_path)
 
 
+def test_flat_names_of_two_fields_say_which_one_is_the_class(tmp_path, caplog):
+    for name in ["alice_001.png", "alice_002.png", "bob_001.png"]:
+        _img(tmp_path / name, "L")
+    with caplog.at_level(logging.WARNING):
+        assert read_flat(tmp_path).class_names == ["001", "002"]  # the spec's rule: the 2nd field
+    assert "set data.flat_field=0" in caplog.text
+    caplog.clear()
+    assert read_flat(tmp_path, field=0).class_names == ["alice", "bob"] and "flat_field" not in caplog.text
+
+
 def test_pairs_csv_reads_columns_by_header_name(tmp_path):
     for n in "abc":
         _img(tmp_path / "img" / f"{n}.png", "L", value=ord(n))

@@ -501,6 +501,10 @@ def read_flat(
                     "or set data.flat_field / data.flat_regex"
                 )
             names.append(fields[field])
+    if pattern is None and field == 1 and all(len(p.stem.split("_")) == 2 for p in paths):
+        log.warning("%s: the file names have two '_'-fields (%s): the class is the second one (%r), as in "
+                    "<prefix>_<class>_<rest>; if it is the first, set data.flat_field=0", root, paths[0].name,
+                    names[0])  # fmt: skip
     classes = sorted(set(names))
     lookup = {c: i for i, c in enumerate(classes)}
     images, kept, skipped = _decode_all(paths, channels, size, skip_bad, str(root), cache)

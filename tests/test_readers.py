@@ -90,7 +90,14 @@ def test_corrupt_file_is_a_clear_error_or_skipped(tmp_path, caplog):
     (root / "b" / "Thumbs.db").write_bytes(b"\0junk")
     with caplog.at_level(logging.WARNING):
         assert len(read_folder(root)) == 3
-    assert "2 files left out" in caplog.text and "notes.txt" in caplog.text and "Thumbs.db" in caplog.text
+    assert "2 files (Thumbs.db, notes.txt) left out, no image" in caplog.text
+    (root / "b" / "notes.txt").unlink()
+    (root / "b" / "IMG_0001.HEIC").write_bytes(b"\0junk")  # a phone's photo this Pillow cannot decode
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(read_folder(root)) == 3
+    assert "1 file (IMG_0001.HEIC) left out: images in a format this Pillow cannot decode" in caplog.text
+    assert "pillow-heif" in caplog.text and "1 file (Thumbs.db) left out, no image" in caplog.text
     (root / "b" / "photo.jpg").write_text("hello")  # an image by its name: its bytes are checked
     with pytest.raises(DataError, match="photo.jpg"):
         read_folder(root, skip_bad=False)

@@ -30,6 +30,7 @@ from siamkit.data.cache import CacheSettings, DiskImages, as_tensor, decode_cach
 from siamkit.data.images import SKIP_HINT, header_size, image_to_array, natural_channels, open_image
 from siamkit.data.imageset import ImageSet, TupleTable
 from siamkit.errors import DataError
+from siamkit.text import name_list
 
 log = logging.getLogger(__name__)
 
@@ -288,14 +289,27 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
+PHOTO_FORMATS_PILLOW_LACKS = frozenset({".heic", ".heif", ".jxl", ".svg", ".cr2", ".cr3", ".nef", ".arw", ".dng",
+                                        ".orf", ".raf", ".rw2"})  # fmt: skip
+"""Extensions of image formats that cameras and phones write but this Pillow cannot decode (HEIC needs the
+``pillow-heif`` plug-in; raw and vector formats need converting)."""
+
+
 def note_left_out(where: str | Path, left_out: Sequence[str]) -> None:
-    """One warning line naming the files ``list_files`` left out as no images (nothing when none)."""
-    if left_out:
-        one = len(left_out) == 1
-        names = ", ".join(Path(p).name for p in left_out[:5]) + (", …" if len(left_out) > 5 else "")
-        log.warning("%s: %d file%s left out, no image by %s extension (%s); give an image its format's extension "
-                    "to include it", where, len(left_out), "" if one else "s", "its" if one else "their",
-                    names)  # fmt: skip
+    """One warning line per kind naming the files ``list_files`` left out (nothing when none): photos in a format
+    this Pillow cannot decode (say how to convert them), and files that are no image by their extension."""
+    photos = [p for p in left_out if Path(p).suffix.lower() in PHOTO_FORMATS_PILLOW_LACKS]
+    others = [p for p in left_out if Path(p).suffix.lower() not in PHOTO_FORMATS_PILLOW_LACKS]
+    if photos:
+        log.warning("%s: %s left out: images in a format this Pillow cannot decode; convert them to JPEG or PNG (for "
+                    "HEIC: pip install pillow-heif)", where, _count_and_names(photos))  # fmt: skip
+    if others:
+        log.warning("%s: %s left out, no image by their extension; give an image its format's extension to include "
+                    "it", where, _count_and_names(others))  # fmt: skip
+
+
+def _count_and_names(paths: Sequence[str]) -> str:
+    return f"{len(paths)} file{'' if len(paths) == 1 else 's'} ({name_list([Path(p).name for p in paths], 5)})"
 
 
 def class_folders(root: Path) -> list[Path]:

@@ -179,13 +179,13 @@ def _data_in_config_place(args: argparse.Namespace) -> None:
     from siamkit.data.readers import LAYOUTS
     from siamkit.errors import ConfigError
 
-    named = {name for name, lay in LAYOUTS.items() if lay.by_name}
     given = args.config
     if given is None or Path(given).suffix.lower() in (".yaml", ".yml", ".json"):
         return
     path = Path(given)
+    named = given in {name for name, lay in LAYOUTS.items() if lay.by_name}
     missing_folder = not path.exists() and not path.suffix  # "my_faces/" mistyped: say the data is not found
-    if not (path.is_dir() or path.suffix.lower() in (".csv", ".gz") or given in named or missing_folder):
+    if not (path.is_dir() or path.suffix.lower() in (".csv", ".gz") or named or missing_folder):
         return
     if args.data is not None:
         raise ConfigError(f"{given} is data, and --data {args.data} gives data too; give one of them")

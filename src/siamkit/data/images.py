@@ -38,13 +38,23 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise DataError(f"{path}: corrupt or truncated image ({exc}); {SKIP_HINT}") from None
 
 
-def upright(img: Image.Image) -> Image.Image:
-    """``img`` turned as its EXIF orientation tag says (unchanged without one, or with a tag Pillow cannot read)."""
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation (1 = upright: also without a tag, or with one Pillow cannot read — a malformed
+    EXIF block does not make the pixels unreadable)."""
     try:
-        if img.getexif().get(EXIF_ORIENTATION, 1) not in range(2, 9):
-            return img  # upright already (no copy)
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag says (unchanged, no copy, when upright)."""
+    if orientation(img) == 1:
+        return img
+    try:
         return ImageOps.exif_transpose(img)
-    except Exception:  # a malformed EXIF block does not make the pixels unreadable: keep them as stored
+    except Exception:  # as in orientation: an unreadable block turns nothing
         return img
 
 
@@ -52,12 +62,8 @@ def header_size(img: Image.Image) -> tuple[int, int]:
     """(H, W) of an opened, not yet decoded image as ``open_image`` will return it (EXIF orientation applied), from
     EXIF already read with the header (JPEG, WebP, TIFF; a PNG's eXIf chunk when it precedes the pixels)."""
     h, w = img.height, img.width
-    if "exif" in img.info or img.format == "TIFF":
-        try:
-            if img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):
-                return w, h
-        except Exception:  # as in upright: an unreadable tag turns nothing
-            pass
+    if ("exif" in img.info or img.format == "TIFF") and orientation(img) in (5, 6, 7, 8):
+        return w, h
     return h, w
 
 

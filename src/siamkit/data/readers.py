@@ -274,13 +274,20 @@ def list_files(folder: Path, left_out: list[str] | None = None) -> list[Path]:
     with an image format's extension (any Pillow reads) or with none. Others (``Thumbs.db``, ``desktop.ini``,
     ``notes.txt``, annotation files) are left out, appended to ``left_out`` (for ``note_left_out``); a file whose
     extension says image but whose bytes are not is still an error (or skipped with ``data.skip_bad``)."""
+    return _scan(folder, left_out)[0]
+
+
+def _scan(folder: Path, left_out: list[str] | None) -> tuple[list[Path], list[str]]:
+    """One scan of ``folder``: its image files as ``list_files`` keeps them, and its non-hidden sub-folders' names
+    (links to folders not counted), both sorted."""
     with os.scandir(folder) as entries:
-        names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
+        found = [(e.name, e.is_file(), e.is_dir(follow_symlinks=False)) for e in entries if not e.name.startswith(".")]
+    names = sorted(name for name, is_file, _ in found if is_file)
     known = image_extensions()
     keep = [name for name in names if not Path(name).suffix or Path(name).suffix.lower() in known]
     if left_out is not None and len(keep) < len(names):
         left_out.extend(str(folder / name) for name in sorted(set(names) - set(keep)))
-    return [folder / name for name in keep]
+    return [folder / name for name in keep], sorted(name for name, _, is_dir in found if is_dir)
 
 
 @functools.cache
@@ -331,12 +338,10 @@ SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation
 
 
 def class_files(folder: Path, left_out: list[str] | None = None) -> list[Path]:
-    """The images of one class folder, at any depth (``person/session/img.jpg``), sorted by path; hidden files and
-    folders skipped, files no image by their extension left out as in ``list_files``; linked sub-folders are not
-    entered (as ``os.walk``: a link back up would never end)."""
-    out = list_files(folder, left_out)
-    with os.scandir(folder) as entries:
-        subs = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+    """The images of one class folder, at any depth (``person/session/img.jpg``): its own files, then each
+    sub-folder's, in name order; hidden files and folders skipped, files no image by their extension left out as in
+    ``list_files``; linked sub-folders are not entered (as ``os.walk``: a link back up would never end)."""
+    out, subs = _scan(folder, left_out)
     for sub in subs:
         out += class_files(folder / sub, left_out)
     return out

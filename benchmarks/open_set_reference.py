@@ -7,6 +7,7 @@ split, then one with the ratios to the pixels.
 
     .venv/bin/python benchmarks/open_set_reference.py                  # the standard folds and 2 seeded random ones
     .venv/bin/python benchmarks/open_set_reference.py --test-classes 1,4,6,7,8
+    .venv/bin/python benchmarks/open_set_reference.py --variants
 """
 
 from __future__ import annotations
@@ -44,12 +45,28 @@ def descriptors(x: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def pixel_variants(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"pixels_sqrt": x.sqrt().flatten(1), "pixels_blur3": F.avg_pool2d(x, 3, 1, 1).flatten(1),
+            "pixels_centred": x.flatten(1) - x.flatten(1).mean(1, keepdim=True)}  # fmt: skip
+
+
+def pca_variants(fit: torch.Tensor, x: torch.Tensor, dim: int = 128) -> dict[str, torch.Tensor]:
+    """Pixels projected on the first ``dim`` principal axes of ``fit`` (L2-normalised rows), and whitened."""
+    a = F.normalize(fit.flatten(1), dim=1)
+    mu = a.mean(0)
+    _, sv, vt = torch.linalg.svd(a - mu, full_matrices=False)
+    var = sv[:dim] ** 2 / len(a)
+    z = (F.normalize(x.flatten(1), dim=1) - mu) @ vt[:dim].T
+    return {"pixels_pca128": z, "pixels_whitened128": z / (var + var.mean()).sqrt()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--test-classes", help="one split's test classes (default: the standard and 2 random folds)")
     ap.add_argument("--data", help="a folder of Fashion-MNIST IDX files (default: the Debian package's)")
+    ap.add_argument("--variants", action="store_true", help="also pixel transforms and PCA fitted on the others")
     args = ap.parse_args()
-    _, test = read_fashion_mnist(args.data)
+    train, test = read_fashion_mnist(args.data)
     assert test is not None
     rng = np.random.default_rng(0)
     folds = [args.test_classes] if args.test_classes else FOLDS + [
@@ -62,10 +79,15 @@ def main() -> None:
         labels = test.labels[keep]
         line: dict[str, object] = {"benchmark": "open_set_reference", "test_classes": classes,
                                    "images": int(keep.sum())}  # fmt: skip
-        for name, vectors in descriptors(x).items():
+        found = descriptors(x)
+        if args.variants:
+            others = np.flatnonzero(~np.isin(train.labels, classes))
+            fit = torch.as_tensor(train.images[torch.from_numpy(rng.choice(others, 10000, replace=False))]).float()
+            found |= pixel_variants(x) | pca_variants(fit / 255.0, x)
+        for name, vectors in found.items():
             m = retrieval_metrics(F.normalize(vectors, dim=1), labels)
             line[name] = {"precision_at_1": round(m["precision_at_1"], 4), "map_at_r": round(m["map_at_r"], 4)}
-        for name in ("hog_4px", "hog_pyramid"):
+        for name in [n for n in found if n != "pixels"]:
             ratio = line[name]["map_at_r"] / line["pixels"]["map_at_r"]  # type: ignore[index]
             line[name]["map_at_r_over_pixels"] = round(ratio, 3)  # type: ignore[index]
             ratios.setdefault(name, []).append(ratio)

@@ -54,7 +54,7 @@ def main() -> None:
     prep = prepare_data(cfg)
     s = prep.splits
     model = build_model(cfg.model, prep.input_shape[0])
-    loss = make_loss(cfg, int(s.train.images.labels.max()) + 1, model.embedding_dim)
+    loss = make_loss(cfg, s.n_classes, model.embedding_dim)
     train_source, val_source = batch_sources(cfg, loss, s)
     images, labels = s.val.images.images[:2000], s.val.images.labels[:2000]
     rows = [{"epoch": 0, **probe(model, images, labels, prep.preprocess)}]

@@ -39,6 +39,12 @@ class Splits:
     identities: dict[str, list[str]] | None = None
     """Identity splits: the class names in each of ``train``, ``validation``, ``test`` (pairwise disjoint)."""
 
+    @property
+    def n_classes(self) -> int:
+        """The size of the label space over all three parts (a proxy loss needs a row for every label it meets:
+        validation labels too, which an identity split keeps out of training)."""
+        return 1 + max(int(x.images.labels.max(initial=-1)) for x in (self.train, self.val, self.test))
+
 
 def split_indices(
     labels: np.ndarray, method: str, fraction: float, per_class: int, rng: np.random.Generator

@@ -172,7 +172,7 @@ def train_run(
     cfg.data.source = absolute_source(cfg.data.source)  # the saved config works from any folder
     prep = prepare_data(cfg)
     s = prep.splits
-    n_classes = 1 + max(int(x.images.labels.max(initial=-1)) for x in (s.train, s.val, s.test))
+    n_classes = s.n_classes
     model = build_model(cfg.model, prep.input_shape[0])
     loss_fn = make_loss(cfg, n_classes, model.embedding_dim)
     untrained = copy.deepcopy(model).eval()  # the "untrained network" baseline: these very initial weights

@@ -98,6 +98,8 @@ def test_explicit_class_lists_by_name_or_index(tmp_path, kind):
     assert _ids(s.train) == {names[c] for c in (0, 2, 4, 6)}
     assert _ids(s.val) == {names[8], names[9]}
     assert _ids(s.test) == {names[c] for c in (1, 3, 5, 7)}
+    # the label space a proxy loss needs spans all three parts: the highest label (9) is a validation identity
+    assert int(s.train.images.labels.max()) == 6 and s.n_classes == 10
     # no validation list: validation identities are carved from the training list (at least 2)
     _, s = _splits(source, "data.train_classes=0,2,4,6,8", "data.test_classes=1,3,5,7,9")
     assert _ids(s.val) <= {names[c] for c in (0, 2, 4, 6, 8)} and len(_ids(s.val)) == 2

@@ -2,7 +2,8 @@
 
 Contract (as timm's ``num_features``): a registered factory takes ``in_channels`` plus its own keyword
 arguments and returns an ``nn.Module`` with an integer attribute ``num_features``. The providers register
-themselves (``@BACKBONES.register``): the small CNNs (``cnns``), the BaseCNN block family (``blocks``) and the
+themselves (``@BACKBONES.register``): the small CNNs (``cnns``), the BaseCNN block family (``blocks``), the
+fixed descriptor with a learned residual (``descriptors``: ``hog``) and the
 pretrained torchvision/timm networks (``pretrained``, which also serves every ``timm/<model>`` name).
 """
 
@@ -15,7 +16,13 @@ from torch import nn
 from siamkit.registry import Registry
 
 BACKBONES: Registry[nn.Module] = Registry(
-    "backbone", providers=("siamkit.models.cnns", "siamkit.models.blocks", "siamkit.models.pretrained")
+    "backbone",
+    providers=(
+        "siamkit.models.cnns",
+        "siamkit.models.blocks",
+        "siamkit.models.descriptors",
+        "siamkit.models.pretrained",
+    ),
 )
 
 

@@ -219,6 +219,12 @@ def fit(
         model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
     if cfg.freeze_backbone:
         model.freeze_backbone()
+    if not any(p.requires_grad for p in [*model.parameters(), *loss_fn.parameters()]):
+        raise ConfigError(
+            "the model has nothing to train (model.embedding_dim=0 and a backbone without trainable "
+            "parameters): set model.embedding_dim above 0 for a trained head, or train the backbone "
+            "(train.freeze_backbone=false; for hog, backbone_args residual: true)"
+        )
     opt = build_optimizer(param_groups(model, cfg.lr, cfg.backbone_lr, list(loss_fn.parameters())), cfg)
     if info.enabled:
         loss_fn.gather = Gatherer(info)

@@ -277,6 +277,13 @@ def test_open_set_recipe_fills_only_unset_keys():
     apply_recipe(cfg, "identity")
     assert cfg.recipe == "open-set" and cfg.loss.ssl_weight == RECIPES["open-set"]["loss.ssl_weight"]
     assert cfg.data.augment.enabled is True and cfg.data.augment.contrast == 0.1  # the user's value wins
+    assert cfg.model.backbone == "hog" and cfg.model.embedding_dim == 0
+    cfg = load_config(None, ["model.backbone_args={widths: [16, 32]}"])  # options for the default backbone
+    apply_recipe(cfg, "identity")
+    assert cfg.model.backbone == "convnet" and cfg.model.embedding_dim == 0
+    cfg = load_config(None, ["model.backbone=seed_cnn"])
+    apply_recipe(cfg, "identity")
+    assert cfg.model.backbone == "seed_cnn"
     cfg = load_config(None, [])
     apply_recipe(cfg, "random")
     assert cfg.recipe == "closed-set" and cfg.loss.ssl_weight == 0.0 and cfg.data.augment.enabled is False

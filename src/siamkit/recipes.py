@@ -7,7 +7,7 @@
   loss on few training identities throws away), no projection head (the backbone's pooled features are the
   embedding: better on unseen classes than a 64-d head, measured on three class-disjoint splits) and the ``hog``
   backbone: a histogram of oriented gradients plus a learned residual that starts at zero, so the initial
-  weights — the epoch-0 candidate — are a descriptor above the raw pixels on unseen classes (measured on five
+  weights — the epoch-0 candidate — are a descriptor above the raw pixels on unseen classes (measured on six
   class-disjoint Fashion-MNIST splits), and a trained epoch is kept only where it beats it on the validation
   identities. Not applied when the config sets ``model.backbone_args`` (options for the default backbone).
 

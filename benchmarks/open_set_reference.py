@@ -22,26 +22,18 @@ import torch.nn.functional as F
 
 from siamkit.data.readers import read_fashion_mnist
 from siamkit.evaluate.metrics import retrieval_metrics
+from siamkit.models.descriptors import GradientHistogram
 
 FOLDS = ["1,3,5,7,9", "0,2,4,6,8", "0,1,2,3,4"]
 
 
-def orientation_maps(x: torch.Tensor, bins: int = 9) -> torch.Tensor:
-    """``(N, bins, H, W)``: each pixel's gradient magnitude in the bin of its unsigned orientation."""
-    gx = F.conv2d(x, torch.tensor([[[[-1.0, 0.0, 1.0]]]]), padding=(0, 1))
-    gy = F.conv2d(x, torch.tensor([[[[-1.0], [0.0], [1.0]]]]), padding=(1, 0))
-    angle = torch.atan2(gy, gx) % np.pi
-    b = (angle / np.pi * bins).long().clamp(max=bins - 1)
-    return torch.zeros(x.shape[0], bins, *x.shape[2:]).scatter_(1, b, (gx**2 + gy**2).sqrt())
-
-
 def descriptors(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    maps = orientation_maps(x)
-    cells = {c: F.avg_pool2d(maps, c).sqrt().flatten(1) for c in (4, 7, 14)}
+    """Pixels and siamkit's ``GradientHistogram`` (the ``hog`` backbone's descriptor) over 4-px cells and over the
+    4/7/14-px pyramid, with zeros beyond the border as these black-background images have."""
     return {
         "pixels": x.flatten(1),
-        "hog_4px": cells[4],
-        "hog_pyramid": torch.cat([F.normalize(v, dim=1) for v in cells.values()], 1),
+        "hog_4px": GradientHistogram(grids=(7,), edges="zeros")(x),
+        "hog_pyramid": GradientHistogram(grids=(7, 4, 2), edges="zeros")(x),
     }
 
 

@@ -15,16 +15,22 @@ from siamkit.models.descriptors import GradientHistogram
 from siamkit.models.siamese import build_model
 
 
-def loop_hog(img: np.ndarray, bins: int, grids: tuple[int, ...]) -> np.ndarray:
+def loop_hog(img: np.ndarray, bins: int, grids: tuple[int, ...], edges: str = "replicate") -> np.ndarray:
     """One image ``(C, H, W)``, pixel by pixel: the reference for ``GradientHistogram``."""
     c, h, w = img.shape
+
+    def px(ch: int, i: int, j: int) -> float:
+        if 0 <= i < h and 0 <= j < w:
+            return float(img[ch, i, j])
+        return 0.0 if edges == "zeros" else float(img[ch, min(max(i, 0), h - 1), min(max(j, 0), w - 1)])
+
     maps = np.zeros((bins, h, w))
     for i in range(h):
         for j in range(w):
             best = (-1.0, 0.0, 0.0)
             for ch in range(c):
-                gx = img[ch, i, min(j + 1, w - 1)] - img[ch, i, max(j - 1, 0)]
-                gy = img[ch, min(i + 1, h - 1), j] - img[ch, max(i - 1, 0), j]
+                gx = px(ch, i, j + 1) - px(ch, i, j - 1)
+                gy = px(ch, i + 1, j) - px(ch, i - 1, j)
                 mag = math.hypot(gx, gy)
                 if mag > best[0]:
                     best = (mag, gx, gy)
@@ -46,15 +52,16 @@ def loop_hog(img: np.ndarray, bins: int, grids: tuple[int, ...]) -> np.ndarray:
     return np.concatenate(out)
 
 
+@pytest.mark.parametrize("edges", ["replicate", "zeros"])
 @pytest.mark.parametrize("shape", [(1, 9, 7), (3, 8, 8)])
-def test_descriptor_matches_a_plain_loop(shape):
+def test_descriptor_matches_a_plain_loop(shape, edges):
     x = torch.rand(3, *shape)
     x[1, :, :, :3] = 0.5  # flat regions: gradient 0, the bin does not matter
-    d = GradientHistogram(bins=6, grids=(3, 2, 1))
+    d = GradientHistogram(bins=6, grids=(3, 2, 1), edges=edges)
     got = d(x)
     assert got.shape == (3, d.num_features) and d.num_features == 6 * (9 + 4 + 1)
     for k in range(3):
-        np.testing.assert_allclose(got[k].numpy(), loop_hog(x[k].double().numpy(), 6, (3, 2, 1)), atol=1e-5)
+        np.testing.assert_allclose(got[k].numpy(), loop_hog(x[k].double().numpy(), 6, (3, 2, 1), edges), atol=1e-5)
 
 
 def test_descriptor_ignores_the_input_normalisation_and_is_float32_under_autocast():
@@ -74,6 +81,8 @@ def test_bad_descriptor_options_are_refused():
         GradientHistogram(bins=0)
     with pytest.raises(ValueError, match="grid"):
         GradientHistogram(grids=())
+    with pytest.raises(ValueError, match="edges"):
+        GradientHistogram(edges="wrap")
 
 
 def test_untrained_hog_backbone_is_the_descriptor_and_training_moves_it():

@@ -22,16 +22,20 @@ from siamkit.models.registry import BACKBONES
 
 
 class GradientHistogram(nn.Module):
-    """``(B, C, H, W)`` → ``(B, bins · Σ g²)``: per pixel the gradient (central differences, edges replicated) of
-    the channel where it is strongest, its magnitude put in the bin of its unsigned orientation (``bins`` bins
-    over [0, π)); the ``bins`` maps averaged over a ``g``×``g`` grid for each ``g`` in ``grids`` (adaptive: any
-    input size), square-rooted, each grid's vector L2-normalised, concatenated. Nothing is learned; computed in
-    float32 whatever the autocast. Invariant to an affine change of intensity (the normalisation of the input)."""
+    """``(B, C, H, W)`` → ``(B, bins · Σ g²)``: per pixel the gradient (central differences; beyond the border the
+    edge pixels repeat, or zeros with ``edges="zeros"``) of the channel where it is strongest, its magnitude put in
+    the bin of its unsigned orientation (``bins`` bins over [0, π)); the ``bins`` maps averaged over a ``g``×``g``
+    grid for each ``g`` in ``grids`` (adaptive: any input size), square-rooted, each grid's vector L2-normalised,
+    concatenated. Nothing is learned; computed in float32 whatever the autocast. With replicated edges, invariant
+    to an affine change of intensity (the normalisation of the input)."""
 
-    def __init__(self, bins: int = 9, grids: Sequence[int] = (7, 4, 2)) -> None:
+    def __init__(self, bins: int = 9, grids: Sequence[int] = (7, 4, 2), edges: str = "replicate") -> None:
         super().__init__()
         if bins < 1 or not grids or min(grids) < 1:
             raise ValueError(f"bins and every grid must be ≥ 1 (got bins={bins}, grids={list(grids)})")
+        if edges not in ("replicate", "zeros"):
+            raise ValueError(f"edges must be 'replicate' or 'zeros', got {edges!r}")
+        self.pad_mode = "replicate" if edges == "replicate" else "constant"
         self.bins = int(bins)
         self.grids = tuple(int(g) for g in grids)
         self.num_features = self.bins * sum(g * g for g in self.grids)
@@ -39,9 +43,9 @@ class GradientHistogram(nn.Module):
     def orientation_maps(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, bins, H, W)``: each pixel's gradient magnitude in the bin of its orientation."""
         x = x.float()
-        gx = F.pad(x, (1, 1, 0, 0), mode="replicate")
+        gx = F.pad(x, (1, 1, 0, 0), mode=self.pad_mode)
         gx = gx[..., 2:] - gx[..., :-2]
-        gy = F.pad(x, (0, 0, 1, 1), mode="replicate")
+        gy = F.pad(x, (0, 0, 1, 1), mode=self.pad_mode)
         gy = gy[..., 2:, :] - gy[..., :-2, :]
         mag = (gx * gx + gy * gy).sqrt()
         if x.shape[1] > 1:  # the strongest channel's gradient at each pixel
@@ -64,7 +68,7 @@ class HOGNet(nn.Module):
     ``ConvNet`` of ``widths`` with a ``pool_size`` grid and a ``neck`` — mapped to the descriptor's width by a
     linear layer that starts at zero: the output is ``descriptor(x) + W·branch(x)``, so the untrained backbone
     is exactly the descriptor and training learns a correction to it. ``residual=false``: the descriptor alone
-    (nothing to train; for evaluation and galleries)."""
+    (nothing in the backbone to train: only a head, ``model.embedding_dim`` > 0, learns)."""
 
     def __init__(
         self, in_channels: int = 1, bins: int = 9, grids: Sequence[int] = (7, 4, 2), residual: bool = True,

@@ -56,6 +56,11 @@ class DataConfig:
     """1 (grayscale) or 3 (RGB); None takes it from the data: 3 when at least a tenth of the images are colour."""
     skip_bad: bool = False
     """Skip unreadable images and report them instead of failing."""
+    grouped: bool | None = None
+    """Class-per-folder data: ``true`` reads ``root/<group>/<class>/<image>`` (classes grouped, e.g. characters by
+    alphabet: the identity split then holds out whole groups), ``false`` reads ``root/<class>/…`` (images at any
+    depth under a class folder are that class), None detects the grouped layout (top folders holding only
+    folders of images, a median of at least 5 each)."""
     split: str = "auto"
     """How validation/test are carved: ``random`` | ``per-class`` | ``identity`` (open-set: training, validation
     and test identities pairwise disjoint) | ``auto``: ``identity`` for one's own class-per-folder or flat folders
@@ -214,6 +219,17 @@ class EvalConfig:
     distance: str = "euclidean"
     """How embeddings are compared for verification, retrieval and ``verify``: euclidean, squared_euclidean,
     cosine, or cosine_similarity (a similarity: thresholds then apply to its negative)."""
+    episodes: int = 1000
+    """N-way K-shot episodes on the test identities (``siamkit.evaluate.episodes``: nearest prototype, the mean of
+    the K support embeddings), for every way × shot below; 0: none."""
+    way: list[int] = field(default_factory=lambda: [5, 20])
+    shot: list[int] = field(default_factory=lambda: [1, 5])
+    query: int = 15
+    """Query images per class and episode (fewer when the classes have fewer images)."""
+    episode_seed: int = 0
+    within_group: bool = False
+    """Draw each episode's classes from one group (an alphabet of characters: ``data.grouped`` folders), as Koch
+    and Lake's "within alphabet" protocol; the data must be grouped."""
 
 
 @dataclass
@@ -281,6 +297,11 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "eval.recall_at": (1, INF, True, False),
     "eval.batch_size": (1, INF, True, False),
     "eval.tsne_points": (0, INF, True, False),
+    "eval.episodes": (0, INF, True, False),
+    "eval.way": (2, INF, True, False),
+    "eval.shot": (1, INF, True, False),
+    "eval.query": (1, INF, True, False),
+    "eval.episode_seed": (0, 2**32 - 1, True, True),
 }
 
 

@@ -147,7 +147,7 @@ def _idx(cfg: DataConfig) -> DatasetBundle:
 
 @layout("folder", detect=_is_folder)
 def _folder(cfg: DataConfig) -> DatasetBundle:
-    images = read_folder(cfg.source, cfg.channels, _size(cfg), cfg.skip_bad, cache_settings(cfg))
+    images = read_folder(cfg.source, cfg.channels, _size(cfg), cfg.skip_bad, cache_settings(cfg), cfg.grouped)
     return DatasetBundle(Path(cfg.source).name, images)
 
 
@@ -463,16 +463,63 @@ def cache_settings(cfg: DataConfig) -> CacheSettings | None:
     return CacheSettings(directory, cfg.workers, cfg.memory_limit_mb, cfg.progress)
 
 
+MIN_GROUP_CLASSES = 5  # a grouped layout has at least this many class folders per group folder (the median)
+
+
+def grouped_layout(root: Path, folders: Sequence[str]) -> bool:
+    """Whether ``root/<group>/<class>/<image>`` (Omniglot's ``alphabet/character/``) is the layout: at least two
+    top folders, none holding image files itself, every sub-folder holding image files and no deeper folders, and
+    a median of at least ``MIN_GROUP_CLASSES`` sub-folders per top folder (a person's few session folders are
+    not identities)."""
+    if len(folders) < 2:
+        return False
+    widths = []
+    for name in folders:
+        files, subs = _scan(root / name, None)
+        if files or not subs:
+            return False
+        for sub in subs:
+            inner, deeper = _scan(root / name / sub, None)
+            if not inner or deeper:
+                return False
+        widths.append(len(subs))
+    return bool(np.median(widths) >= MIN_GROUP_CLASSES)
+
+
+GROUP_SEP = "/"
+
+
+def class_groups(class_names: Sequence[str]) -> tuple[np.ndarray, list[str]] | None:
+    """For class names ``group/class`` (a grouped folder layout): each class's group index ``(n_classes,)`` and the
+    group names; None when the classes carry no group."""
+    if not class_names or not all(GROUP_SEP in n for n in class_names):
+        return None
+    parents = [n.rsplit(GROUP_SEP, 1)[0] for n in class_names]
+    names = sorted(set(parents))
+    return np.asarray([names.index(p) for p in parents], np.int64), names
+
+
 def read_folder(
     root: str | os.PathLike[str], channels: int | None = None, size: tuple[int, int] | None = None,
-    skip_bad: bool = False, cache: CacheSettings | None = None,
+    skip_bad: bool = False, cache: CacheSettings | None = None, grouped: bool | None = None,
 ) -> ImageSet:  # fmt: skip
     """Class-per-folder layout ``root/<class>/[<sub-folders>/]<image>``: every image under a class folder, at any
-    depth, is of that class (``class_files``)."""
+    depth, is of that class (``class_files``). Or, with ``grouped`` (None: when ``grouped_layout`` finds it),
+    ``root/<group>/<class>/<image>``: one class per second-level folder, named ``group/class``; the identity split
+    then holds out whole groups and episodes can be drawn within one."""
     root = Path(root)
     folders = [d.name for d in class_folders(root)]
     if not folders:
         raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>")
+    if grouped is None and grouped_layout(root, folders):
+        grouped = True
+        log.info("%s: read as <group>/<class>/ folders (%d groups; each second-level folder is a class); set "
+                 "data.grouped=false to make each top folder one class", root, len(folders))  # fmt: skip
+    if grouped:
+        folders = [f"{g}{GROUP_SEP}{c}" for g in folders for c in _scan(root / g, None)[1]]
+        if not folders:
+            raise DataError(f"{root}: data.grouped is set but the group folders hold no class folders; expected "
+                            "root/<group>/<class>/<image>")  # fmt: skip
     left_out: list[str] = []
     listed = {name: class_files(root / name, left_out) for name in folders}
     note_left_out(root, left_out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from siamkit.config import DataConfig
 from siamkit.data.imageset import ImageSet, TupleTable
-from siamkit.data.readers import DatasetBundle
+from siamkit.data.readers import DatasetBundle, class_groups
 from siamkit.errors import ConfigError, DataError
 from siamkit.text import name_list
 
@@ -209,6 +210,20 @@ def _pick(candidates: np.ndarray, fraction: float, rng: np.random.Generator) -> 
     return np.sort(rng.permutation(candidates)[: min(k, len(candidates))])
 
 
+def _pick_groups(candidates: np.ndarray, group_of: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Whole groups of ``candidates`` (class ids; ``group_of`` maps a class id to its group), drawn in a seeded
+    order until they hold ``fraction`` of the candidates (at least ``MIN_HELD_IDENTITIES``), one group at least
+    left over."""
+    groups = rng.permutation(np.unique(group_of[candidates]))
+    k = max(MIN_HELD_IDENTITIES, int(round(fraction * len(candidates))))
+    taken: list[int] = []
+    for g in groups[:-1]:
+        if len(taken) >= k:
+            break
+        taken += candidates[group_of[candidates] == g].tolist()
+    return np.sort(np.asarray(taken, np.int64))
+
+
 def identity_splits(bundle: DatasetBundle, cfg: DataConfig, rng: np.random.Generator) -> Splits:
     """Open-set splits (SPEC §10): training, validation and test identities pairwise disjoint.
 
@@ -235,17 +250,23 @@ def identity_splits(bundle: DatasetBundle, cfg: DataConfig, rng: np.random.Gener
                 )
     pool_classes = np.unique(pool.labels)
     test_source = test_pool if test_pool is not None else pool
+    found = class_groups(names) if test_pool is None else None
+    group_of = found[0] if found is not None and len(found[1]) >= 3 else None
+    pick = _pick if group_of is None else functools.partial(_pick_groups, group_of=group_of)
+    if group_of is not None and found is not None and any(given[p] is None for p in ("val", "test")):
+        log.info("identity split by group: validation and test identities are whole groups (%d groups), never seen "
+                 "in training", len(found[1]))  # fmt: skip
     if given["test"] is not None:
         test_ids = np.array(sorted(given["test"]), np.int64)
     else:
         taken = set(given["train"] or []) | set(given["val"] or [])
         candidates = np.array([c for c in np.unique(test_source.labels) if c not in taken], np.int64)
-        test_ids = _pick(candidates, cfg.test_fraction, rng)
+        test_ids = pick(candidates, fraction=cfg.test_fraction, rng=rng)
     if given["val"] is not None:
         val_ids = np.array(sorted(given["val"]), np.int64)
     else:
         base = given["train"] if given["train"] is not None else [c for c in pool_classes if c not in set(test_ids)]
-        val_ids = _pick(np.array(sorted(base), np.int64), cfg.val_fraction, rng)
+        val_ids = pick(np.array(sorted(base), np.int64), fraction=cfg.val_fraction, rng=rng)
     if given["train"] is not None:
         train_ids = np.array(sorted(set(given["train"]) - set(val_ids.tolist())), np.int64)
     else:

@@ -17,6 +17,7 @@ from siamkit.data.tuples import distinct_count, fixed_tuples
 from siamkit.distances import Distance, as_dissimilarity, get_distance, verification_accuracy
 from siamkit.errors import ConfigError
 from siamkit.evaluate import metrics as M
+from siamkit.evaluate.episodes import episode_metrics
 from siamkit.models.siamese import SiameseNet
 
 
@@ -132,12 +133,13 @@ def pair_scores(emb: torch.Tensor, table: TupleTable, distance: Distance | None 
 
 def evaluate_split(
     model: SiameseNet, images: ImageSet, tuples: TupleTable | None, preprocess: Preprocess, cfg: EvalConfig,
-    threshold: float | None, seed: int, device: torch.device | str = "cpu",
+    threshold: float | None, seed: int, device: torch.device | str = "cpu", episodes: bool = False,
 ) -> EvalResult:  # fmt: skip
     """Verification metrics on seeded pairs of the split (or its fixed CSV tuples); retrieval metrics when the
-    images carry labels. ``threshold`` (chosen on validation) gives the verification accuracy."""
+    images carry labels (and episodes, see ``evaluate_embeddings``). ``threshold`` (chosen on validation) gives the
+    verification accuracy."""
     emb = embed_images(model, images.images, preprocess, cfg.batch_size, device)
-    return evaluate_embeddings(emb, images, tuples, cfg, threshold, seed)
+    return evaluate_embeddings(emb, images, tuples, cfg, threshold, seed, episodes)
 
 
 def pixel_embeddings(images: ImageArray) -> torch.Tensor:
@@ -149,10 +151,12 @@ def pixel_embeddings(images: ImageArray) -> torch.Tensor:
 
 def evaluate_embeddings(
     emb: torch.Tensor, images: ImageSet, tuples: TupleTable | None, cfg: EvalConfig, threshold: float | None,
-    seed: int,
+    seed: int, episodes: bool = False,
 ) -> EvalResult:  # fmt: skip
     """``evaluate_split`` on given embeddings ``(N, D)`` of ``images``: the same seed draws the same pairs and
-    triplets, so a model and its baselines (raw pixels, the untrained network) are scored on one protocol."""
+    triplets, so a model and its baselines (raw pixels, the untrained network) are scored on one protocol. With
+    ``episodes`` (test identities) and labelled images, the N-way K-shot figures too (``eval.episodes``: the same
+    episodes for every embedding, from ``eval.episode_seed``)."""
     labelled = tuples is None and images.has_labels
     dist = get_distance(cfg.distance)
     pairs = fixed_tuples(images.labels, tuples, "pairs", cfg.n_pairs, seed)
@@ -172,6 +176,8 @@ def evaluate_embeddings(
         out["n_triplets"] = len(trip)
     if labelled:
         out.update(M.retrieval_metrics(emb, images.labels, tuple(cfg.recall_at), distance=dist))
+        if episodes and cfg.episodes:
+            out["episodes"] = episode_metrics(emb, images.labels, images.class_names, cfg)
     return EvalResult(out, scores, emb if labelled else None)
 
 

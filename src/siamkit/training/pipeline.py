@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ import torch
 
 from siamkit import distributed
 from siamkit.config import RunConfig, dump_config, from_dict, to_dict
-from siamkit.data.cache import ImageArray
+from siamkit.data.cache import ImageArray, as_tensor
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import DatasetBundle, load_dataset, stratified_sample
 from siamkit.data.samplers import PKSampler
@@ -321,7 +322,8 @@ def evaluate_prepared(
     if threshold is None:
         threshold = val.pairs.choose_threshold(cfg.eval.threshold)
     val.metrics.update(threshold_metrics(val.pairs, threshold))
-    test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device)
+    test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device,
+                          episodes=True)  # fmt: skip
     # what an oracle threshold chosen on the test pairs would give: how well the calibration transfers
     test.metrics["verification_accuracy_best"] = test.pairs.accuracy_at()[1]
     train_images = s.train.images
@@ -353,7 +355,8 @@ def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet
         val = evaluate_embeddings(embed(s.val.images.images), s.val.images, s.val.tuples, cfg.eval, None, seed + 11)
         thr = val.pairs.choose_threshold(cfg.eval.threshold)
         val.metrics.update(threshold_metrics(val.pairs, thr))
-        test = evaluate_embeddings(embed(s.test.images.images), s.test.images, s.test.tuples, cfg.eval, thr, seed + 13)
+        test = evaluate_embeddings(embed(s.test.images.images), s.test.images, s.test.tuples, cfg.eval, thr, seed + 13,
+                                   episodes=True)  # fmt: skip
         out[name] = {"threshold": thr, "validation": val.metrics, "test": test.metrics}
     if untrained is not None:
         untrained.cpu()
@@ -378,7 +381,20 @@ def baseline_embedders(
             return embed_images(net, images, preprocess, batch_size, device)
 
         embedders["untrained"] = embed_untrained
+    embedders["descriptor"] = functools.partial(descriptor_embeddings, batch_size=batch_size)
     return embedders
+
+
+@torch.no_grad()
+def descriptor_embeddings(images: ImageArray, batch_size: int = 512) -> torch.Tensor:
+    """The descriptor baseline ``(N, 621)``: the fixed histogram of oriented gradients (``GradientHistogram``, 9
+    bins over 7/4/2 grids; nothing learned) of uint8 images ``(N, C, H, W)`` at the run's input size — what a
+    classical pipeline would compare, and where the ``hog`` backbone starts."""
+    from siamkit.models.descriptors import GradientHistogram
+
+    hog = GradientHistogram().eval()
+    out = [hog(as_tensor(images[s : s + batch_size]).float() / 255.0) for s in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, hog.num_features)
 
 
 SCORES = "scores.npz"
@@ -491,7 +507,8 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
                         "pairs CSV")  # fmt: skip
     device = resolve_device(cfg.train.device)
     seed = cfg.train.seed
-    test = evaluate_split(run.model, images, tuples, run.preprocess, cfg.eval, run.threshold, seed + 13, device)
+    test = evaluate_split(run.model, images, tuples, run.preprocess, cfg.eval, run.threshold, seed + 13, device,
+                          episodes=True)  # fmt: skip
     test.metrics["verification_accuracy_best"] = test.pairs.accuracy_at()[1]
     torch.manual_seed(seed)
     untrained = build_model(cfg.model, run.input_shape[0]).eval()
@@ -499,7 +516,7 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
                                    device)  # fmt: skip
     baselines: dict[str, Any] = {}
     for name, embed in embedders.items():
-        b = evaluate_embeddings(embed(images.images), images, tuples, cfg.eval, None, seed + 13)
+        b = evaluate_embeddings(embed(images.images), images, tuples, cfg.eval, None, seed + 13, episodes=True)
         baselines[name] = {"test": b.metrics}
     metrics = {"threshold": run.threshold, "as_test": True, "data": cfg.data.source, "dataset": bundle.name,
                "test": test.metrics, "split_sizes": {"test": len(images)}, "baselines": baselines}  # fmt: skip

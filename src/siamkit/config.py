@@ -98,6 +98,11 @@ class DataConfig:
     reads its rows (resident memory bounded whatever the dataset's size)."""
     progress: bool = True
     """A decoding progress bar (images/s) on a terminal."""
+    faces: str = "auto"
+    """``align``: every image becomes its face chip, found and aligned as dlib's face ResNet was trained (HOG
+    detector, 5-point landmarks, 150×150, padding 0.25; ``siamkit.data.faces``; needs ``siamkit[faces]``);
+    ``off``: images as they are; ``auto``: ``align`` with the ``dlib-face`` backbone, else ``off``. The run
+    records the resolved value, and ``verify``, galleries and the service apply it to their images too."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

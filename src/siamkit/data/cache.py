@@ -177,8 +177,14 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def entry_dir(settings: CacheSettings, key: str, channels: int | None, size: tuple[int, int] | None) -> Path:
-    """The cache entry of a dataset (``key``: its folder or CSV) under these decode settings."""
-    ident = json.dumps([VERSION, str(Path(key).resolve()), channels, list(size) if size else None])
+    """The cache entry of a dataset (``key``: its folder or CSV) under these decode settings (and the face mode,
+    ``siamkit.data.faces.current_mode``)."""
+    from siamkit.data.faces import current_mode
+
+    parts: list[Any] = [VERSION, str(Path(key).resolve()), channels, list(size) if size else None]
+    if current_mode() != "off":  # aligned face chips are another decode (an entry of their own)
+        parts.append(f"faces:{current_mode()}")
+    ident = json.dumps(parts)
     return settings.directory / hashlib.sha256(ident.encode()).hexdigest()[:20]
 
 

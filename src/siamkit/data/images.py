@@ -21,9 +21,19 @@ EXIF_ORIENTATION = 0x0112
 """The EXIF tag saying how a camera's pixels are to be turned for display (values 5–8 swap width and height)."""
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
+def open_image(path: str | os.PathLike[str], faces: str | None = None) -> Image.Image:
     """Open and fully decode ``path``, turned upright as its EXIF orientation says (a phone's portrait photo is
-    stored sideways with a tag; every viewer turns it, so must we); any failure is a DataError naming the file."""
+    stored sideways with a tag; every viewer turns it, so must we); any failure is a DataError naming the file.
+    With ``faces="align"`` — by default, inside ``siamkit.data.faces.face_alignment("align")`` — the result is
+    the file's aligned face chip (no face: a DataError naming the file)."""
+    img = _decode(path)
+    from siamkit.data import faces as face_data
+
+    mode = face_data.current_mode() if faces is None else face_data.check_mode(faces)
+    return face_data.align_image(to_mode(img, 3), path) if mode == "align" else img
+
+
+def _decode(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -98,9 +108,12 @@ def natural_channels(img: Image.Image) -> int:
     return 1 if img.mode in ("1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "LA") else 3
 
 
-def load_image(path: str | os.PathLike[str], channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """Read ``path`` as a ``(C, H, W)`` uint8 array, resized (bilinear) to ``size`` = (H, W) if given."""
-    return image_to_array(open_image(path), channels, size)
+def load_image(
+    path: str | os.PathLike[str], channels: int, size: tuple[int, int] | None, faces: str | None = None
+) -> np.ndarray:
+    """Read ``path`` as a ``(C, H, W)`` uint8 array, resized (bilinear) to ``size`` = (H, W) if given (its face
+    chip with ``faces="align"``, see :func:`open_image`)."""
+    return image_to_array(open_image(path, faces), channels, size)
 
 
 def image_to_array(img: Image.Image, channels: int, size: tuple[int, int] | None) -> np.ndarray:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import struct
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +100,7 @@ class _Cursor:
         self.pos += n
         return out
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         control = self.take(1)[0]
         if control & 0x70:
             raise self.fail("a legacy text-format number")
@@ -110,36 +110,36 @@ class _Cursor:
         value = int.from_bytes(self.take(n), "little")
         return -value if control & 0x80 else value
 
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
+    def read_float(self) -> float:
+        mantissa, exponent = self.read_int(), self.read_int()
         if exponent in (32000, 32001, 32002):
             return (float("inf"), float("-inf"), float("nan"))[exponent - 32000]
         return float(np.ldexp(float(mantissa), exponent))
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         b = self.take(1)
         if b not in (b"0", b"1"):
             raise self.fail(f"a bool byte {b!r}")
         return b == b"1"
 
-    def string(self) -> str:
-        n = self.int()
+    def read_string(self) -> str:
+        n = self.read_int()
         if not 0 <= n < 256:
             raise self.fail(f"a string of length {n}")
         return self.take(n).decode("latin-1")
 
-    def tensor(self) -> np.ndarray:
-        if self.int() != 2:
+    def read_tensor(self) -> np.ndarray:
+        if self.read_int() != 2:
             raise self.fail("a tensor of an unknown version")
-        shape = tuple(self.int() for _ in range(4))
+        shape = tuple(self.read_int() for _ in range(4))
         count = int(np.prod(shape))
         raw = self.take(4 * count)
         return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
 
-    def alias(self) -> tuple[int, ...]:
-        if self.int() != 1:
+    def read_alias(self) -> tuple[int, ...]:
+        if self.read_int() != 1:
             raise self.fail("an alias tensor of an unknown version")
-        return tuple(self.int() for _ in range(4))
+        return tuple(self.read_int() for _ in range(4))
 
 
 @dataclass
@@ -171,46 +171,46 @@ def read_dlib_resnet(path: str | os.PathLike[str]) -> DlibResNet:
         raise ConfigError(f"dlib model file {str(path)!r} not found; give {MODEL_FILE} (from {INSTALL_HINT})")
     c = _Cursor(path.read_bytes(), path)
     net = DlibResNet()
-    if c.int() != 1 or c.string() not in ("loss_metric_", "loss_metric_2"):
+    if c.read_int() != 1 or c.read_string() not in ("loss_metric_", "loss_metric_2"):
         raise c.fail("no loss_metric_ header")
-    net.loss = {"margin": c.float(), "distance_threshold": c.float()}
+    net.loss = {"margin": c.read_float(), "distance_threshold": c.read_float()}
     # wrapper versions, outermost first: add_layer 2 (the innermost one, owning the input, 3), tag/skip 1
     layers = [kind for kind in TOPOLOGY if kind not in ("tag", "skip")]
     expected = [1 if kind in ("tag", "skip") else 2 for kind in reversed(TOPOLOGY)]
     expected[-1] = 3
     for want in expected:
-        if c.int() != want:
+        if c.read_int() != want:
             raise c.fail("a network of another architecture (its layer wrappers differ)")
-    if c.string() != "input_rgb_image_sized":
+    if c.read_string() != "input_rgb_image_sized":
         raise c.fail("no input_rgb_image_sized layer")
-    net.means = (c.float(), c.float(), c.float())
-    net.size = (c.int(), c.int())
+    net.means = (c.read_float(), c.read_float(), c.read_float())
+    net.size = (c.read_int(), c.read_int())
     for i, kind in enumerate(layers):
         _read_record(c, kind, net)
-        c.bool(), c.bool(), c.bool()  # setup called, gradient stale, output disabled
+        c.read_bool(), c.read_bool(), c.read_bool()  # setup called, gradient stale, output disabled
         for _ in range(3):  # x_grad, cached output, params_grad (grad_final): empty in a saved net
-            c.tensor()
+            c.read_tensor()
         if i == 0:
-            c.int()  # the input layer's owner: _sample_expansion_factor
+            c.read_int()  # the input layer's owner: _sample_expansion_factor
     if c.pos != len(c.data):
         raise c.fail(f"{len(c.data) - c.pos} bytes left after the last layer")
     return net
 
 
 def _read_record(c: _Cursor, kind: str, net: DlibResNet) -> None:
-    name = c.string()
+    name = c.read_string()
     if name not in RECORD_NAMES[kind]:
         raise c.fail(f"a {name!r} record where the network has a {kind} layer")
     if kind == "con":
-        params = c.tensor().reshape(-1)
-        filters, nr, nc = c.int(), c.int(), c.int()
-        stride, padding = (c.int(), c.int()), (c.int(), c.int())
-        shape_w, _ = c.alias(), c.alias()
+        params = c.read_tensor().reshape(-1)
+        filters, nr, nc = c.read_int(), c.read_int(), c.read_int()
+        stride, padding = (c.read_int(), c.read_int()), (c.read_int(), c.read_int())
+        shape_w, _ = c.read_alias(), c.read_alias()
         for _ in range(4):
-            c.float()  # learning-rate and weight-decay multipliers
-        use_bias = c.bool() if name in ("con_5", "con_6") else True
+            c.read_float()  # learning-rate and weight-decay multipliers
+        use_bias = c.read_bool() if name in ("con_5", "con_6") else True
         if name == "con_6":
-            c.bool()  # use_relu (fused; not in this network)
+            c.read_bool()  # use_relu (fused; not in this network)
         count = int(np.prod(shape_w))
         weight = params[:count].reshape(shape_w)
         bias = params[count : count + filters] if use_bias else np.zeros(filters, np.float32)
@@ -218,32 +218,33 @@ def _read_record(c: _Cursor, kind: str, net: DlibResNet) -> None:
             raise c.fail(f"a convolution whose parameters do not match its {filters}×{nr}×{nc} shape")
         net.convs.append(Conv(weight, bias.copy(), stride, padding))
     elif kind == "affine":
-        params = c.tensor().reshape(-1)
-        shape_g, _ = c.alias(), c.alias()
-        mode = c.int()
+        params = c.read_tensor().reshape(-1)
+        shape_g, _ = c.read_alias(), c.read_alias()
+        mode = c.read_int()
         if name == "affine_2":
-            c.bool()  # disabled
+            c.read_bool()  # disabled
         channels = int(np.prod(shape_g))
         if mode != 0 or len(params) != 2 * channels:
             raise c.fail("an affine layer that is not per channel")
         net.affines.append((params[:channels].copy(), params[channels:].copy()))
     elif kind in ("max_pool", "avg_pool"):
-        window, stride, padding = (c.int(), c.int()), (c.int(), c.int()), (c.int(), c.int())
+        v = [c.read_int() for _ in range(6)]
+        window, stride, padding = (v[0], v[1]), (v[2], v[3]), (v[4], v[5])
         net.pools.append((kind, window, stride, padding))
     elif kind == "fc":
-        outputs, inputs = c.int(), c.int()
-        params = c.tensor().reshape(-1)
-        c.alias(), c.alias()
-        bias_mode = c.int()
+        outputs, inputs = c.read_int(), c.read_int()
+        params = c.read_tensor().reshape(-1)
+        c.read_alias(), c.read_alias()
+        bias_mode = c.read_int()
         for _ in range(4):
-            c.float()
+            c.read_float()
         if name == "fc_3":
-            c.bool()
+            c.read_bool()
         if bias_mode != 1 or len(params) != inputs * outputs:
             raise c.fail("a fully connected layer with a bias")
         net.fc = params.reshape(inputs, outputs).copy()
     elif name == "relu_2":
-        c.bool()
+        c.read_bool()
 
 
 def _add_zero_filled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -291,7 +292,8 @@ class ResidualBlock(nn.Module):
 
 class DlibFaceNet(nn.Module):
     """dlib's face ResNet: ``(B, 3, 150, 150)`` normalised chips (``(x − mean) / 256``) → ``(B, 128)`` descriptors
-    (not L2-normalised; the same person when their Euclidean distance is below 0.6).
+    (not L2-normalised; the same person when their Euclidean distance is below 0.6). dlib's input layer takes
+    150×150 only; here another size is resized to it (bilinear) and one channel is repeated to three.
 
     ``forward_features`` gives the pooled 256-d features before the last (bias-free) linear layer ``fc``."""
 
@@ -309,6 +311,10 @@ class DlibFaceNet(nn.Module):
         self.fc = nn.Linear(256, 128, bias=False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:  # a grayscale image as RGB, as dlib converts one
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[2:]) != (CHIP_SIZE, CHIP_SIZE):  # the network is defined at 150×150 only
+            x = F.interpolate(x, size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear", align_corners=False)
         x = F.max_pool2d(F.relu(self.affine(self.conv(x))), 3, 2)
         for block in self.blocks:
             x = block(x)
@@ -328,8 +334,9 @@ class DlibFaceNet(nn.Module):
     @torch.no_grad()
     def load_dlib(self, net: DlibResNet) -> DlibFaceNet:
         """Copy the weights that :func:`read_dlib_resnet` read into this network (shapes checked)."""
-        convs = [self.conv] + [c for b in self.blocks for c in (b.conv1, b.conv2)]
-        affines = [self.affine] + [a for b in self.blocks for a in (b.affine1, b.affine2)]
+        blocks = [typing.cast(ResidualBlock, b) for b in self.blocks]
+        convs = [self.conv] + [c for b in blocks for c in (b.conv1, b.conv2)]
+        affines = [self.affine] + [a for b in blocks for a in (b.affine1, b.affine2)]
         if len(net.convs) != len(convs) or len(net.affines) != len(affines) or net.fc is None:
             raise ConfigError("the dlib file has another number of layers than dlib's face ResNet")
         for mod, conv in zip(convs, net.convs, strict=True):
@@ -360,27 +367,14 @@ def load_dlib_face(path: str | os.PathLike[str] | None = None) -> DlibFaceNet:
     return DlibFaceNet().load_dlib(net).eval()
 
 
-def fingerprint(path: str | os.PathLike[str]) -> str:
-    """A short content fingerprint of a file: its size and the CRC of its first and last MiB (cheap for 22 MB)."""
-    import zlib
-
-    p = Path(path)
-    size = p.stat().st_size
-    with p.open("rb") as fh:
-        head = fh.read(2**20)
-        fh.seek(max(0, size - 2**20))
-        tail = fh.read()
-    return struct.pack("<QII", size, zlib.crc32(head), zlib.crc32(tail)).hex()
-
-
 @BACKBONES.register("dlib-face")
 def dlib_face_backbone(in_channels: int = 3, pretrained: bool = True, weights: str | None = None) -> nn.Module:
     """dlib's face ResNet (29 convolutions; 150×150 RGB aligned chip → 128-d, ``num_features`` 128). Weights:
     ``weights=FILE`` (dlib's ``.dat``, or a ``.safetensors``/``.pth`` state dict of this network), else with
     ``pretrained`` (the default) the ``.dat`` that ``face-recognition-models`` installs; ``pretrained=false``
     initialises at random (PyTorch's defaults)."""
-    if in_channels != 3:
-        raise ConfigError(f"backbone dlib-face takes RGB (3-channel) images, not {in_channels}: set data.channels=3")
+    if in_channels not in (1, 3):
+        raise ConfigError(f"backbone dlib-face takes RGB (or grayscale) images, not {in_channels} channels")
     if weights is not None and not weights.endswith(".dat"):
         from siamkit.models.pretrained import load_backbone_weights, read_state_dict
 

@@ -3,8 +3,9 @@
 Contract (as timm's ``num_features``): a registered factory takes ``in_channels`` plus its own keyword
 arguments and returns an ``nn.Module`` with an integer attribute ``num_features``. The providers register
 themselves (``@BACKBONES.register``): the small CNNs (``cnns``), the BaseCNN block family (``blocks``), the
-fixed descriptor with a learned residual (``descriptors``: ``hog``) and the
-pretrained torchvision/timm networks (``pretrained``, which also serves every ``timm/<model>`` name).
+fixed descriptor with a learned residual (``descriptors``: ``hog``), the
+pretrained torchvision/timm networks (``pretrained``, which also serves every ``timm/<model>`` name) and dlib's
+face ResNet (``dlib_face``: ``dlib-face``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BACKBONES: Registry[nn.Module] = Registry(
         "siamkit.models.blocks",
         "siamkit.models.descriptors",
         "siamkit.models.pretrained",
+        "siamkit.models.dlib_face",
     ),
 )
 

@@ -7,13 +7,17 @@ library's habit: numpy arrays are ``(H, W)`` or ``(H, W, C)`` (as PIL, OpenCV an
 are pixels 0–255, float values are read as 0–1 when none exceeds 1, else as 0–255. Every image goes through the same
 conversion as a file (colour mode to the model's channels, bilinear resize to its input size), so an array and the
 file it came from embed identically. The PyTorch weights and an ONNX export are served by the same object
-(``backend``).
+(``backend``). A run whose images are faces (``data.faces=align``, the ``dlib-face`` model) aligns every image the
+same way: a file, a PIL image and an array all become their face chip (``faces``).
+
+``run_dir`` may also be a pretrained model's name (``"dlib-face"``; ``siamkit.runs.named``): it opens as a run.
 
 The CLI (``verify``, ``index``, ``search``, ``export``), the HTTP service and galleries all use this object.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,10 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from siamkit.data.images import image_to_array, load_image, upright
+from siamkit.data.faces import align_image, check_mode, face_alignment, resolve_mode
+from siamkit.data.images import image_to_array, load_image, to_mode, upright
 from siamkit.distances import verification_accuracy
 from siamkit.errors import ConfigError
-from siamkit.runs.embedders import Embedder, ModelSource, open_embedder
+from siamkit.runs.embedders import ONNX_META_KEY, Embedder, ModelSource, open_embedder
+from siamkit.runs.named import resolve_run_dir
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
 """One image: a file path, a PIL image, a numpy array ``(H, W[, C])`` or a tensor ``(C, H, W)``."""
@@ -53,7 +59,8 @@ class Model:
 
     Attributes: ``threshold`` (the decision distance: a calibration's when there is one), ``distance`` (the
     metric's name), ``input_shape`` ``(C, H, W)``, ``embedding_dim``, ``model_hash`` (SHA-256 of the weights
-    file, which galleries and ONNX exports check), ``backend`` (``"torch"`` or ``"onnx"``), ``run_dir``.
+    file, which galleries and ONNX exports check), ``backend`` (``"torch"`` or ``"onnx"``), ``run_dir``,
+    ``faces`` (``"align"``: every image is first turned into its aligned face chip; ``"off"``).
 
     Example:
         >>> m = siamkit.load("runs/default")                            # doctest: +SKIP
@@ -63,10 +70,12 @@ class Model:
         (64,)
     """
 
-    def __init__(self, embedder: Embedder, result: dict[str, Any] | None = None):
+    def __init__(self, embedder: Embedder, result: dict[str, Any] | None = None, faces: str | None = None):
         self.embedder = embedder
         self.result = result
         """The training result (metrics, run folder, ...) when the model came from ``siamkit.train``."""
+        self.faces = check_mode(faces) if faces is not None else run_faces(embedder)
+        """``align`` when the run's images are face chips (``data.faces``): every image given is aligned first."""
 
     # -- what the run is ------------------------------------------------------------------------------------
     @property
@@ -127,19 +136,23 @@ class Model:
         """One image as the model's input ``(C, H, W)`` uint8 (a file's errors name it)."""
         c, h, w = self.input_shape
         if isinstance(image, (str, os.PathLike)):
-            return load_image(image, c, (h, w))
+            return load_image(image, c, (h, w), faces=self.faces)
         if isinstance(image, Image.Image):  # turned upright as a file of it would be (EXIF orientation)
-            return image_to_array(upright(image), c, (h, w))
+            return image_to_array(self.face(upright(image), "a PIL image"), c, (h, w))
         if isinstance(image, torch.Tensor):
             t = image.detach().cpu()
             if t.ndim == 3:  # (C, H, W) → (H, W, C), numpy's habit
                 t = t.permute(1, 2, 0)
             return self.prepare(t.numpy())
         if isinstance(image, np.ndarray):
-            return image_to_array(array_image(image), c, (h, w))
+            return image_to_array(self.face(array_image(image), "a numpy image"), c, (h, w))
         raise ConfigError(
             f"an image must be a path, PIL image, numpy array or torch tensor, not {type(image).__name__}"
         )
+
+    def face(self, image: Image.Image, source: str) -> Image.Image:
+        """``image``'s aligned face chip when the run aligns faces, else ``image``."""
+        return align_image(to_mode(image, 3), source) if self.faces == "align" else image
 
     # -- embeddings and decisions ---------------------------------------------------------------------------
     def embed(self, images: Images) -> np.ndarray:
@@ -233,12 +246,14 @@ def array_image(arr: np.ndarray) -> Image.Image:
 
 def load(
     run_dir: str | os.PathLike[str], backend: str = "torch", device: str = "cpu", onnx: str | None = None,
-    threshold: float | None = None,
+    threshold: float | None = None, faces: str | None = None,
 ) -> Model:  # fmt: skip
-    """The trained run in ``run_dir`` (a folder written by ``siamkit train``) as a :class:`Model`: on PyTorch
-    (``device`` cpu, cuda, mps or auto) or on ONNX Runtime (``backend="onnx"``; ``onnx`` = the file, default
-    ``RUN_DIR/model.onnx``). ``threshold`` replaces the run's decision threshold for this object."""
-    return open_model(run_dir, ModelSource(backend, onnx, device, threshold))
+    """The trained run in ``run_dir`` (a folder written by ``siamkit train``, or a pretrained name:
+    ``"dlib-face"``) as a :class:`Model`: on PyTorch (``device`` cpu, cuda, mps or auto) or on ONNX Runtime
+    (``backend="onnx"``; ``onnx`` = the file, default ``RUN_DIR/model.onnx``). ``threshold`` replaces the run's
+    decision threshold for this object; ``faces`` (``align``/``off``) its face alignment (``off`` for images
+    that are already aligned chips)."""
+    return open_model(run_dir, ModelSource(backend, onnx, device, threshold), faces)
 
 
 def as_model(model: Model | Embedder) -> Model:
@@ -246,9 +261,24 @@ def as_model(model: Model | Embedder) -> Model:
     return model if isinstance(model, Model) else Model(model)
 
 
-def open_model(run_dir: str | os.PathLike[str], source: str | ModelSource = "torch") -> Model:
-    """:func:`load` with a :class:`~siamkit.runs.embedders.ModelSource` (the CLI's flags)."""
-    return Model(open_embedder(run_dir, source))
+def open_model(run_dir: str | os.PathLike[str], source: str | ModelSource = "torch", faces: str | None = None
+               ) -> Model:  # fmt: skip
+    """:func:`load` with a :class:`~siamkit.runs.embedders.ModelSource` (the CLI's flags). Every command opens
+    its run here: a pretrained name becomes its run folder (``siamkit.runs.named``)."""
+    return Model(open_embedder(resolve_run_dir(run_dir), source), faces=faces)
+
+
+def run_faces(embedder: Embedder) -> str:
+    """The face mode a run's images were read with: its config's ``data.faces`` (``auto`` resolved for its
+    backbone), or an ONNX export's metadata; ``off`` for runs from before the option."""
+    run = getattr(embedder, "run", None)
+    if run is not None:
+        return resolve_mode(run.cfg.data.faces, run.cfg.model.backbone)
+    session = getattr(embedder, "session", None)
+    if session is not None:
+        raw = session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY, "{}")
+        return str(json.loads(raw).get("faces", "off"))
+    return "off"
 
 
 def verify_pairs(model: Model, pairs_csv: str | Path, out: str | Path | None = None, skip_bad: bool = False,
@@ -261,7 +291,8 @@ def verify_pairs(model: Model, pairs_csv: str | Path, out: str | Path | None = N
     from siamkit.files import atomic_write_csv
 
     c, h, w = model.input_shape
-    images, table = read_tuples_csv(pairs_csv, "pairs", c, (h, w), skip_bad, require_label=False)
+    with face_alignment(model.faces):
+        images, table = read_tuples_csv(pairs_csv, "pairs", c, (h, w), skip_bad, require_label=False)
     emb = model.embedder.embed(images.images)
     d = model.distances(emb[table.index[:, 0]], emb[table.index[:, 1]])
     assert images.paths is not None

@@ -39,8 +39,12 @@ RUNS = ("pml", "siamkit-triplet", "siamkit-default")
 TRIPLET = ["loss.name=triplet", "loss.params={margin: 0.2}", "loss.miner=semi-hard", "loss.miner_params={margin: 0.2}"]
 
 
-def train_pml(cfg: RunConfig, channels_last: bool) -> dict[str, Any]:
-    """PML's loss, miner and sampler around siamkit's data, model and evaluation."""
+def train_pml(
+    cfg: RunConfig, channels_last: bool, recipe: str = "triplet", with_untrained: bool = False
+) -> dict[str, Any]:
+    """PML's loss, miner and sampler around siamkit's data, model and evaluation. ``recipe``: ``triplet``
+    (``TripletMarginLoss(0.2)`` + semi-hard ``TripletMarginMiner``) or ``multi-similarity``
+    (``MultiSimilarityLoss()`` + ``MultiSimilarityMiner()``, both at PML's defaults: α 2, β 50, base 0.5, ε 0.1)."""
     from pytorch_metric_learning import losses, miners, samplers
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -56,8 +60,11 @@ def train_pml(cfg: RunConfig, channels_last: bool) -> dict[str, Any]:
     sampler = samplers.MPerClassSampler(labels, m=cfg.sampling.k, batch_size=batch_size,
                                         length_before_new_iter=len(labels))  # fmt: skip
     loader = DataLoader(TensorDataset(train.images, labels), batch_size=batch_size, sampler=sampler, drop_last=True)
-    loss_func = losses.TripletMarginLoss(margin=0.2)
-    miner = miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+    if recipe == "multi-similarity":
+        loss_func, miner = losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()
+    else:
+        loss_func = losses.TripletMarginLoss(margin=0.2)
+        miner = miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
     opt = build_optimizer(model.parameters(), cfg.train)
     sched = build_scheduler(opt, cfg.train)
     seconds, seen = 0.0, 0
@@ -90,8 +97,9 @@ def train_pml(cfg: RunConfig, channels_last: bool) -> dict[str, Any]:
     assert best_state is not None
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)
+    untrained = build_model(cfg.model, prep.input_shape[0]) if with_untrained else None
     with tempfile.TemporaryDirectory() as out:
-        metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=Path(out))
+        metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=Path(out), untrained=untrained)
     return {**metrics, "trainable_parameters": count_parameters(model), "epochs_run": cfg.train.epochs,
             "best_epoch": best_epoch,
             "train_seconds": round(seconds, 2), "images_per_second": round(seen / seconds, 1)}  # fmt: skip

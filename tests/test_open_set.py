@@ -297,6 +297,26 @@ def test_open_set_recipe_fills_only_unset_keys():
         apply_recipe(load_config(None, ["recipe=x"]), "random")
 
 
+def test_auto_takes_the_metric_recipe_with_many_training_identities():
+    from siamkit.recipes import MIN_METRIC_IDENTITIES, RECIPES, apply_recipe
+
+    cfg = load_config(None, [])
+    reason = apply_recipe(cfg, "identity", MIN_METRIC_IDENTITIES)
+    assert cfg.recipe == "metric" and f"{MIN_METRIC_IDENTITIES} training identities" in reason
+    assert cfg.loss.name == "multi-similarity" and cfg.loss.miner is None and cfg.loss.params == {"base": 0.5}
+    assert cfg.data.augment.enabled and cfg.data.augment.hflip == 0.0  # a mirrored glyph is another identity
+    assert cfg.train.epochs == RECIPES["metric"]["train.epochs"] and cfg.model.backbone == "convnet"
+    cfg = load_config(None, [])
+    reason = apply_recipe(cfg, "identity", MIN_METRIC_IDENTITIES - 1)
+    assert cfg.recipe == "open-set" and "too few" in reason
+    cfg = load_config(None, ["loss.params={margin: 0.3}", "train.epochs=3"])  # the user's loss stays whole
+    apply_recipe(cfg, "identity", 500)
+    assert cfg.recipe == "metric" and cfg.loss.name == "contrastive" and cfg.loss.params == {"margin": 0.3}
+    assert cfg.train.epochs == 3 and cfg.sampling.p == RECIPES["metric"]["sampling.p"]
+    cfg = load_config(None, [])
+    assert "random split" in apply_recipe(cfg, "random", 500) and cfg.recipe == "closed-set"
+
+
 def test_saved_config_reproduces_the_resolved_recipe(open_run, tmp_path):
     from siamkit.config import dump_config, to_dict
     from siamkit.recipes import apply_recipe

@@ -88,7 +88,29 @@ def _tpr(m: dict[str, Any]) -> dict[str, float]:
     return {str(t["fpr"]): t["tpr_interpolated"] for t in m.get("tpr_at_fpr", [])}
 
 
-BASELINE_NAMES = {"pixels": "raw pixels", "untrained": "untrained net"}
+BASELINE_NAMES = {"pixels": "raw pixels", "untrained": "untrained net", "descriptor": "descriptor"}
+
+
+def episode_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    """The N-way K-shot table of a run's test identities: one row for the model and one per baseline, one column
+    per setting (``accuracy ± ci95``), and a line on the protocol; empty when no episodes were scored."""
+    test = (metrics.get("test") or {}).get("episodes") or {}
+    keys = [k for k, v in test.items() if "accuracy" in v]
+    if not keys:
+        return [], [], ""
+    entries = [("model", test)] + [
+        (BASELINE_NAMES.get(name, name), (b.get("test") or {}).get("episodes") or {})
+        for name, b in (metrics.get("baselines") or {}).items()
+    ]
+    rows = [[who, *(f"{e[k]['accuracy']:.4f} ± {e[k]['ci95']:.4f}" if "accuracy" in e.get(k, {}) else "-"
+                    for k in keys)] for who, e in entries]  # fmt: skip
+    first = test[keys[0]]
+    within = "classes drawn within one group" if first.get("within_group") else "classes drawn from all"
+    skipped = [f"{k} ({v['skipped']})" for k, v in test.items() if "skipped" in v]
+    note = (f"{first['episodes']} episodes per setting, {first['query']} queries per class, nearest prototype (mean "
+            f"of the K support embeddings), {within}; ± is the 95 % interval; chance is 1/N"
+            + (f"; not scored: {', '.join(skipped)}" if skipped else ""))  # fmt: skip
+    return ["test episodes", *(k.replace("way", "-way ").replace("shot", "-shot") for k in keys)], rows, note
 
 
 def split_entries(metrics: dict[str, Any], baselines: bool = True) -> list[tuple[str, dict[str, Any]]]:
@@ -175,6 +197,7 @@ def run_report(run_dir: Path) -> str:
         ("dataset", metrics.get("dataset")), ("trainable parameters", metrics.get("trainable_parameters")),
         ("train seconds", _plain(metrics.get("train_seconds"), 1)),
         ("images/s", _plain(metrics.get("images_per_second"), 0)),
+        ("recipe", metrics.get("recipe")), ("why this recipe", metrics.get("recipe_reason")),
         ("epochs run", metrics.get("epochs_run")), ("best epoch", metrics.get("best_epoch")),
         ("checkpoint chosen by", metrics.get("monitor")), ("threshold (validation)", metrics.get("threshold")),
         ("threshold rule", metrics.get("threshold_rule")), ("split", metrics.get("split")),
@@ -190,6 +213,10 @@ def run_report(run_dir: Path) -> str:
         "on the same test pairs: raw pixels (flattened, L2-normalised) and the network before training — a model "
         "that does not beat them has not learned a similarity for this data.</p>"
     )
+    columns, rows_e, note = episode_rows(metrics)
+    if rows_e:
+        parts.append("<h2>N-way K-shot episodes (test)</h2>" + html_table(columns, rows_e)
+                     + f"<p>{html.escape(note)}.</p>")  # fmt: skip
     identities = metrics.get("identities")
     if identities:
         rows = [[part, len(ids), name_list(ids, 100)] for part, ids in identities.items()]  # all: metrics.json

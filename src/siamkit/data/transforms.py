@@ -87,6 +87,13 @@ class BatchAugment:
         theta = torch.stack(
             [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
         )  # (B, 2, 3): output → input sampling map
+        if c.shear > 0:  # then shear: [[1, sx], [sy, 1]] applied to the output coordinates first
+            k = math.pi / 180.0
+            sx = torch.tan(self._uniform(b, -c.shear, c.shear, dev) * k)
+            sy = torch.tan(self._uniform(b, -c.shear, c.shear, dev) * k)
+            one = torch.ones_like(sx)
+            shear = torch.stack([torch.stack([one, sx], 1), torch.stack([sy, one], 1)], 1)  # (B, 2, 2)
+            theta = torch.cat([theta[:, :, :2] @ shear, theta[:, :, 2:]], 2)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if c.brightness > 0:

@@ -25,28 +25,37 @@ from siamkit.runs.artifact import CALIBRATION, WEIGHTS, read_weights
 
 def calibrate_run(
     run_dir: str | os.PathLike[str], data: str, rule: str, backend: Any = "torch", skip_bad: bool = False,
-    n_pairs: int | None = None, seed: int = 0,
+    n_pairs: int | None = None, seed: int = 0, out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Choose the run's threshold by ``rule`` (``accuracy``, ``fpr:<rate>`` or a number; see ``eval.threshold``)
     on the pairs of ``data``: a pairs CSV with a label column (1 = same), or any labelled source (a class-per-folder
     or flat folder, IDX, ...) whose distinct pairs are drawn (up to ``n_pairs`` genuine and impostor each; default
     the run's ``eval.n_pairs``). Writes ``threshold.json`` (the previous thresholds kept in its history) and
-    returns the new threshold with its error rates on those pairs."""
+    returns the new threshold with its error rates on those pairs. With ``out`` (a new folder), the calibrated run
+    is written there instead: a copy of the run with the new threshold (a pretrained name such as ``dlib-face``
+    needs it).
+    Images are read as the run reads them (aligned face chips with ``data.faces=align``)."""
+    from siamkit.data.faces import face_alignment
     from siamkit.data.readers import detect_layout, read_tuples_csv
     from siamkit.evaluate.evaluator import PairScores, parse_threshold_rule, threshold_metrics
     from siamkit.runs.model import open_model
+    from siamkit.runs.named import copy_run, is_pretrained_name, resolve_run_dir
 
     parse_threshold_rule(rule)
-
-    run_dir = Path(run_dir)
+    if out is None and is_pretrained_name(run_dir):
+        raise CheckpointError(f"{run_dir} is a pretrained model shared by every use of its name: give --out RUN "
+                              "(a new folder) to write the calibrated run there")  # fmt: skip
+    run_dir = resolve_run_dir(run_dir)
     model = open_model(run_dir, backend)
     meta = read_weights(run_dir / WEIGHTS)[1]  # the training threshold and config, read once
     run_eval = json.loads(meta["config"]).get("eval", {})
     c, h, w = model.input_shape
-    if detect_layout(data) == "pairs-csv":
-        images, table = read_tuples_csv(data, "pairs", c, (h, w), skip_bad)
-    else:
-        images, table = _drawn_pairs(data, (c, h, w), skip_bad, n_pairs or int(run_eval.get("n_pairs", 5000)), seed)
+    with face_alignment(model.faces):
+        if detect_layout(data) == "pairs-csv":
+            images, table = read_tuples_csv(data, "pairs", c, (h, w), skip_bad)
+        else:
+            pairs = n_pairs or int(run_eval.get("n_pairs", 5000))
+            images, table = _drawn_pairs(data, (c, h, w), skip_bad, pairs, seed)
     emb = model.embedder.embed(images.images)
     assert table.labels is not None
     distances = model.distances(emb[table.index[:, 0]], emb[table.index[:, 1]]).astype(np.float64)
@@ -60,6 +69,8 @@ def calibrate_run(
         **{k: v for k, v in threshold_metrics(scores, threshold).items() if k != "threshold"},
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
+    if out is not None:  # only now, with the threshold chosen: a failure above leaves no folder behind
+        run_dir = copy_run(run_dir, out)
     previous = _previous(run_dir, meta, run_eval.get("threshold", "accuracy"))
     record = {**entry, "history": previous}
     atomic_write_text(run_dir / CALIBRATION, json.dumps(record, indent=2) + "\n")

@@ -13,13 +13,17 @@ def register(sub: Subparsers) -> None:
     v = command(sub, "verify", _verify, "are two images the same identity? (distance vs the run's threshold)", [
         "siamkit verify runs/default a.png b.png",
         "siamkit verify runs/default --pairs pairs.csv --out decisions.csv",
-    ], "Two images, or --pairs CSV (path_a,path_b[,label]).")  # fmt: skip
+        "siamkit verify dlib-face photo_a.jpg photo_b.jpg      # dlib's pretrained face model, no training",
+    ], "Two images, or --pairs CSV (path_a,path_b[,label]). RUN_DIR may be a pretrained name (dlib-face).")  # fmt: skip
     v.add_argument("run_dir")
     v.add_argument("image_a", nargs="?")
     v.add_argument("image_b", nargs="?")
     v.add_argument("--pairs", metavar="CSV", help="decide every pair of this CSV (columns path_a, path_b, label?)")
     v.add_argument("--out", help="decisions CSV to write (default: <CSV>_decisions.csv beside it)")
     v.add_argument("--skip-bad", action="store_true", help="drop pairs whose image cannot be read")
+    v.add_argument("--faces", choices=("align", "off"),
+                   help="find and align the face of each image (default: as the run was trained; off for images "
+                   "that are already face chips)")  # fmt: skip
     model_flags(v, threshold=True)
     output_flags(v)
 
@@ -53,14 +57,15 @@ def _verify(args: argparse.Namespace) -> None:
     if args.pairs:
         if args.image_a or args.image_b:
             raise ConfigError("give either two images or --pairs CSV, not both")
-        r = verify_pairs(open_model(args.run_dir, model_source(args)), args.pairs, args.out, args.skip_bad)
+        r = verify_pairs(open_model(args.run_dir, model_source(args), args.faces), args.pairs, args.out,
+                         args.skip_bad)  # fmt: skip
         acc = f", accuracy {r['accuracy']:.4f} against the label column" if "accuracy" in r else ""
         same = f"{r['same']} judged same" if "same" in r else "no threshold saved"
         emit(r, args.format, f"{r['pairs']} pairs: {same}{acc}\nwritten: {r['decisions']}")
         return
     if not (args.image_a and args.image_b):
         raise ConfigError("verify needs two images (IMAGE_A IMAGE_B) or --pairs CSV")
-    v = open_model(args.run_dir, model_source(args)).verify_many(args.image_a, args.image_b)[0]
+    v = open_model(args.run_dir, model_source(args), args.faces).verify_many(args.image_a, args.image_b)[0]
     r = {"image_a": args.image_a, "image_b": args.image_b, **v.to_dict()}
     verdict = "unknown (no threshold saved)" if v.same is None else ("same" if v.same else "different")
     thr = "none" if v.threshold is None else f"{v.threshold:.4f}"

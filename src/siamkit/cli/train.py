@@ -52,6 +52,7 @@ def register(sub: Subparsers) -> None:
     ca = command(sub, "calibrate", _calibrate, "re-choose a run's verification threshold on your own pairs", [
         "siamkit calibrate runs/default --data pairs.csv --fpr 0.001",
         "siamkit calibrate runs/my_faces --data held_out_people/",
+        "siamkit calibrate dlib-face --data my_people/ --fpr 0.001 --out runs/dlib-face-mine",
     ], "DATA is a pairs CSV (path_a,path_b,label; 1 = same) or labelled images (a folder per identity, ...), whose "
        "distinct pairs are drawn. The new threshold is saved with the run (RUN_DIR/threshold.json, earlier ones kept "
        "in its history) and used by verify, search, serve and eval.")  # fmt: skip
@@ -63,6 +64,8 @@ def register(sub: Subparsers) -> None:
     ca.add_argument("--pairs-per-kind", type=int, help="labelled images: genuine and impostor pairs to draw each "
                     "(default: the run's eval.n_pairs)")  # fmt: skip
     ca.add_argument("--skip-bad", action="store_true", help="drop pairs whose image cannot be read")
+    ca.add_argument("--out", help="write the calibrated run to this new folder (a copy) instead of RUN_DIR; "
+                    "needed for a pretrained name such as dlib-face")  # fmt: skip
     model_flags(ca)
     output_flags(ca)
 
@@ -111,7 +114,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     from siamkit.calibration import calibrate_run
 
     rule = f"fpr:{args.fpr}" if args.fpr is not None else (args.rule or "accuracy")
-    r = calibrate_run(args.run_dir, args.data, rule, model_source(args), args.skip_bad, args.pairs_per_kind)
+    r = calibrate_run(args.run_dir, args.data, rule, model_source(args), args.skip_bad, args.pairs_per_kind,
+                      out=args.out)  # fmt: skip
     old = "none" if r["previous_threshold"] is None else f"{r['previous_threshold']:.4f}"
     emit(r, args.format, f"threshold {r['threshold']:.4f} ({rule}; was {old}) on {r['genuine_pairs']} genuine + "
          f"{r['impostor_pairs']} impostor pairs: false-accept rate {r['false_accept_rate']:.4f}, false-reject rate "

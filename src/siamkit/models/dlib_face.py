@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from siamkit.errors import ConfigError
-from siamkit.models.pretrained import Preset
+from siamkit.models.pretrained import DLIB_FACE_PRESET
 from siamkit.models.registry import BACKBONES
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -44,7 +44,7 @@ DLIB_THRESHOLD = 0.6
 """dlib's published decision distance: the same person when the Euclidean distance is below it."""
 DLIB_MEANS = (122.782, 117.001, 104.298)
 CHIP_SIZE = 150
-DLIB_PRESET = Preset(CHIP_SIZE, [m / 255.0 for m in DLIB_MEANS], [256.0 / 255.0] * 3)
+DLIB_PRESET = DLIB_FACE_PRESET
 
 
 def model_file(name: str = MODEL_FILE) -> Path:

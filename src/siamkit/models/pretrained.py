@@ -77,6 +77,8 @@ TORCHVISION: dict[str, TorchvisionSpec] = {
     ),
 }  # fmt: skip
 TORCHVISION_PRESET = Preset(224, IMAGENET_MEAN, IMAGENET_STD)
+DLIB_FACE_PRESET = Preset(150, [122.782 / 255.0, 117.001 / 255.0, 104.298 / 255.0], [256.0 / 255.0] * 3)
+"""dlib's face ResNet: 150×150 RGB chips, ``(x − mean) / 256`` on 0–255 pixels, i.e. these on pixels in [0, 1]."""
 
 
 def hub_checkpoint(url: str) -> Path:
@@ -233,7 +235,10 @@ def create_timm_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 
 def backbone_preset(name: str, args: dict[str, Any]) -> Preset | None:
-    """The input size and normalisation that ``name``'s weights expect, when weights are asked for."""
+    """The input size and normalisation that ``name``'s weights expect, when weights are asked for (``dlib-face``:
+    always, its weights being the default)."""
+    if name == "dlib-face":
+        return DLIB_FACE_PRESET
     if not (args.get("pretrained") or args.get("weights")):
         return None
     if name in TORCHVISION:

@@ -95,7 +95,10 @@ def export_onnx(
     graph = EmbeddingGraph(embedder).eval()
     example = torch.zeros(2, *embedder.input_shape)
     proto = _to_onnx(graph, example, opset)
-    meta = {**embedder.describe(), "normalize": embedder.normalize, "backend": "onnx"}
+    from siamkit.data.faces import resolve_mode
+
+    faces = resolve_mode(embedder.run.cfg.data.faces, embedder.run.cfg.model.backbone)  # how images are read
+    meta = {**embedder.describe(), "normalize": embedder.normalize, "backend": "onnx", "faces": faces}
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_META_KEY, json.dumps(meta)

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from siamkit.data.images import image_to_array, to_mode, upright
 from siamkit.devices import keep_freed_memory
-from siamkit.errors import SiamkitError
+from siamkit.errors import DataError, SiamkitError
 from siamkit.files import atomic_write_bytes
 from siamkit.index.gallery import Gallery, locked
 from siamkit.runs.embedders import Embedder, ModelSource
@@ -73,8 +73,14 @@ class Service:
         """The validated upload in the model's colour mode (``L`` or ``RGB``), at its own size."""
         return to_mode(decode_image(data, self.limits, name, budget), self.model.input_shape[0])
 
-    def to_input(self, img: Image.Image) -> np.ndarray:
+    def to_input(self, img: Image.Image, name: str = "image") -> np.ndarray:
+        """The model's input for an upload: its aligned face chip first when the run's images are faces."""
         c, h, w = self.model.input_shape
+        if self.model.faces == "align":
+            try:
+                img = self.model.face(img, name)
+            except DataError as exc:
+                raise HTTPException(422, str(exc)) from None
         return image_to_array(img, c, (h, w))
 
     @staticmethod
@@ -87,7 +93,7 @@ class Service:
         return blobs
 
     def _inputs(self, blobs: list[bytes], field: str, budget: list[int] | None) -> list[np.ndarray]:
-        return [self.to_input(self.decode(b, field, budget)) for b in blobs]
+        return [self.to_input(self.decode(b, field, budget), field) for b in blobs]
 
     async def images(self, payload: Payload, field: str, count: int | None = 1) -> list[np.ndarray]:
         """Model inputs ``(C, H, W)`` uint8 of the images of ``field``: decoded and resized in the thread pool."""

@@ -20,6 +20,7 @@ import torch
 from siamkit import distributed
 from siamkit.config import RunConfig, dump_config, from_dict, to_dict
 from siamkit.data.cache import ImageArray, as_tensor
+from siamkit.data.faces import CHIP_SIZE, face_alignment, resolve_mode
 from siamkit.data.imageset import ImageSet
 from siamkit.data.readers import DatasetBundle, load_dataset, stratified_sample
 from siamkit.data.samplers import PKSampler
@@ -50,6 +51,7 @@ from siamkit.runs.artifact import FORMAT, WEIGHTS, LoadedRun, load_run
 from siamkit.training.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.training.checkpoint import save_weights
 from siamkit.training.loop import FitData, FitHooks, FitResult, fit
+from siamkit.training.pretrained_start import apply_pretrained_defaults, init_identity_head
 
 log = logging.getLogger(__name__)
 MAX_TRAIN_EVAL = 10000  # training-set verification metrics use at most this many images
@@ -70,6 +72,9 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     with pretrained weights sets the input size, channels and normalisation its weights expect, unless the
     config sets them."""
     preset = backbone_preset(cfg.model.backbone, cfg.model.backbone_args)
+    cfg.data.faces = resolve_mode(cfg.data.faces, cfg.model.backbone)  # the run records what it read
+    if cfg.data.faces == "align" and cfg.data.image_size is None:
+        cfg.data.image_size = CHIP_SIZE
     if preset is not None:
         cfg.data.image_size = cfg.data.image_size or preset.input_size
         cfg.data.channels = cfg.data.channels or preset.channels
@@ -78,9 +83,11 @@ def prepare_data(cfg: RunConfig) -> Prepared:
         log.info("input %d×%d, %d channels, normalisation of the %s weights", cfg.data.image_size,
                  cfg.data.image_size, cfg.data.channels, cfg.model.backbone)  # fmt: skip
     parse_threshold_rule(cfg.eval.threshold)  # a bad rule fails now, not after training
-    bundle = load_dataset(cfg.data)
+    with face_alignment(cfg.data.faces):
+        bundle = load_dataset(cfg.data)
     splits = make_splits(bundle, cfg.data, cfg.train.seed)
     apply_recipe(cfg, splits.method)
+    apply_pretrained_defaults(cfg)  # dlib-face: the model before training is the pretrained one
     if loss_trait(cfg, "needs_sigmoid_head", False):  # the model is built with the head the loss trains
         cfg.model.sigmoid_head = True
     explicit: frozenset[str] | None = getattr(cfg, "explicit_keys", None)
@@ -175,6 +182,8 @@ def train_run(
     s = prep.splits
     n_classes = s.n_classes
     model = build_model(cfg.model, prep.input_shape[0])
+    if init_identity_head(model, cfg.model.backbone):
+        log.info("embedding head initialised to the identity: the model before training is %s's", cfg.model.backbone)
     loss_fn = make_loss(cfg, n_classes, model.embedding_dim)
     untrained = copy.deepcopy(model).eval()  # the "untrained network" baseline: these very initial weights
     if info.enabled:  # same initial weights on every rank (built above), then each rank its own random draws
@@ -453,7 +462,9 @@ def evaluate_run(
     ``eval/metrics.json`` and plots inside the run directory. With ``as_test``, all of ``data`` is test data (no
     split, no training or validation rows), scored into a new ``eval-<data name>`` folder of the run."""
     from siamkit.config import set_key
+    from siamkit.runs.named import resolve_run_dir
 
+    run_dir = resolve_run_dir(run_dir)  # a pretrained name (dlib-face) is a run folder too
     run = load_run(run_dir)
     cfg_dict = to_dict(run.cfg)
     if data is not None:
@@ -499,7 +510,8 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
     untrained-network baselines (on the same pairs; without validation data they get no threshold of their own)."""
     from siamkit.calibration import all_images
 
-    bundle = load_dataset(cfg.data)
+    with face_alignment(resolve_mode(cfg.data.faces, cfg.model.backbone)):
+        bundle = load_dataset(cfg.data)
     images = bundle.images if bundle.tuples is not None else all_images(bundle)
     tuples = bundle.tuples.as_pairs() if bundle.tuples is not None else None
     if tuples is None and not images.has_labels:

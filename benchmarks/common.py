@@ -51,5 +51,10 @@ def metric_keys(test: dict[str, Any]) -> dict[str, Any]:
         "precision_at_1": round(test["precision_at_1"], 4), "r_precision": round(test["r_precision"], 4),
         "map_at_r": round(test["map_at_r"], 4), "auc": round(test["auc"], 4), "eer": round(test["eer"], 4),
         "tpr_at_fpr": {str(t["fpr"]): round(t["tpr_interpolated"], 4) for t in test["tpr_at_fpr"]},
-        "verification_accuracy": round(test["verification_accuracy"], 4),
+        "verification_accuracy": round(test["verification_accuracy"], 4), "episodes": episode_keys(test),
     }  # fmt: skip
+
+
+def episode_keys(test: dict[str, Any]) -> dict[str, float]:
+    """The N-way K-shot accuracies of a split's metrics (``"20way1shot": 0.95``, …), rounded."""
+    return {k: round(v["accuracy"], 4) for k, v in (test.get("episodes") or {}).items() if "accuracy" in v}

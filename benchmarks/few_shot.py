@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 import torch
-from common import metric_keys
+from common import episode_keys, metric_keys
 from peers import train_pml
 
 from siamkit.config import load_config
@@ -39,10 +39,6 @@ from siamkit.training.pipeline import train_run
 RUNS = ("siamkit-default", "pml-ms", "siamkit-closed-set", "siamkit-open-set", "siamkit-metric")
 
 
-def episode_keys(test: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v["accuracy"], 4) for k, v in (test.get("episodes") or {}).items() if "accuracy" in v}
-
-
 def line(run: str, r: dict[str, Any], wall: float, cfg: Any) -> dict[str, Any]:
     test = r["test"]
     out: dict[str, Any] = {
@@ -51,7 +47,7 @@ def line(run: str, r: dict[str, Any], wall: float, cfg: Any) -> dict[str, Any]:
         "best_epoch": r.get("best_epoch"), "train_seconds": r.get("train_seconds"),
         "images_per_second": r.get("images_per_second"), "wall_seconds": round(wall, 1),
         "identities": {k: len(v) for k, v in (r.get("identities") or {}).items()},
-        "episodes": episode_keys(test), **metric_keys(test),
+        **metric_keys(test),
     }  # fmt: skip
     for name, b in (r.get("baselines") or {}).items():
         bt = b.get("test") or {}

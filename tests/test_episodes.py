@@ -167,8 +167,8 @@ def glyph_run(tmp_path_factory):
     if not os.path.isdir(DEJAVU):
         pytest.fail(f"{DEJAVU} missing: apt-get install fonts-dejavu-core (scripts/system-deps.sh installs it)")
     root = tmp_path_factory.mktemp("glyphs")
-    counts = write_glyph_folders(root / "g", per_class=8, size=16, max_characters=12, font_dirs=[DEJAVU])
-    cfg = load_config(None, [f"data.source={root / 'g'}", f"runs_dir={root / 'runs'}", "name=g", "train.epochs=4",
+    counts = write_glyph_folders(root / "g", per_class=10, size=20, max_characters=12, font_dirs=[DEJAVU])
+    cfg = load_config(None, [f"data.source={root / 'g'}", f"runs_dir={root / 'runs'}", "name=g", "train.epochs=6",
                              "eval.episodes=300", "eval.way=[5]", "eval.shot=[1]", "eval.tsne_points=0",
                              "train.progress=false", "data.cache=false", "eval.n_pairs=1000"])  # fmt: skip
     return counts, train_run(cfg)
@@ -176,7 +176,7 @@ def glyph_run(tmp_path_factory):
 
 def test_glyph_set_is_grouped_by_script(glyph_run):
     counts, r = glyph_run
-    assert counts["alphabets"] >= 8 and counts["images"] == counts["classes"] * 8
+    assert counts["alphabets"] >= 8 and counts["images"] == counts["classes"] * 10
     held = {n.split("/")[0] for part in ("validation", "test") for n in r["identities"][part]}
     assert held and not held & {n.split("/")[0] for n in r["identities"]["train"]}
 

@@ -56,3 +56,24 @@ def test_augment_is_per_sample_and_identity_when_neutral():
     pre = Preprocess([0.5], [0.25], AugmentConfig(enabled=True))
     u8 = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
     assert torch.allclose(pre(u8), torch.full((2, 1, 4, 4), 2.0))  # eval: no augmentation
+
+
+def test_augment_shear_maps_pixels_as_the_drawn_shear_says():
+    """A shear alone (no rotation, scale, shift): each output pixel samples the input at (x + tan(sx)·y, tan(sy)·x + y)
+    in grid units; a plain per-image reference with the same draws."""
+    import math
+
+    import torch.nn.functional as F
+
+    x = torch.rand(4, 1, 9, 9)
+    cfg = AugmentConfig(enabled=True, degrees=0, translate=0, scale_min=1, scale_max=1, shear=20)
+    out = BatchAugment(cfg, torch.Generator().manual_seed(3))(x.clone())
+    gen = torch.Generator().manual_seed(3)
+    draws = [torch.rand(4, generator=gen) for _ in range(7)]  # angle, scale, tx, ty, flip, then the two shears
+    for i in range(4):
+        sx, sy = (math.tan(math.radians(float(d[i]) * 40 - 20)) for d in draws[5:7])
+        theta = torch.tensor([[[1.0, sx, 0.0], [sy, 1.0, 0.0]]])
+        grid = F.affine_grid(theta, [1, 1, 9, 9], align_corners=False)
+        want = F.grid_sample(x[i : i + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        assert torch.allclose(out[i : i + 1], want.clamp(0, 1), atol=1e-5)
+    assert not torch.allclose(out, x, atol=1e-3)

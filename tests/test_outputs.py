@@ -114,3 +114,15 @@ def test_the_verdict_compares_the_test_figures_with_the_baselines():
     assert said.startswith("The kept model is the untrained network") and "Raw pixels rank the test identities" in said
     assert verdict(metrics(0.605, 0.6, 0.7)).startswith("The network before training ranks")
     assert verdict(metrics(0.605, 0.6, 0.6)).startswith("On a par")
+
+
+def test_the_verdict_names_the_descriptor_when_it_ranks_better():
+    from siamkit.report import verdict
+
+    m = {"test": {"map_at_r": 0.30}, "split": "identity", "recipe": "metric",
+         "baselines": {"pixels": {"test": {"map_at_r": 0.10}}, "untrained": {"test": {"map_at_r": 0.05}},
+                       "descriptor": {"test": {"map_at_r": 0.40}}}}  # fmt: skip
+    said = verdict(m)
+    assert said.startswith("Training helped") and "descriptor" in said and "--recipe open-set" in said
+    m["baselines"]["descriptor"]["test"]["map_at_r"] = 0.25
+    assert "descriptor" not in verdict(m)

@@ -57,7 +57,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data.augment.enabled": True,
         "data.augment.hflip": 0.0,
         "model.embedding_dim": 128,
-        "train.epochs": 15,
+        "train.epochs": 25,
     },
 }
 MIN_METRIC_IDENTITIES = 30

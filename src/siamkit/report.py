@@ -178,6 +178,15 @@ def verdict(metrics: dict[str, Any]) -> str | None:
     if metrics.get("best_epoch") == 0 and metrics.get("epochs_run"):
         kept = "The kept model is the untrained network (no epoch beat it on validation). "
     margin = 0.01
+    said = _verdict_vs(t, px, un, margin, who, figures, kept)
+    desc = base.get("descriptor", {}).get("map_at_r")
+    if desc is not None and desc > t + margin and metrics.get("recipe") != "open-set":
+        said += (f" The descriptor (gradient histograms, nothing learned) ranks them better still (MAP@R {desc:.3f}): "
+                 "with few training identities, --recipe open-set starts from it.")  # fmt: skip
+    return said
+
+
+def _verdict_vs(t: float, px: float, un: float | None, margin: float, who: str, figures: str, kept: str) -> str:
     if t >= px + margin and (un is None or t >= un + margin):
         return f"{kept}Training helped: on the {who}, {figures}."
     if t < px - margin:

@@ -75,11 +75,15 @@ def resolve_recipe(cfg: RunConfig, split: str, train_identities: int | None = No
     if split != "identity":
         return "closed-set", f"auto: a {split} split (test images of the training classes)"
     if train_identities is not None and train_identities >= MIN_METRIC_IDENTITIES:
-        return "metric", (f"auto: an identity split with {train_identities} training identities (≥ "
-                          f"{MIN_METRIC_IDENTITIES}: enough to learn a similarity that carries to new ones)")
+        return "metric", (
+            f"auto: an identity split with {train_identities} training identities (≥ "
+            f"{MIN_METRIC_IDENTITIES}: enough to learn a similarity that carries to new ones)"
+        )
     count = "few" if train_identities is None else str(train_identities)
-    return "open-set", (f"auto: an identity split with {count} training identities (< {MIN_METRIC_IDENTITIES}: "
-                        "too few to learn a similarity that carries; the descriptor start transfers better)")
+    return "open-set", (
+        f"auto: an identity split with {count} training identities (< {MIN_METRIC_IDENTITIES}: "
+        "too few to learn a similarity that carries; the descriptor start transfers better)"
+    )
 
 
 def apply_recipe(cfg: RunConfig, split: str, train_identities: int | None = None) -> str:

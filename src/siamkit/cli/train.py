@@ -46,6 +46,14 @@ def register(sub: Subparsers) -> None:
     e.add_argument("--as-test", action="store_true",
                    help="all of --data is held-out test data: no split, scored with the run's threshold into "
                    "RUN_DIR/eval-<name>/ (a new folder each time)")  # fmt: skip
+    e.add_argument("--episodes", type=int, help="N-way K-shot episodes per setting on the test identities "
+                   "(default 1000; 0: none)")  # fmt: skip
+    e.add_argument("--way", help="classes per episode, e.g. 5 or 5,20 (default 5,20)")
+    e.add_argument("--shot", help="support images per class, e.g. 1 or 1,5 (default 1,5)")
+    e.add_argument("--query", type=int, help="query images per class (default 15)")
+    e.add_argument("--seed", type=int, help="seed of the episodes (default 0)")
+    e.add_argument("--within-group", action="store_true", help="draw each episode's classes from one group "
+                   "(root/<group>/<class>/ folders: within alphabet)")  # fmt: skip
     overrides_flag(e, "eval.n_pairs=20000")
     output_flags(e)
 
@@ -99,8 +107,18 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from siamkit.training.pipeline import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.data, args.overrides, args.as_test)
+    overrides = list(args.overrides)
+    for flag, key in EPISODE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None and value is not False:
+            value = f"[{value}]" if flag in ("way", "shot") else value
+            overrides.append(f"eval.{key}={str(value).lower() if isinstance(value, bool) else value}")
+    result = evaluate_run(args.run_dir, args.data, overrides, args.as_test)
     emit(result, args.format, summary_table(result) + f"\nwritten: {result['eval_dir']}")
+
+
+EPISODE_FLAGS = {"episodes": "episodes", "way": "way", "shot": "shot", "query": "query", "seed": "episode_seed",
+                 "within_group": "within_group"}  # fmt: skip
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -147,6 +165,8 @@ def summary_table(result: dict[str, Any]) -> str:
             f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
             f"   images/s: {result['images_per_second']:.0f}   best epoch: {result['best_epoch']}"
         )
+    if result.get("recipe_reason"):
+        head.append(f"recipe: {result['recipe']} ({result['recipe_reason']})")
     identities = result.get("identities")
     if identities:
         head.append("identity split (open set): " + "; ".join(
@@ -158,6 +178,13 @@ def summary_table(result: dict[str, Any]) -> str:
         far = f"; at the threshold: false-accept rate {test['false_accept_rate']:.4f}, false-reject rate " \
               f"{test['false_reject_rate']:.4f}" if "false_accept_rate" in test else ""  # fmt: skip
         lines.append(f"test verification accuracy, 10-fold (LFW protocol): {k['mean']:.4f} ± {k['std']:.4f}{far}")
+    from siamkit.report import episode_rows
+
+    columns, rows_e, note = episode_rows(result)
+    if rows_e:
+        cells = [columns, *rows_e]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+        lines += ["", *("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells), f"({note})"]
     foot = ["(* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful)"]
     if result.get("baselines"):
         foot.append("(raw pixels / untrained net: the same test pairs scored without training — the bar to beat)")

@@ -167,7 +167,9 @@ def alphabets(
     return out
 
 
-def render(char: str, font: ImageFont.FreeTypeFont, rng: np.random.Generator, size: int, style: GlyphStyle) -> Image.Image:
+def render(
+    char: str, font: ImageFont.FreeTypeFont, rng: np.random.Generator, size: int, style: GlyphStyle
+) -> Image.Image:
     """One instance of ``char``: drawn centred (by its ink's bounding box) at the style's font size with a random
     stroke width, warped by a random affine map, blurred, reduced to ``size``×``size`` (mode ``L``)."""
     n = style.canvas
@@ -212,8 +214,10 @@ def write_glyph_folders(
     cover = coverage(files)
     found = alphabets(cover, max_characters, seed=seed, scripts=scripts)
     if len(found) < 3:
-        raise DataError(f"only {len(found)} scripts are covered by the fonts under {', '.join(map(str, font_dirs))}; "
-                        "install fonts (Debian: apt-get install fonts-noto-core fonts-dejavu fonts-freefont-ttf)")
+        raise DataError(
+            f"only {len(found)} scripts are covered by the fonts under {', '.join(map(str, font_dirs))}; "
+            "install fonts (Debian: apt-get install fonts-noto-core fonts-dejavu fonts-freefont-ttf)"
+        )
     root = Path(root)
     loaded: dict[tuple[Path, int], ImageFont.FreeTypeFont] = {}
     n_images = 0

@@ -65,6 +65,8 @@ class Prepared:
     splits: Splits
     preprocess: Preprocess
     input_shape: tuple[int, int, int]
+    recipe_reason: str = ""
+    """Why ``cfg.recipe`` (``siamkit.recipes.resolve_recipe``)."""
 
 
 def prepare_data(cfg: RunConfig) -> Prepared:
@@ -86,7 +88,7 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     with face_alignment(cfg.data.faces):
         bundle = load_dataset(cfg.data)
     splits = make_splits(bundle, cfg.data, cfg.train.seed)
-    apply_recipe(cfg, splits.method)
+    reason = apply_recipe(cfg, splits.method, len(np.unique(splits.train.images.labels)))
     apply_pretrained_defaults(cfg)  # dlib-face: the model before training is the pretrained one
     if loss_trait(cfg, "needs_sigmoid_head", False):  # the model is built with the head the loss trains
         cfg.model.sigmoid_head = True
@@ -109,7 +111,7 @@ def prepare_data(cfg: RunConfig) -> Prepared:
         cfg.data.image_size = h
     pre = Preprocess(cfg.data.mean, cfg.data.std, cfg.data.augment, seed=cfg.train.seed)
     log.info("input %d×%d×%d (channels × height × width) from %s", c, h, w, bundle.name)
-    return Prepared(cfg, bundle, splits, pre, (c, h, w))
+    return Prepared(cfg, bundle, splits, pre, (c, h, w), reason)
 
 
 def make_loss(cfg: RunConfig, num_classes: int = 0, embedding_dim: int | None = None) -> SiameseLoss:
@@ -300,6 +302,8 @@ def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[s
         "monitor": result.monitor,
         "stopped_early": result.stopped_early,
         "split_sizes": {k: len(getattr(prep.splits, k).images) for k in ("train", "val", "test")},
+        "recipe": prep.cfg.recipe,
+        "recipe_reason": prep.recipe_reason,
         **({} if result.initial_score is None else {f"initial_val_{result.monitor}": -result.initial_score}),
     }
 

@@ -33,6 +33,8 @@ class AugmentConfig:
     scale_min: float = 0.9
     scale_max: float = 1.1
     hflip: float = 0.0
+    shear: float = 0.0
+    """Largest shear angle in degrees (x and y, drawn independently), as Koch et al.'s affine distortions."""
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
@@ -274,6 +276,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "data.augment.scale_min": (0, INF, False, False),
     "data.augment.scale_max": (0, INF, False, False),
     "data.augment.hflip": (0, 1, True, True),
+    "data.augment.shear": (0, 60, True, True),
     "data.augment.brightness": (0, 1, True, True),
     "data.augment.contrast": (0, 1, True, True),
     "data.augment.saturation": (0, 1, True, True),

@@ -273,8 +273,8 @@ class Affine(nn.Module):
 
 def conv_affine(conv: nn.Conv2d, affine: Affine, x: torch.Tensor) -> torch.Tensor:
     """``affine(conv(x))`` as one convolution with the affine folded into its weights and bias (``γ·W``,
-    ``γ·b + β``): the same function and gradients, without two passes over the activations (about 1.5× faster
-    on a CPU, where those passes cost as much as the convolutions)."""
+    ``γ·b + β``): the same function and gradients, without two passes over the activations (the best of six
+    batches of 32 on two CPU cores: 145 faces/s against 118 unfolded)."""
     gamma = affine.weight
     bias = conv.bias * gamma + affine.bias if conv.bias is not None else affine.bias
     return F.conv2d(x, conv.weight * gamma.view(-1, 1, 1, 1), bias, conv.stride, conv.padding)

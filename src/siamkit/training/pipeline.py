@@ -494,6 +494,7 @@ def evaluate_run(
     with made_folder(out):
         torch.manual_seed(cfg.train.seed)
         untrained = build_model(cfg.model, run.input_shape[0]).eval()  # a fresh initialisation with the run's seed
+        init_identity_head(untrained, cfg.model.backbone)  # dlib-face: the pretrained model, as in training
         metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out, untrained=untrained)
         metrics["dataset"] = prep.bundle.name
         _write_metrics(metrics, out)
@@ -528,6 +529,7 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
     test.metrics["verification_accuracy_best"] = test.pairs.accuracy_at()[1]
     torch.manual_seed(seed)
     untrained = build_model(cfg.model, run.input_shape[0]).eval()
+    init_identity_head(untrained, cfg.model.backbone)
     embedders = baseline_embedders(len(images), run.input_shape, untrained, run.preprocess, cfg.eval.batch_size,
                                    device)  # fmt: skip
     baselines: dict[str, Any] = {}

@@ -155,7 +155,7 @@ def test_eval_as_test_scores_all_of_a_held_out_folder_into_its_own_folder(traine
     assert r["test"]["n_queries"] == n_images  # every image is a query: nothing was held back for a split
     assert r["threshold"] == pytest.approx(json.loads((run / "metrics.json").read_text())["threshold"])
     assert (run / "eval-held" / "metrics.json").is_file() and (run / "eval-held" / "roc.png").is_file()
-    assert set(r["baselines"]) == {"pixels", "untrained"}
+    assert set(r["baselines"]) == {"pixels", "untrained", "descriptor"}
     code, out, _ = _run(capsys, "eval", str(run), "--data", str(held), "--as-test", "--format", "json")
     assert code == 0 and Path(json.loads(out)["eval_dir"]) == run / "eval-held-2"  # never overwritten
     assert json.loads((run / "eval-held" / "metrics.json").read_text())["test"] == r["test"]

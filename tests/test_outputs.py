@@ -126,3 +126,14 @@ def test_the_verdict_names_the_descriptor_when_it_ranks_better():
     assert said.startswith("Training helped") and "descriptor" in said and "--recipe open-set" in said
     m["baselines"]["descriptor"]["test"]["map_at_r"] = 0.25
     assert "descriptor" not in verdict(m)
+
+
+def test_a_pretrained_start_is_named_so_not_untrained():
+    from siamkit.report import split_entries, verdict
+
+    m = {"test": {"map_at_r": 0.8}, "split": "identity", "initial_model": "pretrained", "best_epoch": 0,
+         "epochs_run": 3, "baselines": {"pixels": {"test": {"map_at_r": 0.2}}, "untrained": {"test": {"map_at_r": 0.8}}}}  # fmt: skip
+    assert [name for name, _ in split_entries(m)] == ["test", "test: raw pixels", "test: pretrained, unchanged"]
+    assert verdict(m).startswith("The kept model is the pretrained one, unchanged")
+    named = {**m, "as_test": True, "epochs_run": None}
+    assert verdict(named).startswith("A pretrained model, not trained on this data")

@@ -99,7 +99,7 @@ def episode_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], s
     if not keys:
         return [], [], ""
     entries = [("model", test)] + [
-        (BASELINE_NAMES.get(name, name), (b.get("test") or {}).get("episodes") or {})
+        (baseline_name(metrics, name), (b.get("test") or {}).get("episodes") or {})
         for name, b in (metrics.get("baselines") or {}).items()
     ]
     rows = [[who, *(f"{e[k]['accuracy']:.4f} ± {e[k]['ci95']:.4f}" if "accuracy" in e.get(k, {}) else "-"
@@ -119,8 +119,16 @@ def split_entries(metrics: dict[str, Any], baselines: bool = True) -> list[tuple
     entries = [(split, metrics[split]) for split in ("train", "validation", "test") if metrics.get(split)]
     for key, b in (metrics.get("baselines") or {}).items() if baselines else ():
         if b.get("test"):
-            entries.append((f"test: {BASELINE_NAMES.get(key, key)}", b["test"]))
+            entries.append((f"test: {baseline_name(metrics, key)}", b["test"]))
     return entries
+
+
+def baseline_name(metrics: dict[str, Any], key: str) -> str:
+    """How a baseline is shown: the ``untrained`` one of a run that starts from pretrained weights is that
+    pretrained model, unchanged."""
+    if key == "untrained" and metrics.get("initial_model") == "pretrained":
+        return "pretrained, unchanged"
+    return BASELINE_NAMES.get(key, key)
 
 
 def metrics_rows(metrics: dict[str, Any], baselines: bool = True) -> list[list[Any]]:
@@ -173,11 +181,16 @@ def verdict(metrics: dict[str, Any]) -> str | None:
     who = "test identities (never seen in training)" if metrics.get("split") == "identity" else "test images"
     t, px = test["map_at_r"], base["pixels"]["map_at_r"]
     un = base["untrained"]["map_at_r"] if "untrained" in base else None
-    figures = f"MAP@R {t:.3f} against {px:.3f} for raw pixels" + ("" if un is None else f" and {un:.3f} untrained")
+    pretrained = metrics.get("initial_model") == "pretrained"
+    before = "for the pretrained model unchanged" if pretrained else "untrained"
+    figures = f"MAP@R {t:.3f} against {px:.3f} for raw pixels" + ("" if un is None else f" and {un:.3f} {before}")
     kept = ""
     if metrics.get("best_epoch") == 0 and metrics.get("epochs_run"):
-        kept = "The kept model is the untrained network (no epoch beat it on validation). "
+        kept = ("The kept model is the pretrained one, unchanged (no epoch beat it on validation). " if pretrained
+                else "The kept model is the untrained network (no epoch beat it on validation). ")  # fmt: skip
     margin = 0.01
+    if pretrained and not metrics.get("epochs_run") and metrics.get("as_test"):
+        return f"A pretrained model, not trained on this data: on the {who}, MAP@R {t:.3f} against {px:.3f} for pixels."
     said = _verdict_vs(t, px, un, margin, who, figures, kept)
     desc = base.get("descriptor", {}).get("map_at_r")
     if desc is not None and desc > t + margin and metrics.get("recipe") != "open-set":

@@ -187,7 +187,9 @@ def summary_table(result: dict[str, Any]) -> str:
         lines += ["", *("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells), f"({note})"]
     foot = ["(* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful)"]
     if result.get("baselines"):
-        foot.append("(raw pixels / untrained net: the same test pairs scored without training — the bar to beat)")
+        before = "pretrained, unchanged" if result.get("initial_model") == "pretrained" else "untrained net"
+        foot.append(f"(raw pixels / {before} / descriptor: the same test pairs scored without training — the bar to "
+                    "beat)")  # fmt: skip
     said = verdict(result)
     if said:
         foot.append(said)

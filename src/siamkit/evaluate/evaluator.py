@@ -119,9 +119,17 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+PAIR_CHUNK_VALUES = 16_000_000  # pair rows gathered at once: at most this many values per side (64 MB of float32)
+
+
 def pair_distances(emb: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distance: Distance) -> torch.Tensor:
-    """Dissimilarities ``(M,)`` of the embedding pairs ``(i, j)`` (a similarity is negated: smaller = closer)."""
-    return as_dissimilarity(distance.pairwise(emb[i], emb[j]), distance)
+    """Dissimilarities ``(M,)`` of the embedding pairs ``(i, j)`` (a similarity is negated: smaller = closer),
+    gathered a chunk of pairs at a time: wide embeddings (raw pixels of photos) never copy one row per pair at
+    once."""
+    step = max(1, PAIR_CHUNK_VALUES // max(1, emb.shape[1] if emb.ndim > 1 else 1))
+    parts = [distance.pairwise(emb[i[s : s + step]], emb[j[s : s + step]]) for s in range(0, len(i), step)]
+    values = torch.cat(parts) if parts else torch.empty(0, dtype=emb.dtype)
+    return as_dissimilarity(values, distance)
 
 
 def pair_scores(emb: torch.Tensor, table: TupleTable, distance: Distance | None = None) -> PairScores:

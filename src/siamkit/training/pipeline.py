@@ -304,8 +304,15 @@ def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[s
         "split_sizes": {k: len(getattr(prep.splits, k).images) for k in ("train", "val", "test")},
         "recipe": prep.cfg.recipe,
         "recipe_reason": prep.recipe_reason,
+        "initial_model": initial_model(prep.cfg),
         **({} if result.initial_score is None else {f"initial_val_{result.monitor}": -result.initial_score}),
     }
+
+
+def initial_model(cfg: RunConfig) -> str:
+    """What the run's "untrained" baseline is: ``pretrained`` when the backbone starts from trained weights
+    (``dlib-face``, a torchvision/timm network with weights), else ``untrained`` (random initial weights)."""
+    return "pretrained" if backbone_preset(cfg.model.backbone, cfg.model.backbone_args) is not None else "untrained"
 
 
 def split_summary(splits: Splits) -> dict[str, Any]:
@@ -536,7 +543,8 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
     for name, embed in embedders.items():
         b = evaluate_embeddings(embed(images.images), images, tuples, cfg.eval, None, seed + 13, episodes=True)
         baselines[name] = {"test": b.metrics}
-    metrics = {"threshold": run.threshold, "as_test": True, "data": cfg.data.source, "dataset": bundle.name,
+    metrics = {"threshold": run.threshold, "as_test": True, "initial_model": initial_model(cfg),
+               "data": cfg.data.source, "dataset": bundle.name,
                "test": test.metrics, "split_sizes": {"test": len(images)}, "baselines": baselines}  # fmt: skip
     with made_folder(next_free(run_dir / f"eval-{_slug(bundle.name)}")) as out:
         _plots(out, {"test": test}, run.threshold if run.threshold is not None else test.pairs.accuracy_at()[0],

@@ -28,11 +28,12 @@ SHORTCUTS = {
 
 
 def load(run_dir: Any, backend: str = "torch", device: str = "cpu", onnx: str | None = None,
-         threshold: float | None = None) -> Model:  # fmt: skip
-    """The trained run in ``run_dir`` as a :class:`siamkit.runs.Model` (see :func:`siamkit.runs.load`)."""
+         threshold: float | None = None, faces: str | None = None) -> Model:  # fmt: skip
+    """The trained run in ``run_dir`` (or a pretrained name: ``"dlib-face"``) as a :class:`siamkit.runs.Model`;
+    ``faces="off"`` for face chips already aligned (see :func:`siamkit.runs.load`)."""
     from siamkit.runs import load as load_run
 
-    return load_run(run_dir, backend, device, onnx, threshold)
+    return load_run(run_dir, backend, device, onnx, threshold, faces)
 
 
 def train(config: Any = None, *, data: str | None = None, loss: str | None = None, **overrides: Any) -> Model:

@@ -108,7 +108,8 @@ def pml_config(data: str, args: argparse.Namespace, epochs: int | None, runs: st
 
     cfg = load_config(None, [f"data.source={data}", "train.progress=false", "eval.tsne_points=0", *args.overrides,
                              f"runs_dir={runs}", "name=pml-ms"])  # fmt: skip
-    apply_recipe(cfg, make_splits(load_dataset(cfg.data), cfg.data, cfg.train.seed).method)
+    splits = make_splits(load_dataset(cfg.data), cfg.data, cfg.train.seed)
+    apply_recipe(cfg, splits.method, len(set(splits.train.images.labels.tolist())))
     if epochs:
         cfg.train.epochs = epochs
     return cfg

@@ -153,7 +153,9 @@ def test_compare_study_table_and_overlaid_roc(compare_study):
         m = json.loads((root / "c" / row[-1] / "metrics.json").read_text())["test"]
         assert row[5] == m["auc"] and row[7] == m["precision_at_1"] and row[8] == m["map_at_r"]
         assert row[2] == next(t["tpr_interpolated"] for t in m["tpr_at_fpr"] if t["fpr"] == 0.1)
-    assert len(r["tables"][1]["rows"]) == 3 * len(losses) + 3  # + the raw-pixel, untrained and descriptor baselines, once
+    assert (
+        len(r["tables"][1]["rows"]) == 3 * len(losses) + 3
+    )  # + the raw-pixel, untrained and descriptor baselines, once
     assert (root / "c" / "roc_compare.png").stat().st_size > 1000
 
 

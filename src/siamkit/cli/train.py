@@ -152,9 +152,7 @@ def summary_table(result: dict[str, Any]) -> str:
         tpr_cells = [f"{fmt(x)}{f}" for x, f in zip(tprs, flags, strict=True)]
         extra = [m.get(k, "-") for k in ("precision_at_1", "map_at_r", "verification_accuracy")]
         rows.append([split, m["auc"], m["eer"], *tpr_cells, *extra])
-    cells = [cols] + [[fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines, widths = aligned([cols] + [[fmt(c) for c in r] for r in rows])
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = [f"run: {result.get('run_dir')}"]
     if result.get("threshold") is not None:
@@ -182,9 +180,7 @@ def summary_table(result: dict[str, Any]) -> str:
 
     columns, rows_e, note = episode_rows(result)
     if rows_e:
-        cells = [columns, *rows_e]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-        lines += ["", *("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells), f"({note})"]
+        lines += ["", *aligned([columns, *rows_e])[0], f"({note})"]
     foot = ["(* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful)"]
     if result.get("baselines"):
         before = "pretrained, unchanged" if result.get("initial_model") == "pretrained" else "untrained net"
@@ -202,6 +198,12 @@ def summary_table(result: dict[str, Any]) -> str:
             f"        siamkit serve {run} [--gallery GALLERY]   (Python: siamkit.load({str(run)!r}).verify(a, b))",
         ]
     return "\n".join(head + lines + foot)
+
+
+def aligned(cells: list[list[str]]) -> tuple[list[str], list[int]]:
+    """Rows of text cells right-aligned in columns two spaces apart, and the column widths."""
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells], widths
 
 
 RESUME_MAY_CHANGE = ("train.", "eval.", "name", "runs_dir")

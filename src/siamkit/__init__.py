@@ -28,12 +28,13 @@ SHORTCUTS = {
 
 
 def load(run_dir: Any, backend: str = "torch", device: str = "cpu", onnx: str | None = None,
-         threshold: float | None = None, faces: str | None = None) -> Model:  # fmt: skip
+         threshold: float | None = None, faces: str | None = None, *, trust_code: bool = False) -> Model:  # fmt: skip
     """The trained run in ``run_dir`` (or a pretrained name: ``"dlib-face"``) as a :class:`siamkit.runs.Model`;
-    ``faces="off"`` for face chips already aligned (see :func:`siamkit.runs.load`)."""
+    ``faces="off"`` for face chips already aligned; ``trust_code=True`` to import code the run's files name
+    (see :func:`siamkit.runs.load`)."""
     from siamkit.runs import load as load_run
 
-    return load_run(run_dir, backend, device, onnx, threshold, faces)
+    return load_run(run_dir, backend, device, onnx, threshold, faces, trust_code=trust_code)
 
 
 def train(config: Any = None, *, data: str | None = None, loss: str | None = None, **overrides: Any) -> Model:

@@ -3,6 +3,11 @@
 ``create`` rejects unknown keyword arguments with a one-line error naming them, so a misspelt option is
 never silently ignored. A name containing ``:`` (``package.module:Object``) is imported as a user plugin.
 
+Code is imported only when the user asked for it: a plugin name typed by the user (``--set``, a config file given
+on the command line) is imported, but one read from a run's or a gallery's files — which anyone may have written —
+is refused unless the user opts in with ``--trust-code`` (Python: ``trust_code=True``). Readers of such files wrap
+their work in :func:`code_from_files` and check what they read with :func:`refuse_code_in`.
+
 One idiom for every kind: a module defines components and registers them with ``@REGISTRY.register("name")``;
 the registry names those modules as its ``providers`` and imports them on first lookup, so the registry's
 module imports none of the components (no import cycles) and a lookup always sees them all.
@@ -10,16 +15,24 @@ module imports none of the components (no import cycles) and a lookup always see
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+import re
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from siamkit.errors import ConfigError
 
 T = TypeVar("T")
+PLUGIN_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+"""The ``package.module:Object`` form (``cuda:0``, ``C:\\x`` and URLs do not match)."""
+TRUST_HINT = "pass --trust-code (Python: trust_code=True) only if you trust whoever wrote it"
+_FROM_FILES: ContextVar[str | None] = ContextVar("siamkit_code_from_files", default=None)
+"""The file whose names are being resolved (plugins refused), or None (names typed by the user)."""
 
 
 class Registry(Generic[T]):
@@ -69,6 +82,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Callable[..., T]:
         if ":" in name:
+            source = _FROM_FILES.get()
+            if source is not None:
+                refuse_code(source, self.kind, name)
             return _import_object(name, self.kind)
         self._load()
         for prefix, family in self._prefixes.items():
@@ -119,3 +135,37 @@ def _import_object(path: str, kind: str) -> Any:
         return getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot import {kind} {path!r} ({exc}); give it as package.module:Object") from None
+
+
+def refuse_code(source: str, key: str, value: str) -> NoReturn:
+    """Raise the one-line refusal of a plugin name ``value`` found at ``key`` of the file ``source``."""
+    raise ConfigError(f"{source}: {key} = {value!r} would import and run code named by the file, not a registered "
+                      f"name; {TRUST_HINT}")  # fmt: skip
+
+
+def plugin_names(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Every ``(key.path, value)`` of nested dicts and lists whose string value has the plugin form."""
+    if isinstance(obj, str):
+        return [(prefix or "value", obj)] if PLUGIN_NAME.fullmatch(obj.strip()) else []
+    if isinstance(obj, dict):
+        return [f for k, v in obj.items() for f in plugin_names(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [f for i, v in enumerate(obj) for f in plugin_names(v, f"{prefix}[{i}]")]
+    return []
+
+
+def refuse_code_in(obj: Any, source: str, trust_code: bool) -> None:
+    """Refuse (one line, :func:`refuse_code`) any plugin name in ``obj``, read from ``source``, unless trusted."""
+    found = plugin_names(obj) if not trust_code else []
+    if found:
+        refuse_code(source, *found[0])
+
+
+@contextlib.contextmanager
+def code_from_files(source: str, trust_code: bool = False) -> Iterator[None]:
+    """Names resolved inside come from the file ``source``: a plugin name is refused unless ``trust_code``."""
+    token = _FROM_FILES.set(None if trust_code else source)
+    try:
+        yield
+    finally:
+        _FROM_FILES.reset(token)

@@ -1,6 +1,6 @@
 """What every command shares: the output flags (``--format table|json``, ``-q``, ``--debug``), the model flags
-(``--backend``, ``--onnx``, ``--device``, ``--threshold``), one way to add a command with an example, and one way
-to print a result."""
+(``--backend``, ``--onnx``, ``--device``, ``--threshold``, ``--trust-code``), one way to add a command with an
+example, and one way to print a result."""
 
 from __future__ import annotations
 
@@ -41,16 +41,25 @@ def model_flags(p: argparse.ArgumentParser, threshold: bool = False) -> None:
                    help="PyTorch (default) or ONNX Runtime (RUN_DIR/model.onnx, or --onnx FILE)")  # fmt: skip
     p.add_argument("--onnx", dest="onnx_path", help="the ONNX file for --backend onnx")
     p.add_argument("--device", default="cpu", help="torch backend: cpu (default), cuda, cuda:1, mps or auto")
+    trust_flag(p)
     if threshold:
         p.add_argument("--threshold", type=float, metavar="DISTANCE",
                        help="decide same/different at this distance for this call (default: the run's)")  # fmt: skip
+
+
+def trust_flag(p: argparse.ArgumentParser) -> None:
+    """``--trust-code``: import code a run's files name (``model.backbone: package.module:Object``)."""
+    p.add_argument("--trust-code", action="store_true",
+                   help="import code named in the run's files (package.module:Object plugins); only for runs you "
+                        "trust: importing runs their code")  # fmt: skip
 
 
 def model_source(args: argparse.Namespace) -> Any:
     """The :class:`~siamkit.runs.embedders.ModelSource` of the model flags."""
     from siamkit.runs.embedders import ModelSource
 
-    return ModelSource(args.backend, args.onnx_path, args.device, getattr(args, "threshold", None))
+    return ModelSource(args.backend, args.onnx_path, args.device, getattr(args, "threshold", None),
+                       bool(getattr(args, "trust_code", False)))  # fmt: skip
 
 
 def fmt(v: Any) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.files import atomic_write_bytes, atomic_write_text, locked_file
-from siamkit.registry import Registry
+from siamkit.registry import Registry, code_from_files
 
 FORMAT = "siamkit-gallery-v2"
 FORMAT_V1 = "siamkit-gallery-v1"
@@ -278,7 +278,8 @@ class Gallery:
             raise DataError(f"{sidecar}: not a gallery sidecar; rebuild the gallery")
         backend = static.get("backend")
         if isinstance(backend, dict) and static.get("format") == FORMAT:  # kept in a vector database
-            backend_class: Any = BACKENDS.get(str(backend.get("kind")))
+            with code_from_files(str(sidecar)):  # a backend named by the file is a registered one, never code
+                backend_class: Any = BACKENDS.get(str(backend.get("kind")))
             opened: Gallery = backend_class.open_folder(directory, static)
             return opened
         if static.get("format") == FORMAT_V1:

@@ -18,6 +18,7 @@ from siamkit.config import RunConfig, from_dict
 from siamkit.data.transforms import Preprocess
 from siamkit.errors import CheckpointError
 from siamkit.models.siamese import SiameseNet, build_model
+from siamkit.registry import code_from_files, refuse_code_in
 
 WEIGHTS = "model.safetensors"
 FORMAT = "siamkit-siamese-v1"
@@ -62,28 +63,56 @@ class LoadedRun:
     preprocess: Preprocess
 
 
-def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", trust_code: bool = False) -> LoadedRun:
     """Rebuild a trained model from ``run_dir/model.safetensors`` (config and threshold are its metadata; a
-    calibrated threshold, ``threshold.json``, wins over the training one)."""
+    calibrated threshold, ``threshold.json``, wins over the training one). A plugin name in the saved config
+    (``model.backbone: package.module:Object``, a loss, a reader, ...) would run code the folder's author chose:
+    it is refused (one line) unless ``trust_code``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {str(run_dir)!r} not found; give a folder written by siamkit train")
     state, meta = read_weights(run_dir / WEIGHTS)
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{run_dir / WEIGHTS}: no siamkit metadata; it was not written by siamkit train")
-    cfg: RunConfig = from_dict(RunConfig, json.loads(meta["config"]))
-    shape = tuple(json.loads(meta["input_shape"]))
-    model = build_model(cfg.model, int(shape[0]))
-    model.load_state_dict(state)
+    raw, shape = _metadata(run_dir / WEIGHTS, meta)
+    source = str(run_dir / WEIGHTS)
+    refuse_code_in(raw, source, trust_code)
+    with code_from_files(source, trust_code):
+        cfg: RunConfig = from_dict(RunConfig, raw)
+        model = build_model(cfg.model, int(shape[0]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise CheckpointError(f"{source}: the weights do not fit the saved config ({first}); re-train the run") \
+            from None  # fmt: skip
     model.to(device).eval()
     # as trained: channels-last convolutions run about 1.5× faster on a CPU (the input may stay contiguous)
     model.to(memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
     assert cfg.data.mean is not None and cfg.data.std is not None
-    thr = read_threshold(run_dir, float(meta["threshold"]) if "threshold" in meta else None)
-    return LoadedRun(
-        cfg,
-        model,
-        thr,
-        (int(shape[0]), int(shape[1]), int(shape[2])),
-        Preprocess(cfg.data.mean, cfg.data.std),
-    )
+    thr = read_threshold(run_dir, _saved_threshold(source, meta))
+    return LoadedRun(cfg, model, thr, shape, Preprocess(cfg.data.mean, cfg.data.std))
+
+
+def _metadata(path: Path, meta: dict[str, str]) -> tuple[dict[str, object], tuple[int, int, int]]:
+    """The saved config (a dict) and input shape ``(C, H, W)``; damaged metadata is one line naming the file."""
+    try:
+        raw = json.loads(meta["config"])
+        c, h, w = (int(v) for v in json.loads(meta["input_shape"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: damaged run metadata ({type(exc).__name__}: {exc}); re-train the run") \
+            from None  # fmt: skip
+    if not isinstance(raw, dict) or min(c, h, w) < 1:
+        raise CheckpointError(f"{path}: damaged run metadata (config or input_shape); re-train the run")
+    return raw, (c, h, w)
+
+
+def _saved_threshold(source: str, meta: dict[str, str]) -> float | None:
+    if "threshold" not in meta:
+        return None
+    try:
+        value = float(meta["threshold"])
+    except ValueError:
+        raise CheckpointError(f"{source}: damaged run metadata (threshold {meta['threshold']!r}); re-train the run "
+                              "or calibrate it (siamkit calibrate)") from None  # fmt: skip
+    return value

@@ -3,7 +3,11 @@ or on ONNX Runtime. The gallery, ``search``, ``verify`` and the HTTP service use
 
 Every embedder carries the SHA-256 of the ``model.safetensors`` it came from (``model_hash``); an ONNX export
 stores that hash in its metadata, so a gallery built on PyTorch is searchable on ONNX Runtime and vice versa,
-and any other model is refused.
+and any other model is refused. An export older than the run's weights (re-trained, ``--resume``d) is refused
+too: its metadata's hash no longer matches the run's ``model.safetensors``; re-run ``siamkit export``.
+
+A run's files may name code (``model.backbone: package.module:Object``, an ONNX export's distance): it is
+imported only with ``trust_code`` (``--trust-code``), else refused in one line (``siamkit.registry``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from siamkit.data.images import load_image
 from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError
 from siamkit.files import file_sha256
-from siamkit.runs.artifact import WEIGHTS, load_run, read_threshold
+from siamkit.registry import refuse_code_in
+from siamkit.runs.artifact import WEIGHTS, load_run, read_threshold, read_weights
 
 ONNX_FILE = "model.onnx"
 ONNX_META_KEY = "siamkit"
@@ -45,6 +50,8 @@ class Embedder:
     run_dir: str
     embedding_dim: int
     batch_size: int = 256
+    trust_code: bool = False
+    """Whether code named by the run's files may be imported (``--trust-code``); an export inherits it."""
 
     def _embed_batch(self, images: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
@@ -88,9 +95,10 @@ class TorchEmbedder(Embedder):
 
     backend = "torch"
 
-    def __init__(self, run_dir: str | os.PathLike[str], device: str = "cpu"):
-        run = load_run(Path(run_dir), device)
+    def __init__(self, run_dir: str | os.PathLike[str], device: str = "cpu", trust_code: bool = False):
+        run = load_run(Path(run_dir), device, trust_code)
         self.run = run
+        self.trust_code = trust_code
         self.device = torch.device(device)
         self.input_shape = run.input_shape
         self.distance = run.cfg.eval.distance
@@ -112,7 +120,8 @@ class OnnxEmbedder(Embedder):
 
     backend = "onnx"
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], run_dir: str | os.PathLike[str] | None = None,
+                 trust_code: bool = False):  # fmt: skip
         try:
             import onnxruntime as ort
         except ImportError:
@@ -124,17 +133,17 @@ class OnnxEmbedder(Embedder):
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
-        if raw is None:
-            raise CheckpointError(f"{path}: no siamkit metadata; export it with: siamkit export RUN_DIR")
-        meta = json.loads(raw)
+        meta = _onnx_meta(path, self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY))
+        refuse_code_in(meta, str(path), trust_code)
+        self.trust_code = trust_code
         self.input_shape = (int(meta["input_shape"][0]), int(meta["input_shape"][1]), int(meta["input_shape"][2]))
-        self.distance = meta["distance"]
-        self.model_hash = meta["model_hash"]
-        self.run_dir = meta["run_dir"]
+        self.distance = str(meta["distance"])
+        self.model_hash = str(meta["model_hash"])
+        self.run_dir = str(meta["run_dir"])
         self.threshold = meta["threshold"]
-        if Path(self.run_dir).is_dir():  # a calibration after the export (siamkit calibrate) wins
-            self.threshold = read_threshold(self.run_dir, self.threshold)
+        run = Path(run_dir) if run_dir is not None and (Path(run_dir) / WEIGHTS).is_file() else Path(self.run_dir)
+        if (run / WEIGHTS).is_file():  # the run is here: the export must be of its weights as they are now
+            self.threshold = current_threshold(path, run, self.model_hash)
         self.embedding_dim = int(meta["embedding_dim"])
         self.normalize = bool(meta["normalize"])
         self.input_name = self.session.get_inputs()[0].name
@@ -142,6 +151,40 @@ class OnnxEmbedder(Embedder):
     def _embed_batch(self, images: torch.Tensor) -> np.ndarray:
         out = self.session.run(None, {self.input_name: images.numpy().astype(np.float32)})[0]
         return np.asarray(out, dtype=np.float32)
+
+
+ONNX_KEYS = ("input_shape", "distance", "model_hash", "run_dir", "threshold", "embedding_dim", "normalize")
+
+
+def _onnx_meta(path: Path, raw: str | None) -> dict[str, Any]:
+    """The siamkit metadata of an ONNX export; missing or damaged metadata is one line naming the file."""
+    if raw is None:
+        raise CheckpointError(f"{path}: no siamkit metadata; export it with: siamkit export RUN_DIR")
+    try:
+        meta = json.loads(raw)
+        missing = [k for k in ONNX_KEYS if k not in meta]
+        shape = [int(v) for v in meta.get("input_shape", [])]
+    except (ValueError, TypeError, AttributeError):
+        meta, missing, shape = {}, ["(unreadable)"], []
+    if missing or len(shape) != 3:
+        raise CheckpointError(f"{path}: damaged siamkit metadata ({', '.join(missing) or 'input_shape'}); re-run: "
+                              "siamkit export RUN_DIR")  # fmt: skip
+    return dict(meta)
+
+
+def current_threshold(onnx_path: Path, run_dir: Path, exported_hash: str) -> float | None:
+    """The run's threshold now (a calibration wins), after checking that ``onnx_path`` was exported from the
+    run's weights as they are now; a stale export (re-trained, resumed) is refused naming the fix."""
+    weights = run_dir / WEIGHTS
+    if file_sha256(weights) != exported_hash:
+        raise CheckpointError(f"{onnx_path}: exported from other weights than {weights} holds now (re-trained or "
+                              f"resumed since); re-run: siamkit export {run_dir}")  # fmt: skip
+    saved = read_weights(weights)[1].get("threshold")
+    try:
+        training = float(saved) if saved is not None else None
+    except ValueError:
+        training = None
+    return read_threshold(run_dir, training)
 
 
 @dataclass(frozen=True)
@@ -154,6 +197,8 @@ class ModelSource:
     device: str = "cpu"
     threshold: float | None = None
     """A decision threshold for this use only (``--threshold``), instead of the run's."""
+    trust_code: bool = False
+    """Import code the run's files name (``model.backbone: package.module:Object``): ``--trust-code``."""
 
 
 def open_embedder(run_dir: str | os.PathLike[str], backend: str | ModelSource = "torch") -> Embedder:
@@ -164,9 +209,9 @@ def open_embedder(run_dir: str | os.PathLike[str], backend: str | ModelSource = 
     if source.backend == "torch":
         from siamkit.devices import resolve_device
 
-        embedder = TorchEmbedder(run_dir, str(resolve_device(source.device)))
+        embedder = TorchEmbedder(run_dir, str(resolve_device(source.device)), source.trust_code)
     elif source.backend == "onnx":
-        embedder = OnnxEmbedder(source.onnx_path or Path(run_dir) / ONNX_FILE)
+        embedder = OnnxEmbedder(source.onnx_path or Path(run_dir) / ONNX_FILE, run_dir, source.trust_code)
     else:
         raise CheckpointError(f"unknown backend {source.backend!r}; use torch or onnx")
     if source.threshold is not None:

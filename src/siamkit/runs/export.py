@@ -82,16 +82,18 @@ def parity(model_bytes: bytes, graph: nn.Module, shape: tuple[int, int, int], ba
 
 def export_onnx(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, opset: int | None = None,
-    tolerance: float = PARITY_TOLERANCE,
+    tolerance: float = PARITY_TOLERANCE, trust_code: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Write ``out`` (default ``RUN_DIR/model.onnx``) atomically, only if its outputs match PyTorch's within
     ``tolerance`` (max absolute difference over random batches of 1, 3 and 17 images); returns what was
-    measured. Raises ``CheckpointError`` on a parity failure (nothing is written)."""
+    measured. Raises ``CheckpointError`` on a parity failure (nothing is written). The metadata records the
+    weights' hash and the threshold, so a later ``--backend onnx`` refuses this file once the weights change.
+    ``trust_code``: import code the run's files name (see :func:`siamkit.runs.artifact.load_run`)."""
     try:
         import onnx
     except ImportError:
         raise ConfigError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'siamkit[serve]'") from None
-    embedder = TorchEmbedder(run_dir)
+    embedder = TorchEmbedder(run_dir, trust_code=trust_code)
     graph = EmbeddingGraph(embedder).eval()
     example = torch.zeros(2, *embedder.input_shape)
     proto = _to_onnx(graph, example, opset)

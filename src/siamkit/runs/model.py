@@ -210,7 +210,7 @@ class Model:
             raise ConfigError("export needs the PyTorch weights: load the run with backend='torch'")
         from siamkit.runs.export import export_onnx
 
-        return export_onnx(self.run_dir, out, opset)
+        return export_onnx(self.run_dir, out, opset, trust_code=self.embedder.trust_code)
 
 
 def split_images(images: Images) -> tuple[list[ImageLike], bool]:
@@ -246,14 +246,15 @@ def array_image(arr: np.ndarray) -> Image.Image:
 
 def load(
     run_dir: str | os.PathLike[str], backend: str = "torch", device: str = "cpu", onnx: str | None = None,
-    threshold: float | None = None, faces: str | None = None,
+    threshold: float | None = None, faces: str | None = None, *, trust_code: bool = False,
 ) -> Model:  # fmt: skip
     """The trained run in ``run_dir`` (a folder written by ``siamkit train``, or a pretrained name:
     ``"dlib-face"``) as a :class:`Model`: on PyTorch (``device`` cpu, cuda, mps or auto) or on ONNX Runtime
     (``backend="onnx"``; ``onnx`` = the file, default ``RUN_DIR/model.onnx``). ``threshold`` replaces the run's
     decision threshold for this object; ``faces`` (``align``/``off``) its face alignment (``off`` for images
-    that are already aligned chips)."""
-    return open_model(run_dir, ModelSource(backend, onnx, device, threshold), faces)
+    that are already aligned chips). A plugin name in the run's files (``model.backbone: package.module:Object``)
+    would run code whoever wrote the folder chose: it is refused unless ``trust_code=True``."""
+    return open_model(run_dir, ModelSource(backend, onnx, device, threshold, trust_code), faces)
 
 
 def as_model(model: Model | Embedder) -> Model:

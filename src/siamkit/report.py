@@ -145,10 +145,10 @@ def metrics_rows(metrics: dict[str, Any], baselines: bool = True) -> list[list[A
 METRIC_COLUMNS = ["split", "AUC", "EER", *(f"TPR@{f}" for f in FPRS), "P@1", "MAP@R", "VerAcc", "SimAcc"]
 
 
-def test_decision_rows(test: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The test split's decision figures: error rates at the threshold and the LFW 10-fold accuracy."""
+def test_decision_rows(test: dict[str, Any], rates: bool = True) -> list[tuple[str, Any]]:
+    """The test split's decision figures: error rates at the threshold (``rates``) and the LFW 10-fold accuracy."""
     rows: list[tuple[str, Any]] = []
-    if "false_accept_rate" in test:
+    if rates and "false_accept_rate" in test:
         rows += [("test false-accept rate at the threshold", test["false_accept_rate"]),
                  ("test false-reject rate at the threshold", test["false_reject_rate"])]  # fmt: skip
     k = test.get("verification_accuracy_10fold")
@@ -212,7 +212,37 @@ def _verdict_vs(t: float, px: float, un: float | None, margin: float, who: str, 
     return f"{kept}On a par with the baselines on the {who} ({figures}): training added little here."
 
 
+def threshold_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The threshold in use (a calibration's when there is one: ``siamkit.thresholds.run_threshold_info``), its
+    rule, where it was set and its rates there, on held-out identities and on the test identities."""
+    from siamkit.thresholds import run_threshold_info
+
+    info = run_threshold_info(run_dir)
+    if info is None:
+        return [("threshold (validation)", metrics.get("threshold")), ("threshold rule", metrics.get("threshold_rule"))]
+    calibrated = (run_dir / "threshold.json").is_file()
+    ids = f" ({info['identities']} identities)" if info.get("identities") else ""
+    rows: list[tuple[str, Any]] = [
+        ("threshold in use" + (" (calibrated)" if calibrated else ""), info.get("threshold")),
+        ("threshold rule", info.get("rule")), ("threshold set on", f"{info.get('set_on')}{ids}"),
+        ("distinct impostor pairs it was set on", info.get("impostor_pairs")),
+        ("false-accept / false-reject rate there", _pair(info)),
+    ]  # fmt: skip
+    for key, label in (("held_out", "held out"), ("test", "test")):
+        new = info.get(key)
+        if new and new.get("false_accept_rate") is not None:
+            rows.append((f"false-accept / false-reject rate, {label}: {new.get('on')}", _pair(new)))
+    return rows
+
+
+def _pair(d: dict[str, Any]) -> str | None:
+    far, frr = d.get("false_accept_rate"), d.get("false_reject_rate")
+    return None if far is None or frr is None else f"{far:.4f} / {frr:.4f}"
+
+
 def run_report(run_dir: Path) -> str:
+    from siamkit.thresholds import run_threshold_info
+
     metrics = _read_json(run_dir / "metrics.json")
     parts = []
     summary = [
@@ -221,13 +251,16 @@ def run_report(run_dir: Path) -> str:
         ("images/s", _plain(metrics.get("images_per_second"), 0)),
         ("recipe", metrics.get("recipe")), ("why this recipe", metrics.get("recipe_reason")),
         ("epochs run", metrics.get("epochs_run")), ("best epoch", metrics.get("best_epoch")),
-        ("checkpoint chosen by", metrics.get("monitor")), ("threshold (validation)", metrics.get("threshold")),
-        ("threshold rule", metrics.get("threshold_rule")), ("split", metrics.get("split")),
-        *test_decision_rows(metrics.get("test") or {}),
+        ("checkpoint chosen by", metrics.get("monitor")), *threshold_rows(run_dir, metrics),
+        ("split", metrics.get("split")),
+        *test_decision_rows(metrics.get("test") or {}, rates=run_threshold_info(run_dir) is None),
     ]  # fmt: skip
     said = verdict(metrics)
     if said:
         parts.append(f"<p><b>{html.escape(said)}</b></p>")
+    warning = (run_threshold_info(run_dir) or {}).get("warning")
+    if warning:
+        parts.append(f'<p class="note"><b>{html.escape(warning[0].upper() + warning[1:])}.</b></p>')
     parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
     parts.append("<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, metrics_rows(metrics)))
     parts.append(

@@ -74,6 +74,10 @@ def register(sub: Subparsers) -> None:
     ca.add_argument("--skip-bad", action="store_true", help="drop pairs whose image cannot be read")
     ca.add_argument("--out", help="write the calibrated run to this new folder (a copy) instead of RUN_DIR; "
                     "needed for a pretrained name such as dlib-face")  # fmt: skip
+    ca.add_argument("--hold-out", dest="hold_out", type=float, default=0.0, metavar="SHARE",
+                    help="keep this share of DATA's identities (of a CSV's pairs) out of the choice and report the "
+                    "threshold's rates on them: does it carry to people it was not set on? (e.g. 0.3)")  # fmt: skip
+    overrides_flag(ca, "data.faces=off")
     model_flags(ca)
     output_flags(ca)
 
@@ -133,11 +137,27 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     rule = f"fpr:{args.fpr}" if args.fpr is not None else (args.rule or "accuracy")
     r = calibrate_run(args.run_dir, args.data, rule, model_source(args), args.skip_bad, args.pairs_per_kind,
-                      out=args.out)  # fmt: skip
+                      out=args.out, overrides=args.overrides, hold_out=args.hold_out)  # fmt: skip
+    emit(r, args.format, calibration_table(r))
+
+
+def calibration_table(r: dict[str, Any]) -> str:
+    """The human summary of a calibration: the new threshold, its rates where it was set, on held-out identities
+    and on the run's test pairs; the deploy warning."""
     old = "none" if r["previous_threshold"] is None else f"{r['previous_threshold']:.4f}"
-    emit(r, args.format, f"threshold {r['threshold']:.4f} ({rule}; was {old}) on {r['genuine_pairs']} genuine + "
-         f"{r['impostor_pairs']} impostor pairs: false-accept rate {r['false_accept_rate']:.4f}, false-reject rate "
-         f"{r['false_reject_rate']:.4f}, accuracy {r['verification_accuracy']:.4f}\nwritten: {r['file']}")  # fmt: skip
+    lines = [f"threshold {r['threshold']:.4f} ({r['rule']}; was {old}) set on {r['set_on']}: {r['genuine_pairs']:,} "
+             f"genuine + {r['impostor_pairs']:,} distinct impostor pairs: false-accept rate "
+             f"{r['false_accept_rate']:.4f}, false-reject rate {r['false_reject_rate']:.4f}, accuracy "
+             f"{r['verification_accuracy']:.4f}"]  # fmt: skip
+    for key in ("held_out", "test"):
+        new = r.get(key)
+        if new:
+            lines.append(f"on {new['on']}: false-accept rate {new['false_accept_rate']:.4f}, false-reject rate "
+                         f"{new['false_reject_rate']:.4f} ({new['impostor_pairs']:,} impostor pairs)")  # fmt: skip
+    if r.get("warning"):
+        lines.append(f"warning: {r['warning']}")
+    lines.append(f"written: {r['file']}")
+    return "\n".join(lines)
 
 
 def summary_table(result: dict[str, Any]) -> str:
@@ -155,9 +175,7 @@ def summary_table(result: dict[str, Any]) -> str:
     lines, widths = aligned([cols] + [[fmt(c) for c in r] for r in rows])
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = [f"run: {result.get('run_dir')}"]
-    if result.get("threshold") is not None:
-        how = f"chosen on validation by {result['threshold_rule']}" if "threshold_rule" in result else "the run's"
-        head.append(f"threshold ({how}): {result['threshold']:.4f}")
+    head += threshold_lines(result)
     if "train_seconds" in result:
         head.append(
             f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
@@ -189,6 +207,9 @@ def summary_table(result: dict[str, Any]) -> str:
     said = verdict(result)
     if said:
         foot.append(said)
+    warning = (result.get("threshold_info") or {}).get("warning")
+    if warning:
+        foot.append(f"warning: {warning}")
     if "train_seconds" in result:  # a finished training run: where to look, and what to do with the model
         run = result.get("run_dir")
         foot += [
@@ -198,6 +219,21 @@ def summary_table(result: dict[str, Any]) -> str:
             f"        siamkit serve {run} [--gallery GALLERY]   (Python: siamkit.load({str(run)!r}).verify(a, b))",
         ]
     return "\n".join(head + lines + foot)
+
+
+def threshold_lines(result: dict[str, Any]) -> list[str]:
+    """The threshold in use and where it holds (``siamkit.thresholds.describe``); a bare value for a result
+    without provenance."""
+    from siamkit.thresholds import describe
+
+    info = result.get("threshold_info")
+    if info and info.get("threshold") is not None:
+        return [describe(info)]
+    if result.get("threshold") is not None:
+        rule = result.get("threshold_rule")
+        how = f"rule {rule}" if rule else "the run's"
+        return [f"threshold {result['threshold']:.4f} ({how})"]
+    return []
 
 
 def aligned(cells: list[list[str]]) -> tuple[list[str], list[int]]:

@@ -65,6 +65,9 @@ class PairScores:
     labels: np.ndarray
     index: np.ndarray | None = None
     """The image indices ``(M, 2)`` of each pair, when known: counts distinct pairs."""
+    groups: np.ndarray | None = None
+    """The identities ``(M, 2)`` of each pair's images, when known: the 10-fold protocol's folds are then
+    identity-disjoint (``metrics.kfold_verification_accuracy``)."""
 
     def distinct(self, label: int) -> int:
         """How many distinct unordered pairs carry ``label`` (every row when the indices are unknown)."""
@@ -169,6 +172,8 @@ def evaluate_embeddings(
     dist = get_distance(cfg.distance)
     pairs = fixed_tuples(images.labels, tuples, "pairs", cfg.n_pairs, seed)
     scores = pair_scores(emb, pairs, dist)
+    if tuples is None and images.has_labels:
+        scores.groups = np.asarray(images.labels)[pairs.index]
     out: dict[str, Any] = verification_metrics(scores, threshold)
     if tuples is not None and tuples.kind == "triplets":
         trip = tuples
@@ -204,7 +209,8 @@ def verification_metrics(scores: PairScores, threshold: float | None) -> dict[st
     if threshold is not None:
         out.update(threshold_metrics(scores, threshold))
     with contextlib.suppress(ValueError):  # the LFW protocol: threshold chosen on 9 folds, scored on the 10th
-        out["verification_accuracy_10fold"] = M.kfold_verification_accuracy(scores.distances, scores.labels)
+        out["verification_accuracy_10fold"] = M.kfold_verification_accuracy(scores.distances, scores.labels,
+                                                                           groups=scores.groups)  # fmt: skip
     return out
 
 

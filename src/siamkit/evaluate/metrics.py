@@ -137,14 +137,18 @@ def retrieval_metrics(
     rows), and re-ranks densely the rare queries whose run of equal distances crosses that cut, so that the tie
     rule — and every figure — is the dense method's; ``auto`` (default): ``knn`` from ``KNN_FROM`` items.
     """
-    emb = embeddings.float()
+    if not bool(torch.isfinite(embeddings).all()):
+        bad = int((~torch.isfinite(embeddings)).any(1).sum()) if embeddings.ndim == 2 else -1
+        raise ValueError(f"{bad} of {len(embeddings)} embeddings hold NaN or infinite values: retrieval metrics of "
+                         "them are meaningless (did training diverge? lower train.lr)")  # fmt: skip
+    dist = distance or SquaredEuclidean()  # the same ranking as Euclidean, without the square root
+    emb = centred(embeddings, dist)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     n = len(y)
     counts = torch.bincount(y - y.min())[y - y.min()] - 1  # R per query
     max_k = max(max(recall_at), int(counts.max()))
     max_k = min(max_k, n - 1)
     sums = {"p1": 0.0, "r_prec": 0.0, "map_r": 0.0, **{f"r{k}": 0.0 for k in recall_at}}
-    dist = distance or SquaredEuclidean()  # the same ranking as Euclidean, without the square root
     if method == "auto":
         method = "knn" if n >= KNN_FROM and _knn_metric(dist) is not None and _has_faiss() else "dense"
     if method == "knn":
@@ -173,6 +177,17 @@ def retrieval_metrics(
     out.update({f"recall_at_{k}": sums[f"r{k}"] / valid for k in recall_at})
     out["n_queries"] = float(valid)
     return out
+
+
+def centred(embeddings: torch.Tensor, dist: Distance) -> torch.Tensor:
+    """``embeddings`` ``(N, D)`` as float32, moved to their mean (computed in float64) for the Euclidean distances,
+    which a translation leaves unchanged: the dense ``|a|² + |b|² − 2a·b`` and faiss's L2 lose every digit of
+    the differences of vectors far from the origin in float32 (a mean of 1e4 left P@1 at 0). Other distances
+    (cosine, dot product) are not translation-invariant and are ranked as given."""
+    if getattr(dist, "name", "") not in ("euclidean", "squared_euclidean") or len(embeddings) == 0:
+        return embeddings.float()
+    x = embeddings.double()
+    return (x - x.mean(0, keepdim=True)).float()
 
 
 def _has_faiss() -> bool:
@@ -286,8 +301,10 @@ def _ranked_hits(vals: torch.Tensor, hits: torch.Tensor, misses_at_edge: torch.T
 
 def threshold_at_fpr(distances: np.ndarray, labels: np.ndarray, fpr: float) -> float:
     """The largest distance threshold whose false-accept rate on these pairs is at most ``fpr`` (``same`` iff
-    distance ≤ threshold): it admits at most ⌊fpr · n_impostor⌋ impostors, and sits halfway between the last
-    admitted impostor distance and the first refused one."""
+    distance ≤ threshold): it admits at most ⌊fpr · n_impostor⌋ impostors, and sits just below (the next float
+    down from) the first impostor distance it must refuse — so every genuine pair nearer than that impostor is
+    accepted, which the target allows. Impostors tied with the first refused one are refused with it. With room
+    for every impostor, the largest distance."""
     labels, d = _check(labels, distances)
     if not 0.0 <= fpr <= 1.0:
         raise ValueError(f"a false-accept rate is in [0, 1], got {fpr}")
@@ -295,11 +312,7 @@ def threshold_at_fpr(distances: np.ndarray, labels: np.ndarray, fpr: float) -> f
     allowed = int(np.floor(fpr * len(imp) + 1e-9))
     if allowed >= len(imp):
         return float(d.max())
-    first_refused = imp[allowed]
-    below = imp[imp < first_refused]  # ties with the first refused impostor are refused with it
-    if len(below):
-        return float((below[-1] + first_refused) / 2.0)
-    return float(np.nextafter(first_refused, -np.inf))
+    return float(np.nextafter(imp[allowed], -np.inf))
 
 
 def rates_at(distances: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -310,24 +323,59 @@ def rates_at(distances: np.ndarray, labels: np.ndarray, threshold: float) -> tup
 
 
 def kfold_verification_accuracy(
-    distances: np.ndarray, labels: np.ndarray, folds: int = 10, seed: int = 0
+    distances: np.ndarray, labels: np.ndarray, folds: int = 10, seed: int = 0, groups: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """The LFW protocol (Huang et al. 2007; SPEC §8): the pairs in ``folds`` folds (seeded, genuine and impostor
-    pairs spread evenly); for each fold the best-accuracy threshold is chosen on the other folds and the accuracy
-    measured on it. Returns the mean, the standard deviation and the per-fold accuracies."""
+    """The LFW protocol (Huang et al. 2007; SPEC §8): the pairs in ``folds`` folds (seeded); for each fold the
+    best-accuracy threshold is chosen on the other folds and the accuracy measured on it. Returns the mean, the
+    standard deviation, the per-fold accuracies, ``folds_by`` and ``pairs_used``.
+
+    With ``groups`` ``(M, 2)`` (the identity of each pair's two images) and at least ``2 · folds`` identities, the
+    folds are identity-disjoint, as LFW's are person-disjoint: each identity belongs to one fold, and a pair
+    whose two identities fall in different folds is left out (``folds_by = "identity"``) — the threshold is then
+    always scored on people it was not chosen on. Otherwise the pairs are dealt into folds, genuine and impostor
+    pairs spread evenly (``folds_by = "pairs"``)."""
     labels, d = _check(labels, distances)
     rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(d), np.int64)
-    for tag in (0, 1):  # stratified: each fold holds a share of the genuine and of the impostor pairs
-        rows = rng.permutation(np.flatnonzero(labels == tag))
-        fold_of[rows] = np.arange(len(rows)) % folds
+    fold_of, how = _identity_folds(groups, labels, folds, rng) if groups is not None else (None, "pairs")
+    if fold_of is None:
+        fold_of, how = _pair_folds(labels, folds, rng), "pairs"
     accs = []
     for f in range(folds):
-        test, train = fold_of == f, fold_of != f
+        test, train = fold_of == f, (fold_of != f) & (fold_of >= 0)
         if not test.any() or len(np.unique(labels[train])) < 2:
             continue
         thr = best_threshold(d[train], labels[train])
         accs.append(verification_accuracy(d[test], labels[test], thr))
     if not accs:
         raise ValueError("too few pairs for a k-fold verification accuracy")
-    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "folds": [float(a) for a in accs]}
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "folds": [float(a) for a in accs],
+            "folds_by": how, "pairs_used": int((fold_of >= 0).sum())}  # fmt: skip
+
+
+def _pair_folds(labels: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Each pair's fold, stratified: each fold holds a share of the genuine and of the impostor pairs."""
+    fold_of = np.empty(len(labels), np.int64)
+    for tag in (0, 1):
+        rows = rng.permutation(np.flatnonzero(labels == tag))
+        fold_of[rows] = np.arange(len(rows)) % folds
+    return fold_of
+
+
+def _identity_folds(
+    groups: np.ndarray, labels: np.ndarray, folds: int, rng: np.random.Generator
+) -> tuple[np.ndarray | None, str]:  # fmt: skip
+    """Each pair's fold when identities are dealt into ``folds`` folds (−1: its identities are in two folds);
+    None when there are fewer than ``2 · folds`` identities or some fold would lack genuine or impostor pairs."""
+    g = np.asarray(groups, np.int64).reshape(len(labels), 2)
+    ids = np.unique(g)
+    if len(ids) < 2 * folds:
+        return None, "pairs"
+    id_fold = np.empty(len(ids), np.int64)
+    id_fold[rng.permutation(len(ids))] = np.arange(len(ids)) % folds
+    fa, fb = id_fold[np.searchsorted(ids, g[:, 0])], id_fold[np.searchsorted(ids, g[:, 1])]
+    fold_of = np.where(fa == fb, fa, -1)
+    for f in range(folds):
+        here = labels[fold_of == f]
+        if not ((here == 1).any() and (here == 0).any()):
+            return None, "pairs"
+    return fold_of, "identity"

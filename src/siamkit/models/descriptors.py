@@ -23,8 +23,9 @@ from siamkit.models.registry import BACKBONES
 
 class GradientHistogram(nn.Module):
     """``(B, C, H, W)`` → ``(B, bins · Σ g²)``: per pixel the gradient (central differences; beyond the border the
-    edge pixels repeat, or zeros with ``edges="zeros"``) of the channel where it is strongest, its magnitude put in
-    the bin of its unsigned orientation (``bins`` bins over [0, π)); the ``bins`` maps averaged over a ``g``×``g``
+    edge pixels repeat, or zeros with ``edges="zeros"``) of the channel where it is strongest, its magnitude split
+    between the two bins whose centres are nearest its unsigned orientation (``bins`` bins over [0, π), linear
+    and circular, as Dalal & Triggs: a small turn moves a small share); the ``bins`` maps averaged over a ``g``×``g``
     grid for each ``g`` in ``grids`` (adaptive: any input size), square-rooted, each grid's vector L2-normalised,
     concatenated. Nothing is learned; computed in float32 whatever the autocast. With replicated edges, invariant
     to an affine change of intensity (the normalisation of the input)."""
@@ -41,7 +42,7 @@ class GradientHistogram(nn.Module):
         self.num_features = self.bins * sum(g * g for g in self.grids)
 
     def orientation_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, bins, H, W)``: each pixel's gradient magnitude in the bin of its orientation."""
+        """``(B, bins, H, W)``: each pixel's gradient magnitude, shared between the two bins nearest its orientation."""
         x = x.float()
         gx = F.pad(x, (1, 1, 0, 0), mode=self.pad_mode)
         gx = gx[..., 2:] - gx[..., :-2]
@@ -52,8 +53,16 @@ class GradientHistogram(nn.Module):
             best = mag.argmax(1, keepdim=True)
             gx, gy, mag = (t.gather(1, best) for t in (gx, gy, mag))
         angle = torch.atan2(gy, gx) % math.pi
-        b = (angle * (self.bins / math.pi)).long().clamp_(0, self.bins - 1)
-        return torch.zeros(x.shape[0], self.bins, *x.shape[2:], device=x.device).scatter_(1, b, mag)
+        # soft binning (Dalal & Triggs): the magnitude split linearly between the two nearest bin centres, circular
+        # over [0, π) — a hard bin would move all of it when an edge turns a fraction of a degree across a bin edge
+        pos = angle * (self.bins / math.pi) - 0.5
+        low = torch.floor(pos)
+        frac = pos - low
+        b0 = low.long() % self.bins
+        b1 = (b0 + 1) % self.bins
+        maps = torch.zeros(x.shape[0], self.bins, *x.shape[2:], device=x.device)
+        maps.scatter_add_(1, b0, mag * (1 - frac))
+        return maps.scatter_add_(1, b1, mag * frac)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,23 @@ class Service:
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"():,]+/)*([^\s'\"():,]+)")
 
 
+def served_threshold_info(model: Model) -> dict[str, Any] | None:
+    """Where the served threshold holds (``siamkit.thresholds``), without server paths: the ``data`` a calibration
+    read is named by its last part only."""
+    from siamkit.thresholds import run_threshold_info
+
+    info = run_threshold_info(model.run_dir) if model.run_dir else None
+    if info is None:
+        return None
+    if info.get("data"):
+        info["data"] = Path(str(info["data"])).name
+    if info.get("set_on"):
+        info["set_on"] = without_paths(str(info["set_on"]))
+    if info.get("warning"):
+        info["warning"] = without_paths(str(info["warning"]))
+    return info
+
+
 def without_paths(message: str) -> str:
     """``message`` with every absolute path cut to its last part: an answer never tells where files live."""
     return _ABSOLUTE_PATH.sub(lambda m: m.group(1), message)
@@ -263,6 +281,7 @@ def create_app(
     async def health() -> dict[str, Any]:
         """Model and gallery in use (no server paths)."""
         info = {k: v for k, v in model.describe().items() if k != "run_dir"}
+        info["threshold_info"] = served_threshold_info(model)
         try:
             g = svc.current()
             gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}

@@ -48,6 +48,7 @@ from siamkit.models.pretrained import backbone_preset
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
 from siamkit.recipes import apply_recipe, loss_trait
 from siamkit.runs.artifact import FORMAT, WEIGHTS, LoadedRun, load_run
+from siamkit.thresholds import run_threshold_info, with_warning
 from siamkit.training.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.training.checkpoint import save_weights
 from siamkit.training.loop import FitData, FitHooks, FitResult, fit
@@ -248,6 +249,8 @@ def _train_and_evaluate(
              "untrained baselines…", result.best_epoch)  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out, untrained=untrained)
     metrics.update(_fit_summary(result, model, prep))
+    if result.initial_score is None and resume and result.monitor != "val_loss":
+        metrics.update(_initial_score(prep, device, untrained, result.monitor))
     if info.enabled:
         metrics["world_size"] = info.world_size
     if info.is_main:
@@ -283,10 +286,23 @@ def retrieval_monitor(prep: Prepared, device: torch.device) -> Callable[[Siamese
 
     def compute(model: SiameseNet) -> dict[str, float]:
         emb = embed_images(model, images.images, prep.preprocess, cfg.eval.batch_size, device)
+        if not bool(torch.isfinite(emb).all()):  # a diverged model ranks nothing: the worst score, never the best
+            log.warning("validation embeddings hold NaN or infinite values: this epoch scores P@1 = MAP@R = 0")
+            return {"precision_at_1": 0.0, "map_at_r": 0.0}
         r = retrieval_metrics(emb, images.labels, (1,), distance=distance)
         return {"precision_at_1": r["precision_at_1"], "map_at_r": r["map_at_r"]}
 
     return compute
+
+
+def _initial_score(prep: Prepared, device: torch.device, untrained: SiameseNet, monitor: str) -> dict[str, float]:
+    """``initial_val_<monitor>`` of a resumed run, whose loop scored the initial weights before the interruption:
+    ``untrained`` holds those very weights (the same seed), so the score is the one the first run saw."""
+    compute = retrieval_monitor(prep, device)
+    if compute is None:
+        return {}
+    score = compute(untrained.to(device))[monitor]
+    return {f"initial_val_{monitor}": score}
 
 
 def _fit_summary(result: FitResult, model: SiameseNet, prep: Prepared) -> dict[str, Any]:
@@ -331,14 +347,19 @@ def evaluate_prepared(
     threshold: float | None,
     out_dir: Path | None = None,
     untrained: SiameseNet | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics on train (subsampled), validation and test; the threshold is calibrated on validation unless
     given. Writes the ROC and distance plots into ``out_dir`` (default: the run directory from the caller).
     ``baselines`` holds the same validation and test metrics (same pairs, same retrieval protocol) of the raw
-    pixels and of ``untrained`` (the network before training), each with its own validation threshold."""
+    pixels and of ``untrained`` (the network before training), each with its own validation threshold.
+    ``threshold_info`` says where the threshold holds (``siamkit.thresholds``): chosen here, on the validation
+    pairs, or — a given ``threshold`` — ``provenance`` (the run's, e.g. a calibration), with this test split's
+    rates."""
     cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
     model.to(device)
     val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, None, seed + 11, device)
+    chosen_here = threshold is None
     if threshold is None:
         threshold = val.pairs.choose_threshold(cfg.eval.threshold)
     val.metrics.update(threshold_metrics(val.pairs, threshold))
@@ -356,8 +377,37 @@ def evaluate_prepared(
         log.info("plots: ROC, distances, neighbours%s…", ", t-SNE" if cfg.eval.tsne_points else "")
         _plots(target, {"train": train, "validation": val, "test": test}, threshold, s.test.images, cfg)
     baselines = baseline_metrics(prep, device, untrained)
-    return {"threshold": threshold, "threshold_rule": cfg.eval.threshold, "test": test.metrics,
-            "validation": val.metrics, "train": train.metrics, **split_summary(s), "baselines": baselines}  # fmt: skip
+    base = validation_provenance(cfg.eval.threshold, threshold, val, s) if chosen_here or not provenance else provenance
+    run = out_dir.parent if out_dir is not None and out_dir.name.startswith("eval") else out_dir
+    info = with_test_rates(base, threshold, test, s, str(run or "RUN"))
+    return {"threshold": threshold, "threshold_rule": info.get("rule", cfg.eval.threshold), "threshold_info": info,
+            "test": test.metrics, "validation": val.metrics, "train": train.metrics, **split_summary(s),
+            "baselines": baselines}  # fmt: skip
+
+
+def validation_provenance(rule: str, threshold: float, val: EvalResult, s: Splits) -> dict[str, Any]:
+    """Where a threshold chosen on the validation pairs by ``rule`` holds there (``siamkit.thresholds``)."""
+    ids = (s.identities or {}).get("validation")
+    where = "the run's validation identities" if ids else "the run's validation images"
+    return {"threshold": threshold, "rule": rule, "set_on": where, "identities": len(ids) if ids else None,
+            "genuine_pairs": val.pairs.distinct(1), "impostor_pairs": val.pairs.distinct(0),
+            **_rates(val, threshold)}  # fmt: skip
+
+
+def with_test_rates(
+    info: dict[str, Any], threshold: float, test: EvalResult, s: Splits, run: str = "RUN"
+) -> dict[str, Any]:  # fmt: skip
+    """``info`` with the rates of ``threshold`` on the test pairs (``test``) and its deploy warning (naming
+    ``run`` in its example command)."""
+    ids = (s.identities or {}).get("test")
+    where = f"the run's {len(ids)} test identities (never seen in training)" if ids else "the run's test images"
+    new = {"on": where, **_rates(test, threshold), "impostor_pairs": test.pairs.distinct(0)}
+    return with_warning({**info, "threshold": threshold, "test": new}, run)
+
+
+def _rates(result: EvalResult, threshold: float) -> dict[str, float]:
+    m = threshold_metrics(result.pairs, threshold)
+    return {"false_accept_rate": m["false_accept_rate"], "false_reject_rate": m["false_reject_rate"]}
 
 
 MAX_PIXEL_VALUES = 400_000_000  # raw-pixel baseline: at most this many float32 values per split (1.6 GB)
@@ -502,7 +552,8 @@ def evaluate_run(
         torch.manual_seed(cfg.train.seed)
         untrained = build_model(cfg.model, run.input_shape[0]).eval()  # a fresh initialisation with the run's seed
         init_identity_head(untrained, cfg.model.backbone)  # dlib-face: the pretrained model, as in training
-        metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out, untrained=untrained)
+        metrics = evaluate_prepared(run.model, prep, device, run.threshold, out_dir=out, untrained=untrained,
+                                    provenance=run_threshold_info(run_dir))  # fmt: skip
         metrics["dataset"] = prep.bundle.name
         _write_metrics(metrics, out)
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
@@ -543,7 +594,12 @@ def _evaluate_as_test(run_dir: Path, run: LoadedRun, cfg: RunConfig) -> dict[str
     for name, embed in embedders.items():
         b = evaluate_embeddings(embed(images.images), images, tuples, cfg.eval, None, seed + 13, episodes=True)
         baselines[name] = {"test": b.metrics}
-    metrics = {"threshold": run.threshold, "as_test": True, "initial_model": initial_model(cfg),
+    info = run_threshold_info(run_dir)
+    if info is not None and run.threshold is not None:
+        rates = _rates(test, run.threshold)
+        new = {"on": f"{bundle.name} (all of it, as test data)", **rates, "impostor_pairs": test.pairs.distinct(0)}
+        info = with_warning({**info, "threshold": run.threshold, "test": new}, str(run_dir))
+    metrics = {"threshold": run.threshold, "threshold_info": info, "as_test": True, "initial_model": initial_model(cfg),
                "data": cfg.data.source, "dataset": bundle.name,
                "test": test.metrics, "split_sizes": {"test": len(images)}, "baselines": baselines}  # fmt: skip
     with made_folder(next_free(run_dir / f"eval-{_slug(bundle.name)}")) as out:

@@ -84,7 +84,8 @@ def calibrate_run(
     test = _run_test_rates(run_dir, threshold)
     if test is not None:
         entry["test"] = test
-    warnings = _warnings(run_dir, run_cfg, data, fit_set, fit.distinct(0), target if kind == "fpr" else None)
+    names = (fit_set.class_names or []) + ((held_set.class_names or []) if held_set is not None else [])
+    warnings = _warnings(run_dir, run_cfg, data, names or None, fit.distinct(0), target if kind == "fpr" else None)
     for line in warnings:
         log.warning("%s", line)
     if out is not None:  # only now, with the threshold chosen: a failure above leaves no folder behind
@@ -255,12 +256,13 @@ def _resized(images: Any, size: tuple[int, int]) -> Any:
 
 
 def _warnings(
-    run_dir: Path, run_cfg: dict[str, Any], data: str, pairs: PairSet, impostors: int, fpr: float | None
+    run_dir: Path, run_cfg: dict[str, Any], data: str, names: list[str] | None, impostors: int, fpr: float | None
 ) -> list[str]:  # fmt: skip
-    """One line each: the calibration identities the run was trained or validated on (its threshold would be set
-    on people the model knows: too low a false-accept rate), and too few distinct impostor pairs for ``fpr``."""
+    """One line each: the calibration identities (``names``) the run was trained or validated on (its threshold
+    would be set on people the model knows: too low a false-accept rate), and too few distinct impostor pairs
+    (``impostors``) for ``fpr``."""
     out = []
-    overlap = training_overlap(run_dir, run_cfg, data, pairs.class_names)
+    overlap = training_overlap(run_dir, run_cfg, data, names)
     if overlap:
         out.append(overlap)
     few = too_few_impostors(fpr, impostors) if fpr is not None else None
@@ -276,7 +278,7 @@ def training_overlap(run_dir: Path, run_cfg: dict[str, Any], data: str, names: l
 
     metrics = _read(run_dir / "metrics.json") or {}
     known = {part: set(ids) for part, ids in (metrics.get("identities") or {}).items() if part != "test"}
-    hint = "calibrate on people the model never saw (e.g. the run's test identities or new ones) — or use --hold-out"
+    hint = "calibrate on people the model never saw (new ones, or the run's test identities)"
     if known and names:
         shared = {part: sorted(set(names) & ids) for part, ids in known.items()}
         shared = {part: ids for part, ids in shared.items() if ids}

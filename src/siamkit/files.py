@@ -93,12 +93,56 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 @contextlib.contextmanager
 def locked_file(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) on ``path`` (made if missing) for the work inside: other processes
-    taking it wait."""
+    taking it wait. When the file was replaced while this one waited (its folder swapped by
+    :func:`exchange_folders`), the lock is taken again on the file now at ``path``."""
     import fcntl
 
-    with open(path, "w") as fh:
+    while True:
+        fh = open(path, "a")  # noqa: SIM115 - held open across the yield below
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if os.path.samestat(os.fstat(fh.fileno()), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def exchange_folders(a: Path, b: Path) -> None:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``): a crash leaves either both as
+    they were or both swapped. Where the call is missing, two renames through ``<b>.swap`` (see
+    :func:`recover_swap`)."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
+    aside = b.with_name(b.name + ".swap")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+
+
+def recover_swap(b: Path) -> None:
+    """Finish a two-rename :func:`exchange_folders` that a crash cut: ``b`` missing but ``<b>.swap`` there."""
+    aside = b.with_name(b.name + ".swap")
+    if not b.exists() and aside.is_dir():
+        os.rename(aside, b)

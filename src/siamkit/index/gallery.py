@@ -16,6 +16,12 @@ next ``index-<generation>.faiss`` (temp file, then rename), then in one transact
 rows it holds: a crash at any moment leaves the previous complete gallery (a stray newer index file is ignored
 and removed by the next compaction). Opening reads the base and replays the log.
 
+A new gallery is written sidecar last (``gallery.json`` is its commit point: a folder without one is no gallery
+and can be built again). A rebuild over an existing gallery (``--overwrite``) writes the whole new gallery in a
+sibling folder ``.<name>.new-<id>`` and swaps the two folders in one atomic step
+(:func:`~siamkit.files.exchange_folders`): a crash leaves the old gallery or the new one, whole. Leftovers of a
+crash (temp files, staged folders) are removed by the next write.
+
 Distances are those of the run's ``eval.distance`` as ``verify`` uses them (smaller = closer): ``euclidean``
 (L2 index, square root taken), ``squared_euclidean``, ``cosine`` (1 − cos, inner product of L2-normalised
 vectors) and ``cosine_similarity`` (reported negated, like the verification threshold).
@@ -28,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
@@ -38,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from siamkit.errors import CheckpointError, ConfigError, DataError
-from siamkit.files import atomic_write_bytes, atomic_write_text, locked_file
+from siamkit.files import atomic_write_bytes, atomic_write_text, exchange_folders, locked_file, recover_swap
 from siamkit.registry import Registry, code_from_files
 
 FORMAT = "siamkit-gallery-v2"
@@ -249,6 +256,7 @@ class Gallery:
         """An empty gallery for the model described by ``model`` (``Model.describe()``: model_hash, run_dir,
         input_shape, embedding_dim, distance, threshold). Nothing is written until :meth:`save`."""
         directory = Path(directory)
+        recover_swap(directory)
         if (directory / SIDECAR).exists() and not overwrite:
             raise DataError(f"{directory}: a gallery exists there; use index add, or pass --overwrite to rebuild it")
         opts = index_options(kind, options)
@@ -266,6 +274,7 @@ class Gallery:
     def open(cls, directory: str | os.PathLike[str]) -> Gallery:
         """The committed gallery in ``directory``: its base index with the logged edits replayed."""
         directory = Path(directory)
+        recover_swap(directory)
         sidecar = directory / SIDECAR
         if not sidecar.is_file():
             raise DataError(f"{directory}: not a gallery (no {SIDECAR}); build one with: siamkit index build RUN_DIR "
@@ -484,9 +493,11 @@ class Gallery:
                                              or edits > max(50_000, self.base.ntotal // 2)))  # fmt: skip
 
     def _commit(self, compact: bool) -> None:
+        if self.fresh and (self.directory / SIDECAR).exists():
+            self._replace_whole()
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.fresh:
-            atomic_write_text(self.directory / SIDECAR, json.dumps({k: self.meta[k] for k in STATIC_KEYS}) + "\n")
+        remove_leftovers(self.directory)
         generation, name, folded = int(self.meta["generation"]), self.meta["index_file"], None
         if compact:  # the new base first: a crash before the transaction leaves an unnamed file, removed later
             folded = self._folded()
@@ -524,6 +535,8 @@ class Gallery:
                 raise
         finally:
             con.close()
+        if self.fresh:  # the commit point of a new gallery: without its sidecar the folder is no gallery
+            atomic_write_text(self.directory / SIDECAR, json.dumps({k: self.meta[k] for k in STATIC_KEYS}) + "\n")
         self.pending.clear()
         self.fresh = False
         self.meta.update({"seq": seq, "generation": generation, "index_file": name, "base_seq": state["base_seq"]})
@@ -535,6 +548,23 @@ class Gallery:
             for old in self.directory.glob("index-*.faiss"):
                 if old.name != name and re.fullmatch(r"index-\d{6}\.faiss", old.name):
                     old.unlink(missing_ok=True)
+
+    def _replace_whole(self) -> None:
+        """A rebuild over an existing gallery: the new one written whole beside it, then the two folders swapped in
+        one step; the old one's folder is then removed (what the gallery does not own is kept)."""
+        target = self.directory
+        stage = target.parent / f".{target.name}.new-{uuid.uuid4().hex[:8]}"
+        stage.mkdir()
+        self.directory = stage
+        try:
+            self._commit(compact=True)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        finally:
+            self.directory = target
+        exchange_folders(stage, target)
+        retire_folder(stage, target)
 
     def _folded(self) -> Any:
         """A new index of the base less the removed items plus the delta's vectors."""
@@ -676,6 +706,37 @@ def _migrate_v1(directory: Path, old: dict[str, Any]) -> dict[str, Any]:
     atomic_write_text(directory / SIDECAR, json.dumps(static) + "\n")
     log.info("%s: gallery converted to %s (edits now cost what they change)", directory, FORMAT)
     return static
+
+
+OWN_FILES = re.compile(rf"{re.escape(SIDECAR)}|{re.escape(DATABASE)}(-wal|-shm|-journal)?|index-\d{{6}}\.faiss|"
+                       rf"{UPLOADS}|\.lock|\..*\.tmp")  # fmt: skip
+"""The names a gallery folder's own files have: a rebuild replaces them; anything else in the folder is kept."""
+
+
+def retire_folder(old: Path, target: Path) -> None:
+    """Remove the folder of a replaced gallery, moving what the gallery does not own back into ``target``."""
+    for entry in old.iterdir():
+        if not OWN_FILES.fullmatch(entry.name) and not (target / entry.name).exists():
+            os.rename(entry, target / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(directory: Path) -> None:
+    """What a crashed write left (called under the gallery's lock): temp files in the folder, and sibling
+    folders of a cut rebuild (a staged new gallery, or the old one not yet removed)."""
+    for pattern in (f".{SIDECAR}.*.tmp", f".{DATABASE}.*.tmp", ".index-*.faiss.*.tmp"):
+        for tmp in directory.glob(pattern):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    siblings = [*directory.parent.glob(f".{glob_escape(directory.name)}.new-*"),
+                directory.with_name(directory.name + ".swap")]  # fmt: skip
+    for sibling in siblings:
+        if sibling.is_dir():
+            retire_folder(sibling, directory)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 @contextlib.contextmanager

@@ -229,15 +229,22 @@ class QdrantGallery(Gallery):
         them); a new gallery's folder and collection made first."""
         m = _models()
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.fresh:
+        fresh = self.fresh
+        if fresh:
             if self.client.collection_exists(self.collection):
                 self.client.delete_collection(self.collection)
             self.client.create_collection(self.collection, vectors_config=m.VectorParams(
                 size=int(self.meta["dim"]), distance=_metric(self.metric)))  # fmt: skip
+            (self.directory / UPLOADS).mkdir(exist_ok=True)
+        self._send()
+        if fresh:  # the commit point, once every point is in: a cut before it leaves no gallery (or the old one)
             static = {k: self.meta[k] for k in (*STATIC_KEYS, "backend")}
             atomic_write_text(self.directory / SIDECAR, json.dumps(static) + "\n")
-            (self.directory / UPLOADS).mkdir(exist_ok=True)
             self.fresh = False
+
+    def _send(self) -> None:
+        """Upsert the pending points and delete the removed ones, waiting for the collection to apply them."""
+        m = _models()
         ids = list(self.pending_vectors)
         for s in range(0, len(ids), PAGE):
             chunk = ids[s : s + PAGE]
@@ -288,7 +295,8 @@ class QdrantGallery(Gallery):
 def migrate(source: str | os.PathLike[str], out: str | os.PathLike[str], url: str,
             collection: str | None = None) -> QdrantGallery:  # fmt: skip
     """A copy of the faiss gallery ``source`` as a new gallery folder ``out`` on the Qdrant at ``url``: the same
-    items, ids, labels and vectors (read back from the faiss index), the same model guard."""
+        items, ids, labels and vectors (read back from the faiss index), the same model guard. ``out``'s sidecar is
+    written once every point is in the collection: a crash before leaves no gallery at ``out``."""
     src = Gallery.open(source)
     if isinstance(src, QdrantGallery):
         raise DataError(f"{source}: already a Qdrant gallery")
@@ -301,10 +309,10 @@ def migrate(source: str | os.PathLike[str], out: str | os.PathLike[str], url: st
         it = src.items[item_id]
         dst.pending_items[item_id] = Item(item_id, it.path, it.label)
         dst.pending_vectors[item_id] = np.asarray(index.reconstruct(int(item_id)), np.float32)
-    dst.save()
     uploads = Path(source) / UPLOADS
-    if uploads.is_dir():  # the images added over HTTP belong to the gallery: they move with it
+    if uploads.is_dir():  # the images added over HTTP belong to the gallery: they move with it, before its commit
         import shutil
 
         shutil.copytree(uploads, Path(out) / UPLOADS, dirs_exist_ok=True)
+    dst.save()  # the sidecar last: a cut migrate leaves no gallery at out, never a part of one
     return dst

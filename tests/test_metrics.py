@@ -141,10 +141,13 @@ def test_reliable_rests_on_distinct_impostors():
 
 
 def test_threshold_at_fpr_hand_case_and_brute_force():
-    # impostors at 1..10, genuine at 0.5, 2.5: FPR ≤ 0.2 admits 2 impostors → halfway between 2 and 3
-    d = np.r_[np.arange(1.0, 11.0), 0.5, 2.5]
-    y = np.r_[np.zeros(10, int), 1, 1]
-    assert M.threshold_at_fpr(d, y, 0.2) == pytest.approx(2.5)
+    # impostors at 1..10, genuine at 0.5, 2.5, 2.9: FPR ≤ 0.2 admits 2 impostors → the largest threshold below the
+    # third (3.0), which accepts the genuine pair at 2.9 (a midpoint, 2.5, refused it though the target allows it)
+    d = np.r_[np.arange(1.0, 11.0), 0.5, 2.5, 2.9]
+    y = np.r_[np.zeros(10, int), 1, 1, 1]
+    thr = M.threshold_at_fpr(d, y, 0.2)
+    assert 2.9 < thr < 3.0 and thr == np.nextafter(3.0, -np.inf)
+    assert M.rates_at(d, y, thr) == (0.2, 0.0)
     assert M.threshold_at_fpr(d, y, 0.0) < 1.0 and M.rates_at(d, y, M.threshold_at_fpr(d, y, 0.0))[0] == 0.0
     assert M.threshold_at_fpr(d, y, 1.0) == 10.0
     rng = np.random.default_rng(0)
@@ -158,6 +161,87 @@ def test_threshold_at_fpr_hand_case_and_brute_force():
             # no larger candidate threshold (any distance value above it) keeps the FPR within the target
             bigger = np.unique(d[d > thr])
             assert all(M.rates_at(d, y, t)[0] > target for t in bigger[:1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_threshold_at_fpr_is_the_largest_within_the_target_off_any_grid(seed):
+    """Continuous distances (no grid, no ties): the threshold keeps the FPR within the target, every genuine pair
+    nearer than the first impostor it must refuse is accepted, and nothing above it keeps the target."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 2000)
+    d = rng.normal(1.0 - 0.5 * y, 0.3) * np.pi  # off any decimal grid
+    for target in (0.001, 0.013, 0.1, 0.37):
+        thr = M.threshold_at_fpr(d, y, target)
+        imp = np.sort(d[y == 0])
+        first_refused = imp[int(np.floor(target * len(imp) + 1e-9))]
+        assert M.rates_at(d, y, thr)[0] <= target
+        assert (d[(y == 1) & (d < first_refused)] <= thr).all()  # no genuine pair the target allows is refused
+        assert M.rates_at(d, y, float(first_refused))[0] > target  # the next candidate breaks the target
+        assert thr < first_refused and np.nextafter(thr, np.inf) == first_refused
+
+
+def test_retrieval_refuses_non_finite_embeddings():
+    labels = np.repeat(np.arange(4), 5)
+    for bad in (float("nan"), float("inf")):
+        emb = torch.full((20, 8), bad)  # all-NaN embeddings gave P@1 = 1.0, which the checkpoint monitor trusted
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            M.retrieval_metrics(emb, labels)
+    emb = torch.randn(20, 8)
+    emb[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="1 of 20"):
+        M.retrieval_metrics(emb, labels, method="dense")
+
+
+def _exact_p1_map(emb: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """P@1 and MAP@R by a float64 loop over exact squared differences (no |a|² + |b|² − 2a·b)."""
+    x = emb.astype(np.float64)
+    p1, maps = [], []
+    for q in range(len(x)):
+        d = ((x - x[q]) ** 2).sum(1)
+        d[q] = np.inf
+        order = np.argsort(d, kind="stable")
+        r = int((labels == labels[q]).sum()) - 1
+        hit = labels[order[:r]] == labels[q]
+        p1.append(float(hit[0]))
+        maps.append(float((np.cumsum(hit) / np.arange(1, r + 1) * hit).sum() / r))
+    return float(np.mean(p1)), float(np.mean(maps))
+
+
+@pytest.mark.parametrize("method", ["dense", "knn"])
+def test_retrieval_keeps_exact_ranks_far_from_the_origin(method):
+    # un-normalised embeddings around 1e4 whose classes differ by 0.05: float32's |a|² + |b|² − 2a·b loses every
+    # digit of those differences (P@1 0.000 where the exact answer is far above chance)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 12)
+    centres = rng.normal(0, 0.05, (10, 16))
+    x = (1e4 + centres[labels] + rng.normal(0, 0.03, (120, 16))).astype(np.float32)
+    want_p1, want_map = _exact_p1_map(x, labels)
+    assert want_p1 > 0.5
+    got = M.retrieval_metrics(torch.from_numpy(x), labels, method=method)
+    assert got["precision_at_1"] == pytest.approx(want_p1, abs=1e-9)
+    assert got["map_at_r"] == pytest.approx(want_map, abs=1e-6)
+
+
+def test_kfold_folds_are_identity_disjoint_when_pairs_name_their_identities():
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 40, (3000, 2))
+    y = (ids[:, 0] == ids[:, 1]).astype(int)
+    y[:600] = 1
+    ids[:600, 1] = ids[:600, 0]
+    d = rng.normal(1.0 - 0.6 * y, 0.4)
+    got = M.kfold_verification_accuracy(d, y, folds=10, seed=1, groups=ids)
+    assert got["folds_by"] == "identity" and len(got["folds"]) == 10
+    # the folds it used: every identity in one fold, no pair spanning two; recomputed here from the same seed
+    fold_of, how = M._identity_folds(ids, y, 10, np.random.default_rng(1))
+    assert how == "identity" and fold_of is not None and got["pairs_used"] == int((fold_of >= 0).sum())
+    used = fold_of >= 0
+    for f in range(10):
+        inside = set(ids[fold_of == f].ravel())
+        outside = set(ids[used & (fold_of != f)].ravel())
+        assert inside and not inside & outside  # a threshold chosen on 9 folds never saw the 10th's people
+    # too few identities for 10 disjoint folds: the pairs are dealt into folds, and it says so
+    few = M.kfold_verification_accuracy(d, y, folds=10, seed=1, groups=ids % 12)
+    assert few["folds_by"] == "pairs" and few["pairs_used"] == len(d)
 
 
 def test_kfold_verification_accuracy_matches_a_loop():

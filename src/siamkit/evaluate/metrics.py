@@ -179,15 +179,24 @@ def retrieval_metrics(
     return out
 
 
+CENTRE_FROM = 1e3
+"""Euclidean retrieval centres embeddings whose mean's squared norm is at least this many times their spread."""
+
+
 def centred(embeddings: torch.Tensor, dist: Distance) -> torch.Tensor:
-    """``embeddings`` ``(N, D)`` as float32, moved to their mean (computed in float64) for the Euclidean distances,
-    which a translation leaves unchanged: the dense ``|a|² + |b|² − 2a·b`` and faiss's L2 lose every digit of
-    the differences of vectors far from the origin in float32 (a mean of 1e4 left P@1 at 0). Other distances
-    (cosine, dot product) are not translation-invariant and are ranked as given."""
-    if getattr(dist, "name", "") not in ("euclidean", "squared_euclidean") or len(embeddings) == 0:
+    """``embeddings`` ``(N, D)`` as float32 — for the Euclidean distances, moved to their mean (in float64) when
+    they lie far from the origin against their spread (``CENTRE_FROM``): a translation leaves those distances
+    unchanged, while the dense ``|a|² + |b|² − 2a·b`` and faiss's L2 lose every digit of the differences of such
+    vectors in float32 (a mean of 1e4 left P@1 at 0). Embeddings near the origin are left as given (their exact
+    ties stay exact), as are other distances (cosine, dot product: not translation-invariant)."""
+    if getattr(dist, "name", "") not in ("euclidean", "squared_euclidean") or len(embeddings) < 2:
         return embeddings.float()
     x = embeddings.double()
-    return (x - x.mean(0, keepdim=True)).float()
+    mean = x.mean(0, keepdim=True)
+    spread = float(((x - mean) ** 2).sum(1).mean())
+    if float((mean**2).sum()) < CENTRE_FROM * spread:
+        return embeddings.float()
+    return (x - mean).float()
 
 
 def _has_faiss() -> bool:

@@ -5,6 +5,7 @@ module that writes; imports nothing of siamkit."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -88,6 +89,13 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temps(path: Path) -> None:
+    """Remove the temp files a cut :func:`atomic_write_bytes` of ``path`` left (call it where one writer writes)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from siamkit.errors import CheckpointError, ConfigError
-from siamkit.files import atomic_write_bytes
+from siamkit.files import atomic_write_bytes, remove_temps
 from siamkit.runs.embedders import ONNX_FILE, ONNX_META_KEY, TorchEmbedder
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def export_onnx(
             "report this with the model's backbone name"
         )
     path = Path(out) if out is not None else Path(run_dir) / ONNX_FILE
+    remove_temps(path)  # what a cut export left
     atomic_write_bytes(path, payload)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     return {

@@ -174,3 +174,46 @@ def test_training_from_the_file_equals_training_from_memory(tmp_path, digits_ima
     assert json.loads((tmp_path / "file" / "metrics.json").read_text())["test"]["auc"] == pytest.approx(
         results["memory"]["test"]["auc"], abs=1e-6
     )
+
+
+def _entry_data(tmp_path):
+    manifest = next((tmp_path / "cache").rglob("manifest.json"))
+    return manifest.parent / json.loads(manifest.read_text())["data"]
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "rows swapped"])
+def test_a_cache_damaged_in_place_is_detected_and_decoded_again(folder, tmp_path, monkeypatch, damage):
+    plain = read_folder(folder)
+    read_folder(folder, cache=_settings(tmp_path))
+    data = _entry_data(tmp_path)
+    raw = bytearray(data.read_bytes())
+    row = len(raw) // len(plain.images)
+    if damage == "zeroed":
+        raw[row : 3 * row] = bytes(2 * row)
+    else:
+        raw[:row], raw[row : 2 * row] = raw[row : 2 * row], raw[:row]
+    data.write_bytes(bytes(raw))  # same size, same manifest: only a checksum can tell
+    calls = _count_decodes(monkeypatch)
+    again = read_folder(folder, cache=_settings(tmp_path, workers=1))
+    assert len(calls) == len(plain.images)  # decoded anew, nothing reused from the damaged file
+    assert torch.equal(again.images, plain.images)
+
+
+def test_a_rebuild_never_deletes_the_file_another_run_reads(folder, tmp_path):
+    import pickle
+
+    first = read_folder(folder, cache=_settings(tmp_path, memory_limit_mb=0))  # read from the file per batch
+    assert isinstance(first.images, DiskImages)
+    old = first.images.path
+    changed = folder / "id0" / "1.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = read_folder(folder, cache=_settings(tmp_path, memory_limit_mb=0))  # another run rebuilds the entry
+    assert second.images.path != old and old.exists()  # the first run's file stays while it reads it
+    copy = pickle.loads(pickle.dumps(first.images))  # a spawned worker of the first run opens it again
+    assert torch.equal(copy[:4], first.images[:4])
+    del first, copy
+    Image.fromarray(np.ones((20, 20, 3), np.uint8)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    read_folder(folder, cache=_settings(tmp_path, memory_limit_mb=0))
+    assert not old.exists()  # once nobody reads it, the next build removes it

@@ -12,6 +12,11 @@ A later run with the same files and settings finds every file unchanged (size an
 no decoding, no header scan. A changed, added or removed file is detected and only that part is redone: rows of
 unchanged files are copied from the old cache file, the rest decoded, and the change is logged in one line.
 
+The manifest holds a CRC-32 of every 4 MiB block of the cache file, checked when the cache is opened: a file
+damaged in place (zeroed, rows swapped) is decoded again, never trained on. Every reader holds a shared lock on
+the file it reads for as long as it reads it, and a rebuild deletes only the old files nobody holds: two runs
+sharing ``data.cache_dir`` never delete each other's files.
+
 A decoded set larger than ``data.memory_limit_mb`` is not loaded: :class:`DiskImages` reads the rows a batch
 needs from the file (``pread``, never a memory map, so the resident memory stays bounded by the batches and the
 page cache does the caching); a smaller set is one tensor over a copy-on-write map of the file.
@@ -20,6 +25,7 @@ page cache does the caching); a smaller set is one tensor over a copy-on-write m
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,6 +33,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +46,11 @@ from siamkit.errors import DataError
 from siamkit.files import atomic_write_text, locked_file
 
 log = logging.getLogger(__name__)
-VERSION = 2  # 2: EXIF orientation applied
+VERSION = 3  # 2: EXIF orientation applied; 3: block checksums
 """Bumped when decoding changes (mode conversion, resize): older caches are then rebuilt."""
 MANIFEST = "manifest.json"
+BLOCK_BYTES = 1 << 22
+"""The cache file is checksummed (CRC-32) per block of this many bytes."""
 
 
 def cache_root() -> Path:
@@ -74,13 +83,13 @@ class DiskImages:
     dtype = torch.uint8
     ndim = 4
 
-    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int, int, int], rows: np.ndarray | None = None):
+    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int, int, int], rows: np.ndarray | None = None,
+                 hold: ReadHold | None = None):  # fmt: skip
         self.path = Path(path)
         self.total, self.c, self.h, self.w = (int(v) for v in shape)
         self.rows = np.arange(self.total, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self.row_bytes = self.c * self.h * self.w
-        self._fd: int | None = None
-        self._pid = -1
+        self._hold = hold
 
     @property
     def shape(self) -> torch.Size:
@@ -95,7 +104,7 @@ class DiskImages:
     def take(self, index: np.ndarray | torch.Tensor) -> DiskImages:
         """The lazy subset of these images at ``index`` (positions in this collection)."""
         idx = index.numpy() if isinstance(index, torch.Tensor) else np.asarray(index, dtype=np.int64)
-        return DiskImages(self.path, (self.total, self.c, self.h, self.w), self.rows[idx])
+        return DiskImages(self.path, (self.total, self.c, self.h, self.w), self.rows[idx], self._hold)
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         if isinstance(key, (int, np.integer)):
@@ -111,9 +120,10 @@ class DiskImages:
         return self[:].numpy()
 
     def _handle(self) -> int:
-        if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        return self._fd
+        """The file's descriptor (a forked worker shares it: reads are ``pread``, at explicit offsets)."""
+        if self._hold is None:  # unpickled in another process: open the file again, while its owner holds it
+            self._hold = ReadHold(self.path)
+        return self._hold.fd
 
     def _read(self, rows: np.ndarray) -> torch.Tensor:
         """The file's ``rows`` in the given order: one ``pread`` per run of consecutive rows."""
@@ -135,12 +145,26 @@ class DiskImages:
         return torch.from_numpy(out)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fd": None, "_pid": -1}
+        return {**self.__dict__, "_hold": None}
+
+
+class ReadHold:
+    """An open cache file with a shared lock on it, for as long as this object lives: a rebuild (another run
+    sharing the cache folder) never deletes a file someone reads (:func:`_remove_unused`)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DataError(f"{path}: the image cache file is gone (its folder was cleared while in use); run "
+                            "again to decode the images anew") from None  # fmt: skip
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        self._pid = os.getpid()
 
     def __del__(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
+        if getattr(self, "_pid", None) == os.getpid():  # a forked copy leaves the owner's descriptor open
             with contextlib.suppress(OSError):
-                os.close(self._fd)
+                os.close(self.fd)
 
 
 ImageArray = torch.Tensor | DiskImages
@@ -204,6 +228,10 @@ def decode_cached(
     with _locked(entry):
         stamps = [_stamp(p) for p in paths]
         old = _read_manifest(entry)
+        if old is not None and not _intact(entry, old):
+            log.warning("%s: the image cache is damaged (a block's checksum differs); decoding the images again",
+                        entry / old["data"])  # fmt: skip
+            old = None
         if old is not None and _unchanged(old, paths, stamps):
             log.info("decoded images from the cache %s (%d files unchanged)", entry, len(paths))
             return _open(entry, old, settings)
@@ -216,15 +244,32 @@ def decode_cached(
 
 
 def _read_manifest(entry: Path) -> dict[str, Any] | None:
+    """The entry's manifest when it is whole and of this version (else None: the cache is built again)."""
     try:
         manifest: dict[str, Any] = json.loads((entry / MANIFEST).read_text())
-    except (OSError, ValueError):
+        data = entry / str(manifest["data"])
+        size = int(np.prod([int(v) for v in manifest["shape"]]))
+        blocks = manifest["blocks"]
+        whole = (manifest.get("version") == VERSION and data.is_file() and data.stat().st_size == size
+                 and isinstance(blocks, list) and len(blocks) == -(-size // BLOCK_BYTES)
+                 and all(isinstance(f, list) and len(f) == 4 for f in manifest["files"]))  # fmt: skip
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    data = entry / manifest.get("data", "")
-    shape = manifest.get("shape", [0, 0, 0, 0])
-    if manifest.get("version") != VERSION or not data.is_file() or data.stat().st_size != int(np.prod(shape)):
-        return None
-    return manifest
+    return manifest if whole else None
+
+
+def block_checksums(path: Path | str) -> list[int]:
+    """CRC-32 of every :data:`BLOCK_BYTES` block of the file."""
+    out = []
+    with open(path, "rb") as fh:
+        while chunk := fh.read(BLOCK_BYTES):
+            out.append(zlib.crc32(chunk))
+    return out
+
+
+def _intact(entry: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the cache file still holds what was written (every block's checksum as in the manifest)."""
+    return block_checksums(entry / manifest["data"]) == manifest["blocks"]
 
 
 def _unchanged(manifest: dict[str, Any], paths: Sequence[Path], stamps: Sequence[tuple[int, int] | None]) -> bool:
@@ -239,13 +284,16 @@ def _open(entry: Path, manifest: dict[str, Any], settings: CacheSettings) -> Cac
     shape = tuple(int(v) for v in manifest["shape"])
     n, c, h, w = shape
     data = entry / manifest["data"]
+    hold = ReadHold(data)  # held as long as the images are: no rebuild deletes the file meanwhile
     kept = [i for i, f in enumerate(manifest["files"]) if f[3] >= 0]
     skipped = [f[0] for f in manifest["files"] if f[3] < 0]
     images: torch.Tensor | DiskImages
     if n * c * h * w <= settings.memory_limit_mb * 2**20:  # mapped copy-on-write: pages come in as they are used
-        images = torch.from_numpy(np.memmap(data, dtype=np.uint8, mode="c", shape=shape))
+        mapped = np.memmap(data, dtype=np.uint8, mode="c", shape=shape)
+        mapped.hold = hold  # type: ignore[attr-defined]  # the lock lives as long as the mapping
+        images = torch.from_numpy(mapped)
     else:
-        images = DiskImages(data, (n, c, h, w))
+        images = DiskImages(data, (n, c, h, w), hold=hold)
         log.info("%d decoded images (%.1f GB) stay in the cache file and are read per batch (data.memory_limit_mb "
                  "%g)", n, n * c * h * w / 1e9, settings.memory_limit_mb)  # fmt: skip
     for path in skipped:
@@ -264,6 +312,8 @@ def _build(
     if old is not None and old["shape"][1:] == [channels, *size]:
         reuse = {f[0]: (f[1], f[2], f[3]) for f in old["files"]}
     n = len(paths)
+    for leftover in entry.glob(".images.*.tmp"):  # a killed build's (we hold the entry's lock: none is being written)
+        leftover.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=entry, prefix=".images.", suffix=".tmp")
     try:
         os.ftruncate(fd, n * row_bytes)
@@ -302,17 +352,37 @@ def _build(
         Path(tmp).unlink(missing_ok=True)
         raise
     os.close(fd)
+    blocks = block_checksums(tmp)
     name = f"images-{os.getpid()}-{time.time_ns()}.u8"
     os.replace(tmp, entry / name)
     new_row = {r: i for i, r in enumerate(kept_rows)}
     files = [[str(p), *(st if st is not None else (0, 0)), new_row.get(r, -1)]
              for r, (p, st) in enumerate(zip(paths, stamps, strict=True))]  # fmt: skip
-    manifest = {"version": VERSION, "data": name, "shape": [len(kept_rows), channels, *size], "files": files}
+    manifest = {"version": VERSION, "data": name, "shape": [len(kept_rows), channels, *size], "files": files,
+                "blocks": blocks}  # fmt: skip
     atomic_write_text(entry / MANIFEST, json.dumps(manifest) + "\n")
-    for stale in entry.glob("images-*.u8"):
-        if stale.name != name:
-            stale.unlink(missing_ok=True)
+    _remove_unused(entry, name)
     return manifest
+
+
+def _remove_unused(entry: Path, current: str) -> None:
+    """Delete the entry's older cache files that no reader holds (:class:`ReadHold`); a held one stays until a
+    later build finds it free."""
+    for stale in entry.glob("images-*.u8"):
+        if stale.name == current:
+            continue
+        try:
+            fd = os.open(stale, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # another run reads it
+        else:
+            stale.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def _compact(fd: int, kept_rows: list[int], row_bytes: int) -> None:

@@ -56,9 +56,34 @@ def _source(kind: str, root: Path) -> tuple[str, list[str]]:
         _write_idx(root / "t10k-images-idx3-ubyte.gz", test_images)
         _write_idx(root / "t10k-labels-idx1-ubyte.gz", test_labels)
         names = [str(c) for c in range(N_CLASSES)]
+    elif kind == "cifar10":  # the real batch format: 6 training and 4 test images per class
+        _write_cifar(root, rng)
+        from siamkit.data.cifar import CIFAR10_CLASSES
+
+        names = list(CIFAR10_CLASSES)
     else:
         return "digits", [str(c) for c in range(N_CLASSES)]
     return str(root), names
+
+
+def _write_cifar(root: Path, rng: np.random.Generator) -> None:
+    """A CIFAR-10 folder as it ships (protocol-2 pickles of dicts with bytes keys): 5 training batches of 12 images
+    and a test batch of 40, classes in turn (6 training and 4 test images of each)."""
+    import pickle
+
+    from siamkit.data.cifar import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES
+
+    folder = root / CIFAR10_FOLDER
+    folder.mkdir(parents=True)
+    offset = 0
+    for name, n in [(b, 12) for b in TRAIN_BATCHES] + [(TEST_BATCH, 40)]:
+        labels = [(offset + i) % N_CLASSES for i in range(n)]
+        offset = 0 if name == TRAIN_BATCHES[-1] else offset + n
+        batch = {b"batch_label": name.encode(), b"labels": labels,
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}  # fmt: skip
+        with (folder / name).open("wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
 
 
 def _splits(source: str, *overrides: str, seed: int = 0):
@@ -71,7 +96,7 @@ def _ids(split) -> set[str]:
     return {split.images.class_names[c] for c in np.unique(split.images.labels)}
 
 
-@pytest.mark.parametrize("kind", ["folder", "flat", "idx", "digits"])
+@pytest.mark.parametrize("kind", ["folder", "flat", "idx", "digits", "cifar10"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_identity_split_disjoint_for_every_source(tmp_path, kind, seed):
     source, names = _source(kind, tmp_path / kind)
@@ -83,7 +108,7 @@ def test_identity_split_disjoint_for_every_source(tmp_path, kind, seed):
     assert s.method == "identity"
     assert s.identities == {"train": sorted(train, key=names.index), "validation": sorted(val, key=names.index),
                             "test": sorted(test, key=names.index)}  # fmt: skip
-    if kind == "idx":  # test identities' images come from the test files, the others from the training files
+    if kind in ("idx", "cifar10"):  # test identities' images come from the test files, the others from training's
         assert bundle.test is not None
         assert len(s.test.images) == 4 * len(test) and len(s.train.images) == 6 * len(train)
         wanted = np.isin(bundle.test.labels, [names.index(n) for n in test])
@@ -243,7 +268,7 @@ def test_checkpoint_and_threshold_come_from_validation_identities(open_run):
     pairs, and the kept epoch is the one whose validation MAP@R (on them) is highest. Scoring training
     identities instead gives other numbers, so this fails if they were used."""
     from siamkit.evaluate.evaluator import evaluate_split
-    from siamkit.evaluate.metrics import best_threshold, retrieval_metrics
+    from siamkit.evaluate.metrics import best_threshold
     from siamkit.training.pipeline import load_run
 
     r, prep, run_dir = open_run
@@ -256,15 +281,44 @@ def test_checkpoint_and_threshold_come_from_validation_identities(open_run):
     train = evaluate_split(model, prep.splits.train.images, None, prep.preprocess, prep.cfg.eval, None,
                            prep.cfg.train.seed + 11)  # fmt: skip
     assert best_threshold(train.pairs.distances, train.pairs.labels) != pytest.approx(r["threshold"])
+    _check_kept_epoch(r, prep, run_dir)
+
+
+def _check_kept_epoch(r, prep, run_dir: Path) -> None:
+    """The kept epoch is the one whose validation MAP@R is highest, and the saved model is that epoch's: its
+    validation MAP@R, recomputed, is the one history.csv recorded for it."""
+    from siamkit.evaluate.evaluator import embed_images
+    from siamkit.evaluate.metrics import retrieval_metrics
+    from siamkit.training.pipeline import load_run
+
     with (run_dir / "history.csv").open() as fh:
         history = list(csv.DictReader(fh))
     scores = [r["initial_val_map_at_r"]] + [float(h["val_map_at_r"]) for h in history]  # epoch 0 = initial weights
     assert r["best_epoch"] == int(np.argmax(scores))
-    from siamkit.evaluate.evaluator import embed_images
-
-    emb = embed_images(model, prep.splits.val.images.images, prep.preprocess)
+    emb = embed_images(load_run(run_dir).model, prep.splits.val.images.images, prep.preprocess)
     kept = retrieval_metrics(emb, prep.splits.val.images.labels, (1,))["map_at_r"]
     assert kept == pytest.approx(scores[r["best_epoch"]], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def learning_run(tmp_path_factory):
+    """A run whose training beats its initial weights on validation, so that the checkpoint restored is a trained
+    one: with ``open_run`` the kept epoch is 0 (on 4 training digits, training lowers the validation identities'
+    MAP@R from 0.58 to 0.32) and an untrained model passes the check. Digits split at random (closed set: every
+    class in training), where the ConvNet learns (validation MAP@R 0.34 → 0.6)."""
+    from siamkit.training.pipeline import prepare_data, train_run
+
+    runs = tmp_path_factory.mktemp("learn")
+    overrides = ["data.split=random", "train.epochs=2", "train.progress=false", "eval.n_pairs=400",
+                 "eval.tsne_points=0", "eval.episodes=0", f"runs_dir={runs}", "name=l"]  # fmt: skip
+    r = train_run(load_config(None, overrides))
+    return r, prepare_data(load_config(None, overrides)), Path(r["run_dir"])
+
+
+def test_the_checkpoint_restored_is_the_best_trained_epoch(learning_run):
+    r, prep, run_dir = learning_run
+    assert r["best_epoch"] >= 1, "the fixture must keep a trained epoch, or this test proves nothing"
+    _check_kept_epoch(r, prep, run_dir)
 
 
 # --- recipes ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from siamkit.data.readers import (
     read_folder,
     read_idx,
     read_idx_dir,
+    read_labels_csv,
     read_tuples_csv,
 )
 from siamkit.errors import DataError
@@ -158,6 +159,59 @@ def test_csv_missing_column_names_it(tmp_path):
         read_tuples_csv(tmp_path / "p.csv", "pairs")
     with pytest.raises(DataError, match="neither pairs"):
         detect_layout(str(tmp_path / "p.csv"))
+
+
+def _labels_csv(root: Path, groups: int, classes: int, images: int, group_column: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    rows = ["Label,extra,Path" + (",group" if group_column else "")]
+    for g in range(groups):
+        for c in range(classes):
+            for i in range(images):
+                name = f"img/g{g}c{c}_{i}.png"
+                _img(root / name, "L", value=int(rng.integers(0, 255)))
+                rows.append(f"char{c},x,{name}" + (f",script{g}" if group_column else ""))
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+def test_labels_csv_reads_identities_and_groups_by_header_name(tmp_path):
+    csv_path = _labels_csv(tmp_path, 2, 3, 2)
+    assert detect_layout(str(csv_path)) == "labels-csv"
+    s = read_labels_csv(csv_path)
+    assert len(s) == 12 and s.class_names[:2] == ["script0/char0", "script0/char1"]
+    assert Path(s.paths[0]).name == "g0c0_0.png" and s.class_names[s.labels[0]] == "script0/char0"
+    assert s.class_names[s.labels[-1]] == "script1/char2"  # the same label in two groups: two identities
+    (tmp_path / "plain.csv").write_text("path,label\nimg/g0c0_0.png,a\nimg/g0c0_1.png,b\n")
+    assert read_labels_csv(tmp_path / "plain.csv").class_names == ["a", "b"]
+
+
+def test_labels_csv_group_column_gives_a_group_disjoint_split(tmp_path):
+    from siamkit.data.splits import make_splits
+
+    cfg = DataConfig(source=str(_labels_csv(tmp_path, 6, 5, 2)), cache=False)
+    splits = make_splits(load_dataset(cfg), cfg, 0)
+    assert splits.method == "identity" and splits.identities is not None
+    groups = {part: {n.split("/")[0] for n in ids} for part, ids in splits.identities.items()}
+    assert groups["train"] and groups["validation"] and groups["test"]
+    assert not (groups["train"] & groups["test"]) and not (groups["validation"] & groups["test"])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("path,name\na.png,x\n", "missing column 'label'"),
+        ("path,label\n", "header but no rows"),
+        ("path,label\na.png,\n", ":2: empty 'label'"),
+        ("path,label,group\na.png,x,\n", ":2: empty 'group'"),
+        ("path,label\na.png,x\n./a.png,y\na.png,z\n", ":3: './a.png' is listed twice \\(first on line 2\\)"),
+        ("path,label,group\na.png,x/y,g\n", "contains '/'"),
+    ],
+)
+def test_labels_csv_bad_rows_are_one_line_naming_the_line(tmp_path, text, match):
+    _img(tmp_path / "a.png", "L")
+    (tmp_path / "l.csv").write_text(text)
+    with pytest.raises(DataError, match=match):
+        read_labels_csv(tmp_path / "l.csv")
 
 
 def _write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:

@@ -43,9 +43,9 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     source: str = "digits"
-    """``digits``, ``fashion-mnist``, or a path: class-per-folder dir, flat dir, IDX dir, pairs/triplets CSV."""
+    """``digits``, ``fashion-mnist``, or a path: class-per-folder dir, flat dir, IDX dir, pairs/triplets/labels CSV."""
     layout: str = "auto"
-    """``auto`` | ``folder`` | ``flat`` | ``pairs-csv`` | ``triplets-csv`` | ``idx`` | ``digits`` |
+    """``auto`` | ``folder`` | ``flat`` | ``pairs-csv`` | ``triplets-csv`` | ``labels-csv`` | ``idx`` | ``digits`` |
     ``fashion-mnist``."""
     flat_field: int = 1
     """Flat layout: the class is this ``_``-separated field of the file name (0-based)."""
@@ -288,7 +288,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "model.embedding_dim": (0, INF, True, False),
     "loss.ssl_weight": (0, INF, True, False),
     "loss.ssl_temperature": (0, INF, False, False),
-    "train.epochs": (1, INF, True, False),
+    "train.epochs": (0, INF, True, False),
     "train.batch_size": (1, INF, True, False),
     "train.lr": (0, 10, True, True),
     "train.weight_decay": (0, INF, True, False),

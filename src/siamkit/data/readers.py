@@ -2,7 +2,8 @@
 
 - class per folder: ``root/<identity>/<image>``
 - flat folder: ``<prefix>_<class>_<rest>.png`` (field index or regex)
-- CSV manifests: pairs (``path_a,path_b,label``) and triplets (``anchor,positive,negative``), columns by header
+- CSV manifests: pairs (``path_a,path_b,label``), triplets (``anchor,positive,negative``) and labelled images
+  (``path,label[,group]``), columns by header
 - MNIST-family IDX files (gzipped or not), scikit-learn digits, Fashion-MNIST by name
 """
 
@@ -139,6 +140,12 @@ def _pairs_csv(cfg: DataConfig) -> DatasetBundle:
     return DatasetBundle(Path(cfg.source).stem, images, tuples=table)
 
 
+@layout("labels-csv", detect=_is_csv_with({"path", "label"}))
+def _labels_csv(cfg: DataConfig) -> DatasetBundle:
+    images = read_labels_csv(cfg.source, cfg.channels, _size(cfg), cfg.skip_bad, cache_settings(cfg))
+    return DatasetBundle(Path(cfg.source).stem, images)
+
+
 @layout("idx", detect=_is_idx)
 def _idx(cfg: DataConfig) -> DatasetBundle:
     train, test = read_idx_dir(cfg.source)
@@ -180,13 +187,13 @@ def detect_layout(source: str) -> str:
         raise DataError(f"data source {source!r} not found; give an existing folder or CSV file, or "
                         f"{' / '.join(repr(n) for n in named)}")  # fmt: skip
     if path.is_file() and path.suffix.lower() != ".csv":
-        raise DataError(f"{source}: a data file must be a CSV of pairs or triplets")
+        raise DataError(f"{source}: a data file must be a CSV of pairs, triplets or labelled images")
     for lay in LAYOUTS.values():
         if lay.detect is not None and lay.detect(path):
             return lay.name
     raise DataError(
-        f"{source}: CSV header {_csv_header(path)} is neither pairs (path_a,path_b,label) nor triplets "
-        "(anchor,positive,negative); rename the columns"
+        f"{source}: CSV header {_csv_header(path)} is neither pairs (path_a,path_b,label), triplets "
+        "(anchor,positive,negative) nor labelled images (path,label[,group]); rename the columns"
     )
 
 
@@ -643,6 +650,51 @@ def read_tuples_csv(
     table = TupleTable(index[ok], None if labels is None else labels[ok])
     image_set = ImageSet(images, np.full(len(kept), -1, np.int64), [], [ordered[i] for i in kept], skipped)
     return image_set, table
+
+
+def read_labels_csv(
+    path: str | os.PathLike[str], channels: int | None = None, size: tuple[int, int] | None = None,
+    skip_bad: bool = False, cache: CacheSettings | None = None,
+) -> ImageSet:  # fmt: skip
+    """A CSV of labelled images: ``path,label`` and optionally ``group`` (columns by header name, any order, extra
+    columns ignored; relative paths resolved against the CSV's folder). ``label`` is the identity; ``group`` (an
+    alphabet, a family, a camera site) makes the class ``group/label``, as the grouped folder layout does, so the
+    identity split holds out whole groups and episodes can be drawn within one (``--within-group``)."""
+    path = Path(path)
+    with csv_text(path) as fh:
+        reader = csv.DictReader(fh)
+        header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        missing = [c for c in ("path", "label") if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column {missing[0]!r}; a labelled-images CSV needs the header "
+                            "path,label (and optionally group)")  # fmt: skip
+        cols = ["path", "label", *(["group"] if "group" in header else [])]
+        rows = [[(row[header[c]] or "").strip() for c in cols] for row in reader]
+    if not rows:
+        raise DataError(f"{path}: the CSV has a header but no rows")
+    files: list[Path] = []
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        empty = next((c for c, v in zip(cols, row, strict=True) if not v), None)
+        if empty is not None:
+            raise DataError(f"{path}:{line}: empty {empty!r}; every row needs a path and a label"
+                            + (" and a group" if len(cols) == 3 else ""))  # fmt: skip
+        full = os.path.normpath(row[0] if os.path.isabs(row[0]) else path.parent / row[0])
+        if full in seen:
+            raise DataError(f"{path}:{line}: {row[0]!r} is listed twice (first on line {seen[full]}); "
+                            "list each image once")  # fmt: skip
+        if "/" in row[1] and len(cols) == 3:
+            raise DataError(f"{path}:{line}: label {row[1]!r} contains '/', which separates group and label; "
+                            "rename it")  # fmt: skip
+        seen[full] = line
+        files.append(Path(full))
+        names.append(f"{row[2]}/{row[1]}" if len(cols) == 3 else row[1])
+    classes = sorted(set(names))
+    lookup = {c: i for i, c in enumerate(classes)}
+    images, kept, skipped = _decode_all(files, channels, size, skip_bad, str(path), cache)
+    labels = np.asarray([lookup[names[i]] for i in kept], np.int64)
+    return ImageSet(images, labels, classes, [str(files[i]) for i in kept], skipped)
 
 
 def _pair_label(value: str, path: Path, line: int) -> int:

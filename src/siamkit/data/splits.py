@@ -85,15 +85,16 @@ def split_indices(
 
 
 def resolve_split(bundle: DatasetBundle, cfg: DataConfig) -> str:
-    """``data.split`` with ``auto`` resolved: identities for one's own class-per-folder or flat folders with at
-    least ``AUTO_IDENTITY_MIN`` classes (or whenever class lists are given), ``random`` otherwise."""
+    """``data.split`` with ``auto`` resolved: identities for one's own class-per-folder folders, flat folders or
+    labelled-images CSVs with at least ``AUTO_IDENTITY_MIN`` classes (or whenever class lists are given),
+    ``random`` otherwise."""
     if cfg.split not in SPLIT_METHODS:
         raise ConfigError(f"unknown data.split {cfg.split!r}; choose one of: {', '.join(SPLIT_METHODS)}")
     if cfg.split != "auto":
         return cfg.split
     if any(v is not None for v in (cfg.train_classes, cfg.val_classes, cfg.test_classes)):
         return "identity"
-    if bundle.tuples is None and bundle.layout in ("folder", "flat"):
+    if bundle.tuples is None and bundle.layout in ("folder", "flat", "labels-csv"):
         n = len(np.unique(bundle.images.labels))
         if n >= AUTO_IDENTITY_MIN:
             return "identity"

@@ -29,6 +29,7 @@ def _train(tmp_path, capsys, *extra):
         ("contrastive", "hard-pairs"), ("contrastive", None), ("triplet", "semi-hard"), ("triplet", "batch-hard"),
         ("triplet", None), ("fdt", "batch-hard"), ("fdt", None), ("fdc", "all-pairs"), ("fdc", None),
         ("bce", "batch-hard-pairs"), ("bce", None), ("huber", "hard-pairs"), ("normalized-softmax", None),
+        ("arcface", None), ("cosface", None), ("multi-similarity", None),
     ],
 )  # fmt: skip
 def test_every_loss_trains_on_digits(tmp_path, capsys, loss, miner):

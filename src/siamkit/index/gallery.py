@@ -185,9 +185,25 @@ def connect(directory: Path) -> sqlite3.Connection:
     """The gallery's database (WAL journal: readers never wait for a writer; a killed writer leaves the last
     committed transaction). Transactions are explicit (``BEGIN IMMEDIATE`` … ``COMMIT``)."""
     con = sqlite3.connect(directory / DATABASE, timeout=60, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def connect_read(directory: Path) -> sqlite3.Connection:
+    """The database for reading: as :func:`connect`, or — on a read-only mount, where SQLite can make neither
+    its journal nor its lock files — opened immutable (nothing there can change it)."""
+    try:
+        return connect(directory)
+    except sqlite3.OperationalError:
+        if os.access(directory, os.W_OK):
+            raise
+    uri = f"{(directory / DATABASE).resolve().as_uri()}?immutable=1"
+    return sqlite3.connect(uri, uri=True, isolation_level=None)
 
 
 def _state(con: sqlite3.Connection) -> dict[str, Any]:
@@ -232,7 +248,7 @@ class Gallery:
     def _disk_stamp(self) -> tuple[str, int, int] | None:
         if not (self.directory / DATABASE).is_file():
             return None
-        con = connect(self.directory)
+        con = connect_read(self.directory)
         try:
             st = _state(con)
         finally:
@@ -295,9 +311,14 @@ class Gallery:
             static = _migrate_v1(directory, static)
         if static.get("format") != FORMAT:
             raise DataError(f"{sidecar}: format {static.get('format')!r} is not {FORMAT}; rebuild the gallery")
+        _check_static(sidecar, static)
         if not (directory / DATABASE).is_file():
             raise DataError(f"{directory}: {DATABASE} is missing; rebuild the gallery")
-        con = connect(directory)
+        try:
+            con = connect_read(directory)
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{directory / DATABASE}: unreadable gallery database ({exc}); rebuild the gallery") \
+                from None  # fmt: skip
         try:
             try:
                 st = _state(con)
@@ -358,7 +379,7 @@ class Gallery:
         else the whole gallery re-read. Returns the up-to-date gallery (``self`` or a new one)."""
         if not (self.directory / DATABASE).is_file():
             return Gallery.open(self.directory)  # gone or rebuilt: open says which, in one line
-        con = connect(self.directory)
+        con = connect_read(self.directory)
         try:
             st = _state(con)  # one read of the state: unchanged, new log rows, or another base
             if self._stamp_of(st) == self.stamp:
@@ -674,6 +695,30 @@ class Gallery:
         """The image file of an item (uploads are stored relative to the gallery folder)."""
         p = Path(item.path)
         return p if p.is_absolute() else self.directory / p
+
+
+def _check_static(sidecar: Path, static: dict[str, Any]) -> None:
+    """One line naming the key when the sidecar's description of the gallery is damaged (wrong type, missing)."""
+    index = static.get("index")
+    checks = {
+        "model_hash": isinstance(static.get("model_hash"), str),
+        "dim": isinstance(static.get("dim"), int) and not isinstance(static.get("dim"), bool) and static["dim"] > 0,
+        "metric": isinstance(static.get("metric"), str),
+        "normalized": isinstance(static.get("normalized"), bool),
+        "index": isinstance(index, dict)
+        and index.get("kind") in INDEX_KINDS
+        and isinstance(index.get("options"), dict),
+        "threshold": static.get("threshold") is None or isinstance(static.get("threshold"), (int, float)),
+    }
+    bad = [key for key, ok in checks.items() if not ok]
+    if bad:
+        raise DataError(f"{sidecar}: damaged gallery description (key {bad[0]!r}: {static.get(bad[0])!r}); rebuild "
+                        "the gallery (siamkit index build ... --overwrite)")  # fmt: skip
+    try:
+        index_options(index["kind"], index["options"])
+    except (ConfigError, TypeError, ValueError):
+        raise DataError(f"{sidecar}: damaged gallery description (key 'index.options': {index['options']!r}); "
+                        "rebuild the gallery (siamkit index build ... --overwrite)") from None  # fmt: skip
 
 
 def _migrate_v1(directory: Path, old: dict[str, Any]) -> dict[str, Any]:

@@ -714,6 +714,7 @@ def _check_static(sidecar: Path, static: dict[str, Any]) -> None:
     if bad:
         raise DataError(f"{sidecar}: damaged gallery description (key {bad[0]!r}: {static.get(bad[0])!r}); rebuild "
                         "the gallery (siamkit index build ... --overwrite)")  # fmt: skip
+    assert isinstance(index, dict)
     try:
         index_options(index["kind"], index["options"])
     except (ConfigError, TypeError, ValueError):

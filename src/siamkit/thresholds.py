@@ -54,10 +54,20 @@ def deploy_warning(info: dict[str, Any], run: str = "RUN") -> str | None:
     if not (too_many or too_far):
         return None
     where = new.get("on", "new identities")
-    set_for = "" if target is None else f", against {target:.4f} on {info.get('set_on', 'the pairs it was set on')}"
     return (f"do not deploy this threshold as is: on {where} it accepts {far:.1%} of impostor pairs (false-accept "
-            f"rate {far:.4f}{set_for}) — calibrate on your own people, e.g. siamkit calibrate {run} --data "
-            "YOUR_PEOPLE/ --fpr 0.01 --hold-out 0.3")  # fmt: skip
+            f"rate {far:.4f}{_against(info, far, target)}) — calibrate on your own people, e.g. siamkit calibrate "
+            f"{run} --data YOUR_PEOPLE/ --fpr 0.01 --hold-out 0.3")  # fmt: skip
+
+
+def _against(info: dict[str, Any], far: float, target: float | None) -> str:
+    """How a false-accept rate ``far`` on new people compares with the ``target`` rate the threshold was set for."""
+    if target is None:
+        return ""
+    set_on = info.get("set_on", "the pairs it was set on")
+    how = "was set for" if str(info.get("rule", "")).startswith(("fpr", "far")) else "had"
+    if far >= 2 * target:
+        return f", far above the {target:.4f} it {how} on {set_on}"
+    return f"; {target:.4f} on {set_on}: more impostors than a deployment takes (above {DEPLOY_MAX_FAR})"
 
 
 def too_few_impostors(fpr: float, impostor_pairs: int) -> str | None:

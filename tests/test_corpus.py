@@ -598,6 +598,139 @@ def _(d, w):
     return ["serve", str(w["run"]), "--host", "0.0.0.0"], "--token"
 
 
+# run folders whose files name code, or are damaged (the second round): refused in one line, nothing runs
+HUBCONF = """
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+
+def net(in_channels=1, **kwargs):
+    from siamkit.models.registry import create_backbone
+    return create_backbone("convnet", in_channels=in_channels, **kwargs)
+"""
+
+
+def _run_copy(d: Path, w: dict[str, Path], **meta_changes: str) -> Path:
+    """A copy of the shared run in ``d/run`` with the weights' metadata entries ``meta_changes`` replaced."""
+    from safetensors.torch import save_file
+
+    from siamkit.runs.artifact import read_weights
+
+    run = d / "run"
+    shutil.copytree(w["run"], run)
+    state, meta = read_weights(run / "model.safetensors")
+    save_file(state, str(run / "model.safetensors"), metadata={**meta, **meta_changes})
+    return run
+
+
+def _hostile_run(d: Path, w: dict[str, Path]) -> Path:
+    """A run whose backbone is the folder's own hubconf.py (torch.hub:load, source local), which makes MARKER."""
+    from siamkit.runs.artifact import read_weights
+
+    cfg = json.loads(read_weights(w["run"] / "model.safetensors")[1]["config"])
+    run = d / "run"
+    cfg["model"]["backbone"] = "torch.hub:load"
+    cfg["model"]["backbone_args"] = {**cfg["model"]["backbone_args"], "repo_or_dir": str(run), "model": "net",
+                                     "source": "local"}  # fmt: skip
+    _run_copy(d, w, config=json.dumps(cfg))
+    (run / "hubconf.py").write_text(HUBCONF.format(marker=str(d / MARKER)))
+    return run
+
+
+@case("run/backbone-is-the-folders-hubconf-verify")
+def _(d, w):
+    return ["verify", str(_hostile_run(d, w)), str(w["image"]), str(w["image"])], "--trust-code"
+
+
+@case("run/backbone-is-the-folders-hubconf-index-build")
+def _(d, w):
+    return ["index", "build", str(_hostile_run(d, w)), str(w["image"]), "--out", str(d / "g")], "--trust-code"
+
+
+@case("run/backbone-is-the-folders-hubconf-search-via-gallery")
+def _(d, w):
+    run = _hostile_run(d, w)
+    shutil.copytree(w["gallery"], d / "g")
+    sidecar = json.loads((d / "g" / "gallery.json").read_text())
+    (d / "g" / "gallery.json").write_text(json.dumps({**sidecar, "run_dir": str(run)}))
+    return ["search", str(d / "g"), str(w["image"])], "--trust-code"
+
+
+@case("run/loss-names-code")
+def _(d, w):
+    from siamkit.runs.artifact import read_weights
+
+    cfg = json.loads(read_weights(w["run"] / "model.safetensors")[1]["config"])
+    cfg["loss"]["name"] = "os:system"
+    return ["verify", str(_run_copy(d, w, config=json.dumps(cfg))), str(w["image"]), str(w["image"])], "loss.name"
+
+
+@case("run/metadata-config-not-json")
+def _(d, w):
+    return ["verify", str(_run_copy(d, w, config="{oops")), str(w["image"]), str(w["image"])], "model.safetensors"
+
+
+@case("run/metadata-input-shape-garbage")
+def _(d, w):
+    run = _run_copy(d, w, input_shape='["a", 2]')
+    return ["verify", str(run), str(w["image"]), str(w["image"])], "model.safetensors"
+
+
+@case("run/metadata-threshold-nan")
+def _(d, w):
+    return ["verify", str(_run_copy(d, w, threshold="nan")), str(w["image"]), str(w["image"])], "threshold"
+
+
+@case("run/calibration-threshold-nan")
+def _(d, w):
+    run = _run_copy(d, w)
+    (run / "threshold.json").write_text('{"threshold": NaN}')
+    return ["verify", str(run), str(w["image"]), str(w["image"])], "threshold.json"
+
+
+@case("verify/threshold-nan")
+def _(d, w):
+    return ["verify", str(w["run"]), str(w["image"]), str(w["image"]), "--threshold", "nan"], "--threshold"
+
+
+@case("export/opset-1")
+def _(d, w):
+    return ["export", str(w["run"]), "--out", str(d / "m.onnx"), "--opset", "1"], "--opset"
+
+
+@case("export/opset-999")
+def _(d, w):
+    return ["export", str(w["run"]), "--out", str(d / "m.onnx"), "--opset", "999"], "--opset"
+
+
+def _damaged_gallery(d: Path, w: dict[str, Path], **sidecar_changes: object) -> Path:
+    shutil.copytree(w["gallery"], d / "g")
+    sidecar = json.loads((d / "g" / "gallery.json").read_text())
+    (d / "g" / "gallery.json").write_text(json.dumps({**sidecar, **sidecar_changes}))
+    return d / "g"
+
+
+@case("gallery/sidecar-dim-not-a-number")
+def _(d, w):
+    return ["search", str(_damaged_gallery(d, w, dim="abc")), str(w["image"])], "'dim'"
+
+
+@case("gallery/sidecar-index-not-a-dict")
+def _(d, w):
+    return ["index", "info", str(_damaged_gallery(d, w, index=5))], "'index'"
+
+
+@case("gallery/backend-names-code")
+def _(d, w):
+    return ["search", str(_damaged_gallery(d, w, backend={"kind": "os:system"})), str(w["image"])], "--trust-code"
+
+
+@case("gallery/database-garbage")
+def _(d, w):
+    g = _damaged_gallery(d, w)
+    (g / "gallery.db").write_bytes(b"not a database" * 64)
+    return ["search", str(g), str(w["image"])], "gallery.db"
+
+
 @pytest.fixture(scope="module")
 def world(small_run, digits_images, tmp_path_factory):
     from siamkit.index.ops import build

@@ -6,6 +6,7 @@ written by ``siamkit calibrate``). Nothing of training, evaluation or plotting i
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,13 @@ def read_threshold(run_dir: str | os.PathLike[str], saved: float | None) -> floa
     if not path.is_file():
         return saved
     try:
-        value = json.loads(path.read_text())["threshold"]
-        return float(value)
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{path}: not a calibration file written by siamkit calibrate; delete it to use the "
-                              "training threshold") from None  # fmt: skip
+        value = float(json.loads(path.read_text())["threshold"])
+    except (ValueError, KeyError, TypeError, OSError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise CheckpointError(f"{path}: not a calibration file written by siamkit calibrate (no finite threshold); "
+                              "delete it to use the training threshold, or calibrate again") from None  # fmt: skip
+    return value
 
 
 @dataclass
@@ -112,6 +115,8 @@ def _saved_threshold(source: str, meta: dict[str, str]) -> float | None:
         return None
     try:
         value = float(meta["threshold"])
+        if not math.isfinite(value):
+            raise ValueError(value)
     except ValueError:
         raise CheckpointError(f"{source}: damaged run metadata (threshold {meta['threshold']!r}); re-train the run "
                               "or calibrate it (siamkit calibrate)") from None  # fmt: skip

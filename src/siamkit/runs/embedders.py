@@ -13,6 +13,7 @@ imported only with ``trust_code`` (``--trust-code``), else refused in one line (
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from siamkit.data.cache import ImageArray
 from siamkit.data.images import load_image
 from siamkit.distances import as_dissimilarity, get_distance
-from siamkit.errors import CheckpointError
+from siamkit.errors import CheckpointError, ConfigError
 from siamkit.files import file_sha256
 from siamkit.registry import refuse_code_in
 from siamkit.runs.artifact import WEIGHTS, load_run, read_threshold, read_weights
@@ -187,6 +188,13 @@ def current_threshold(onnx_path: Path, run_dir: Path, exported_hash: str) -> flo
     return read_threshold(run_dir, training)
 
 
+def check_threshold(value: float) -> float:
+    """``value`` as a decision distance: NaN or infinity would make every decision the same, so is refused."""
+    if not math.isfinite(float(value)):
+        raise ConfigError(f"--threshold {value}: must be a finite distance; leave it out for the run's threshold")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """How to run a run's model: ``backend`` ``"torch"`` (its safetensors weights, on ``device``: cpu, cuda,
@@ -205,6 +213,8 @@ def open_embedder(run_dir: str | os.PathLike[str], backend: str | ModelSource = 
     """The embedder of ``run_dir`` on ``backend`` (a name, or a :class:`ModelSource` with the ONNX file and the
     device)."""
     source = backend if isinstance(backend, ModelSource) else ModelSource(backend)
+    if source.threshold is not None:
+        check_threshold(source.threshold)
     embedder: Embedder
     if source.backend == "torch":
         from siamkit.devices import resolve_device

@@ -23,6 +23,8 @@ from siamkit.runs.embedders import ONNX_FILE, ONNX_META_KEY, TorchEmbedder
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
+MIN_OPSET = 7
+"""The oldest opset ONNX Runtime still runs."""
 
 
 class EmbeddingGraph(nn.Module):
@@ -41,6 +43,16 @@ class EmbeddingGraph(nn.Module):
         return self.model.embed((images / 255.0 - self.mean) / self.std)
 
 
+def check_opset(opset: int | None) -> None:
+    """Refuse an opset ONNX does not define (one line naming ``--opset`` and the range)."""
+    import onnx
+
+    newest = int(onnx.defs.onnx_opset_version())
+    if opset is not None and not (isinstance(opset, int) and MIN_OPSET <= opset <= newest):
+        raise ConfigError(f"--opset {opset}: not an opset the exporter writes; give {MIN_OPSET} to {newest}, or leave "
+                          "it out for the exporter's default")  # fmt: skip
+
+
 def _to_onnx(graph: nn.Module, example: torch.Tensor, opset: int | None) -> Any:
     batch = torch.export.Dim("batch", min=1)
     kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "optimize": True}
@@ -54,6 +66,11 @@ def _to_onnx(graph: nn.Module, example: torch.Tensor, opset: int | None) -> Any:
                 graph, (example,), input_names=["images"], output_names=["embeddings"],
                 dynamic_shapes={"images": {0: batch}}, **kwargs,
             )  # fmt: skip
+        except Exception as exc:  # the exporter's own error types; with a chosen opset, the opset is the cause
+            if opset is None:
+                raise
+            raise ConfigError(f"--opset {opset}: the exporter cannot write this model at it "
+                              f"({type(exc).__name__}); leave --opset out for its default") from None  # fmt: skip
         finally:
             logging.disable(logging.NOTSET)
     assert program is not None
@@ -93,6 +110,7 @@ def export_onnx(
         import onnx
     except ImportError:
         raise ConfigError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'siamkit[serve]'") from None
+    check_opset(opset)
     embedder = TorchEmbedder(run_dir, trust_code=trust_code)
     graph = EmbeddingGraph(embedder).eval()
     example = torch.zeros(2, *embedder.input_shape)

@@ -32,7 +32,7 @@ from siamkit.data.faces import align_image, check_mode, face_alignment, resolve_
 from siamkit.data.images import image_to_array, load_image, to_mode, upright
 from siamkit.distances import verification_accuracy
 from siamkit.errors import ConfigError
-from siamkit.runs.embedders import ONNX_META_KEY, Embedder, ModelSource, open_embedder
+from siamkit.runs.embedders import ONNX_META_KEY, Embedder, ModelSource, check_threshold, open_embedder
 from siamkit.runs.named import resolve_run_dir
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
@@ -85,7 +85,7 @@ class Model:
     @threshold.setter
     def threshold(self, value: float | None) -> None:
         """Change the decision threshold of this object only (``siamkit calibrate`` changes the run's)."""
-        self.embedder.threshold = None if value is None else float(value)
+        self.embedder.threshold = None if value is None else check_threshold(value)
 
     @property
     def distance(self) -> str:

@@ -47,3 +47,11 @@ def test_every_numeric_config_key_has_a_range():
 
     missing = sorted(set(numeric_keys(RunConfig)) - set(RANGES))
     assert missing == []
+
+
+def test_readme_calibrates_on_held_out_people_and_says_why():
+    text = README.read_text()
+    section = text.split("**Verify, and choose a threshold for your false-accept rate.**")[1].split("**Search.**")[0]
+    commands = [line for line in section.splitlines() if line.startswith("siamkit calibrate")]
+    assert commands and all("--hold-out" in c and "--data new_people/" in c for c in commands)
+    assert "Why held-out people" in section and "shares identities" in section

@@ -308,7 +308,11 @@ def _run_test_rates(run_dir: Path, threshold: float) -> dict[str, Any] | None:
     if not ((y == 1).any() and (y == 0).any()):
         return None
     far, frr = rates_at(d, y, threshold)
-    return {"on": "the run's test pairs (scores.npz)", "false_accept_rate": far, "false_reject_rate": frr,
+    from siamkit.thresholds import _read
+
+    test_ids = ((_read(run_dir / "metrics.json") or {}).get("identities") or {}).get("test")
+    on = f"the run's {len(test_ids)} test identities" if test_ids else "the run's test images"
+    return {"on": f"{on} (its test pairs, scores.npz)", "false_accept_rate": far, "false_reject_rate": frr,
             "impostor_pairs": int((y == 0).sum())}  # fmt: skip
 
 

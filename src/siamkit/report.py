@@ -191,11 +191,18 @@ def verdict(metrics: dict[str, Any]) -> str | None:
     margin = 0.01
     if pretrained and not metrics.get("epochs_run") and metrics.get("as_test"):
         return f"A pretrained model, not trained on this data: on the {who}, MAP@R {t:.3f} against {px:.3f} for pixels."
+    if metrics.get("recipe") == "descriptor" and not metrics.get("epochs_run"):
+        count = len((metrics.get("identities") or {}).get("train") or [])
+        return (f"Not trained: {count or 'too few'} training identities are too few to learn a similarity that "
+                f"carries to new ones, so the model is the descriptor (gradient histograms, nothing learned) — on "
+                f"the {who}, MAP@R {t:.3f} against {px:.3f} for raw pixels. With more identities (30 or more) the "
+                "default trains; --recipe open-set trains anyway.")  # fmt: skip
     said = _verdict_vs(t, px, un, margin, who, figures, kept)
     desc = base.get("descriptor", {}).get("map_at_r")
     if desc is not None and desc > t + margin and metrics.get("recipe") != "open-set":
         said += (f" The descriptor (gradient histograms, nothing learned) ranks them better still (MAP@R {desc:.3f}): "
-                 "with few training identities, --recipe open-set starts from it.")  # fmt: skip
+                 "--recipe descriptor keeps it (the default with fewer than 30 training identities), --recipe "
+                 "open-set trains from it.")  # fmt: skip
     return said
 
 
@@ -221,7 +228,8 @@ def threshold_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, An
     if info is None:
         return [("threshold (validation)", metrics.get("threshold")), ("threshold rule", metrics.get("threshold_rule"))]
     calibrated = (run_dir / "threshold.json").is_file()
-    ids = f" ({info['identities']} identities)" if info.get("identities") else ""
+    n_ids = info.get("identities")
+    ids = f" ({n_ids} identities)" if n_ids and f"{n_ids} " not in str(info.get("set_on")) else ""
     rows: list[tuple[str, Any]] = [
         ("threshold in use" + (" (calibrated)" if calibrated else ""), info.get("threshold")),
         ("threshold rule", info.get("rule")), ("threshold set on", f"{info.get('set_on')}{ids}"),
@@ -263,6 +271,11 @@ def run_report(run_dir: Path) -> str:
         parts.append(f'<p class="note"><b>{html.escape(warning[0].upper() + warning[1:])}.</b></p>')
     parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
     parts.append("<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, metrics_rows(metrics)))
+    if (run_dir / "threshold.json").is_file():
+        parts.append(
+            '<p class="note">VerAcc is at the training threshold (metrics.json); the calibrated threshold '
+            "in use and its rates are in the summary above, and the ROC marks its operating point.</p>"
+        )
     parts.append(
         "<p>TPR at FPR is interpolated on the ROC; retrieval is leave-one-out on each split. The baselines are scored "
         "on the same test pairs: raw pixels (flattened, L2-normalised) and the network before training — a model "

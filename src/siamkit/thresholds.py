@@ -87,7 +87,7 @@ def too_few_impostors(fpr: float, impostor_pairs: int) -> str | None:
 def describe(info: dict[str, Any]) -> str:
     """One line for a table: the threshold, its rule, where it was set and its rates there and on new people."""
     n_ids = info.get("identities")
-    ids = f", {n_ids} identities" if n_ids else ""
+    ids = f", {n_ids} identities" if n_ids and f"{n_ids} " not in str(info.get("set_on")) else ""
     far, frr = _rate(info, "false_accept_rate"), _rate(info, "false_reject_rate")
     line = (
         f"threshold {info['threshold']:.4f} (rule {info.get('rule')}; set on {info.get('set_on')}{ids}, "

@@ -1,6 +1,6 @@
 """Batch transforms on uint8 image tensors: normalisation and per-sample random augmentation.
 
-Augmentation is vectorised over the batch (one ``affine_grid`` + ``grid_sample`` call), so every image
+Augmentation is vectorised over the batch (one batched sampling grid + one ``grid_sample`` call), so every image
 gets its own rotation, translation, scale and flip without a Python loop. Evaluation never augments.
 """
 
@@ -72,6 +72,21 @@ class BatchAugment:
     def __init__(self, cfg: AugmentConfig, generator: torch.Generator | None = None) -> None:
         self.cfg = cfg
         self.generator = generator
+        self._grid = torch.empty(0)
+        self._grid_key: tuple[int, int, torch.device, torch.dtype] | None = None
+
+    def _base_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """``affine_grid``'s output pixel centres ``(1, H·W, 3)`` as homogeneous ``(x, y, 1)`` (align_corners
+        False), kept per size and device: each batch's grid is then one batched matrix product with its thetas."""
+        key = (int(x.shape[2]), int(x.shape[3]), x.device, x.dtype)
+        if self._grid_key != key:
+            h, w = key[0], key[1]
+            ys = (torch.arange(h, dtype=x.dtype, device=x.device) * 2 + 1) / h - 1
+            xs = (torch.arange(w, dtype=x.dtype, device=x.device) * 2 + 1) / w - 1
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            self._grid = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, h * w, 3)
+            self._grid_key = key
+        return self._grid
 
     def _uniform(self, n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
         return torch.rand(n, generator=self.generator).to(device) * (high - low) + low
@@ -94,7 +109,7 @@ class BatchAugment:
             one = torch.ones_like(sx)
             shear = torch.stack([torch.stack([one, sx], 1), torch.stack([sy, one], 1)], 1)  # (B, 2, 2)
             theta = torch.cat([theta[:, :, :2] @ shear, theta[:, :, 2:]], 2)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = torch.bmm(self._base_grid(x).expand(b, -1, -1), theta.transpose(1, 2)).view(b, *x.shape[2:], 2)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if c.brightness > 0:
             out = out * self._uniform(b, 1 - c.brightness, 1 + c.brightness, dev).view(b, 1, 1, 1)

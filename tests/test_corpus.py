@@ -106,7 +106,6 @@ CONFIG = {
     "section-given-a-value": (["train=1", "train.lr=2"], "'train'"),
     "negative-image-size": (["data.image_size=-4"], "data.image_size"),
     "negative-epochs": (["train.epochs=-3"], "train.epochs"),
-    "zero-epochs": (["train.epochs=0"], "train.epochs"),
     "huge-lr": (["train.lr=1e12"], "train.lr"),
     "negative-lr": (["train.lr=-1"], "train.lr"),
     "zero-batch": (["loss.name=triplet", "train.batch_size=0"], "train.batch_size"),

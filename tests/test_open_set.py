@@ -327,7 +327,7 @@ def test_the_checkpoint_restored_is_the_best_trained_epoch(learning_run):
 def test_open_set_recipe_fills_only_unset_keys():
     from siamkit.recipes import RECIPES, apply_recipe
 
-    cfg = load_config(None, ["data.augment.contrast=0.1"])
+    cfg = load_config(None, ["data.augment.contrast=0.1", "train.epochs=3"])  # asks for training: open-set
     apply_recipe(cfg, "identity")
     assert cfg.recipe == "open-set" and cfg.loss.ssl_weight == RECIPES["open-set"]["loss.ssl_weight"]
     assert cfg.data.augment.enabled is True and cfg.data.augment.contrast == 0.1  # the user's value wins
@@ -344,7 +344,7 @@ def test_open_set_recipe_fills_only_unset_keys():
     cfg = load_config(None, ["recipe=open-set"])
     apply_recipe(cfg, "random")  # named explicitly: applies whatever the split
     assert cfg.loss.ssl_weight > 0
-    cfg = load_config(None, ["loss.name=triplet"])  # trains on sampled triplets: no labelled batches, no SSL term
+    cfg = load_config(None, ["loss.name=triplet", "train.epochs=2"])  # sampled triplets: no labelled batches, no SSL
     apply_recipe(cfg, "identity")
     assert cfg.loss.ssl_weight == 0.0 and cfg.data.augment.enabled is True
     with pytest.raises(ConfigError, match="unknown recipe 'x'"):
@@ -362,7 +362,7 @@ def test_auto_takes_the_metric_recipe_with_many_training_identities():
     assert cfg.train.epochs == RECIPES["metric"]["train.epochs"] and cfg.model.backbone == "convnet"
     cfg = load_config(None, [])
     reason = apply_recipe(cfg, "identity", MIN_METRIC_IDENTITIES - 1)
-    assert cfg.recipe == "open-set" and "too few" in reason
+    assert cfg.recipe == "descriptor" and "too few" in reason and cfg.train.epochs == 0
     cfg = load_config(None, ["loss.params={margin: 0.3}", "train.epochs=3"])  # the user's loss stays whole
     apply_recipe(cfg, "identity", 500)
     assert cfg.recipe == "metric" and cfg.loss.name == "contrastive" and cfg.loss.params == {"margin": 0.3}

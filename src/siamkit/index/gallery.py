@@ -573,7 +573,8 @@ class Gallery:
     def _replace_whole(self) -> None:
         """A rebuild over an existing gallery: the new one written whole beside it, then the two folders swapped in
         one step; the old one's folder is then removed (what the gallery does not own is kept)."""
-        target = self.directory
+        given = self.directory
+        target = Path(os.path.realpath(given))  # a gallery reached through a link: swap the folder, keep the link
         stage = target.parent / f".{target.name}.new-{uuid.uuid4().hex[:8]}"
         stage.mkdir()
         self.directory = stage
@@ -583,7 +584,7 @@ class Gallery:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         finally:
-            self.directory = target
+            self.directory = given
         exchange_folders(stage, target)
         retire_folder(stage, target)
 
@@ -774,11 +775,11 @@ def remove_leftovers(directory: Path) -> None:
         for tmp in directory.glob(pattern):
             with contextlib.suppress(OSError):
                 tmp.unlink()
-    siblings = [*directory.parent.glob(f".{glob_escape(directory.name)}.new-*"),
-                directory.with_name(directory.name + ".swap")]  # fmt: skip
+    real = Path(os.path.realpath(directory))  # the swapped folder is the link's target (_replace_whole)
+    siblings = [*real.parent.glob(f".{glob_escape(real.name)}.new-*"), real.with_name(real.name + ".swap")]
     for sibling in siblings:
-        if sibling.is_dir():
-            retire_folder(sibling, directory)
+        if sibling.is_dir() and not sibling.is_symlink():
+            retire_folder(sibling, real)
 
 
 def glob_escape(name: str) -> str:

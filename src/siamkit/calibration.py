@@ -274,9 +274,9 @@ def _warnings(
 def training_overlap(run_dir: Path, run_cfg: dict[str, Any], data: str, names: list[str] | None) -> str | None:
     """One line when the calibration data shares identities with the run's training or validation identities
     (``metrics.json``), or is the run's own data source (a closed-set run names no identities); else None."""
-    from siamkit.thresholds import _read
+    from siamkit.thresholds import read_json_object
 
-    metrics = _read(run_dir / "metrics.json") or {}
+    metrics = read_json_object(run_dir / "metrics.json") or {}
     known = {part: set(ids) for part, ids in (metrics.get("identities") or {}).items() if part != "test"}
     hint = "calibrate on people the model never saw (new ones, or the run's test identities)"
     if known and names:
@@ -308,9 +308,9 @@ def _run_test_rates(run_dir: Path, threshold: float) -> dict[str, Any] | None:
     if not ((y == 1).any() and (y == 0).any()):
         return None
     far, frr = rates_at(d, y, threshold)
-    from siamkit.thresholds import _read
+    from siamkit.thresholds import read_json_object
 
-    test_ids = ((_read(run_dir / "metrics.json") or {}).get("identities") or {}).get("test")
+    test_ids = ((read_json_object(run_dir / "metrics.json") or {}).get("identities") or {}).get("test")
     on = f"the run's {len(test_ids)} test identities" if test_ids else "the run's test images"
     return {"on": f"{on} (its test pairs, scores.npz)", "false_accept_rate": far, "false_reject_rate": frr,
             "impostor_pairs": int((y == 0).sum())}  # fmt: skip

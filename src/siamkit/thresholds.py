@@ -115,19 +115,19 @@ def run_threshold_info(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None
     """The provenance of the threshold ``run_dir`` uses: the calibration (``threshold.json``) when there is one,
     else the training threshold's ``threshold_info`` in ``metrics.json``; None when neither says."""
     run = Path(run_dir)
-    cal = _read(run / "threshold.json")
+    cal = read_json_object(run / "threshold.json")
     if cal is not None and "threshold" in cal:
         info = {k: v for k, v in cal.items() if k != "history"}
         info.setdefault("set_on", info.get("data"))
         return with_warning(info, str(run))
-    metrics = _read(run / "metrics.json")
+    metrics = read_json_object(run / "metrics.json")
     if metrics is None:
         return None
     saved = metrics.get("threshold_info")
     return with_warning(saved, str(run)) if isinstance(saved, dict) else None
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object file, or None when missing or unreadable (provenance is information, never a failure)."""
     try:
         data = json.loads(path.read_text())

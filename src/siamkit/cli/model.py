@@ -62,7 +62,9 @@ def _verify(args: argparse.Namespace) -> None:
         r["threshold_info"] = threshold_info(model.run_dir, args.threshold)
         acc = f", accuracy {r['accuracy']:.4f} against the label column" if "accuracy" in r else ""
         same = f"{r['same']} judged same" if "same" in r else "no threshold saved"
-        emit(r, args.format, f"{r['pairs']} pairs: {same}{acc}\nwritten: {r['decisions']}")
+        info = r["threshold_info"]
+        warn = f"\nwarning: {info['warning']}" if info and info.get("warning") else ""
+        emit(r, args.format, f"{r['pairs']} pairs: {same}{acc}{warn}\nwritten: {r['decisions']}")
         return
     if not (args.image_a and args.image_b):
         raise ConfigError("verify needs two images (IMAGE_A IMAGE_B) or --pairs CSV")

@@ -161,7 +161,7 @@ def test_eval_as_test_scores_all_of_a_held_out_folder_into_its_own_folder(traine
     assert json.loads((run / "eval-held" / "metrics.json").read_text())["test"] == r["test"]
     code, out, _ = _run(capsys, "eval", str(run), "--data", str(held), "--as-test")
     row_names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert "10-fold (LFW protocol)" in out and "train" not in row_names and "validation" not in row_names
+    assert "10-fold (LFW protocol" in out and "train" not in row_names and "validation" not in row_names
 
 
 def test_roc_marks_the_operating_point(tmp_path):

@@ -153,7 +153,8 @@ def test_decision_rows(test: dict[str, Any], rates: bool = True) -> list[tuple[s
                  ("test false-reject rate at the threshold", test["false_reject_rate"])]  # fmt: skip
     k = test.get("verification_accuracy_10fold")
     if k:
-        rows.append(("test verification accuracy, 10-fold (LFW protocol)", f"{k['mean']:.4f} ± {k['std']:.4f}"))
+        folds = {"identity": ", identity-disjoint folds", "pairs": ", folds of pairs"}.get(k.get("folds_by"), "")
+        rows.append((f"test verification accuracy, 10-fold (LFW protocol{folds})", f"{k['mean']:.4f} ± {k['std']:.4f}"))
     return rows
 
 

@@ -193,7 +193,10 @@ def summary_table(result: dict[str, Any]) -> str:
         k = test["verification_accuracy_10fold"]
         far = f"; at the threshold: false-accept rate {test['false_accept_rate']:.4f}, false-reject rate " \
               f"{test['false_reject_rate']:.4f}" if "false_accept_rate" in test else ""  # fmt: skip
-        lines.append(f"test verification accuracy, 10-fold (LFW protocol): {k['mean']:.4f} ± {k['std']:.4f}{far}")
+        folds = {"identity": ", identity-disjoint folds", "pairs": ", folds of pairs"}.get(k.get("folds_by"), "")
+        lines.append(
+            f"test verification accuracy, 10-fold (LFW protocol{folds}): {k['mean']:.4f} ± {k['std']:.4f}{far}"
+        )
     from siamkit.report import episode_rows
 
     columns, rows_e, note = episode_rows(result)

@@ -2,8 +2,8 @@
 sub-commands (``register(subparsers)``), each bound to its handler; errors are one line on stderr (exit 2),
 ``--debug`` shows the traceback.
 
-Groups: ``train`` (train, eval, calibrate, report), ``model`` (verify, export, summary), ``gallery`` (index,
-search), ``serve``, ``study``, ``classify``.
+Groups: ``train`` (train, eval, calibrate, report), ``model`` (verify, export, summary), ``embed``, ``gallery``
+(index, search), ``serve``, ``study``, ``classify``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import argparse
 import logging
 import sys
 
-from siamkit.cli import classify, gallery, model, serve, study, train
+from siamkit.cli import classify, embed, gallery, model, serve, study, train
 from siamkit.errors import SiamkitError
 from siamkit.version import __version__
 
-GROUPS = (train, model, gallery, serve, study, classify)
+GROUPS = (train, model, embed, gallery, serve, study, classify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,9 +38,9 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --version and --help end here, before torch is imported
     from siamkit.distributed import cleanup, env_info
 
-    args = build_parser().parse_args(argv)
     _setup_logging(args.quiet or getattr(args, "format", "table") == "json" or not env_info().is_main)
     try:
         args.func(args)

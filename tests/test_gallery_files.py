@@ -74,3 +74,22 @@ def test_a_gallery_on_a_read_only_mount_can_be_searched(tmp_path):
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
             pytest.fail("the read-only gallery kept a file open: it could not be unmounted")
+
+
+def test_a_gallery_at_a_mount_point_is_refused_a_rebuild_in_one_line_and_kept(tmp_path):
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                                       capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting a file system needs privileges this machine does not give")
+    try:
+        _gallery(mount)  # the mount point itself is the gallery folder: it cannot be swapped
+        g = Gallery.create(mount, _model(), overwrite=True)
+        g.add(np.ones((2, 4), np.float32), ["/x.png", "/y.png"], [None, None])
+        with pytest.raises(DataError, match="cannot replace the gallery") as err:
+            g.save()
+        assert len(str(err.value).splitlines()) == 1
+        assert len(Gallery.open(mount)) == 5 and not list(tmp_path.glob(".mnt.new-*"))
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -585,7 +585,12 @@ class Gallery:
             raise
         finally:
             self.directory = given
-        exchange_folders(stage, target)
+        try:
+            exchange_folders(stage, target)
+        except OSError as exc:  # a mount point, another file system: nothing was replaced
+            shutil.rmtree(stage, ignore_errors=True)
+            raise DataError(f"{target}: cannot replace the gallery there ({exc.strerror}); build it into a new "
+                            "folder (--out) instead") from None  # fmt: skip
         retire_folder(stage, target)
 
     def _folded(self) -> Any:

@@ -45,10 +45,10 @@ def test_grid_search_resumes_without_rerunning_finished_trials(tmp_path):
     params = [studies.parse_param("train.lr=0.001,0.003"), studies.parse_param("loss.params.margin=0.3,0.6")]
     first = Interrupting(stop_at=3)
     with pytest.raises(KeyboardInterrupt):
-        studies.search("g", params, TINY, strategy="grid", runs_dir=str(tmp_path), train=first)
+        studies.search("g", params, TINY, strategy="grid", objective="val_loss", runs_dir=str(tmp_path), train=first)
     assert len(first.calls) == 3
     second = Interrupting()
-    r = studies.search("g", params, TINY, strategy="grid", runs_dir=str(tmp_path), train=second)
+    r = studies.search("g", params, TINY, strategy="grid", objective="val_loss", runs_dir=str(tmp_path), train=second)
     # the two finished settings are not rerun; the interrupted one and the fourth are
     assert len(second.calls) == 2 and not set(second.calls) & set(first.calls[:2])
     assert set(first.calls[:2]) | set(second.calls) == {(a, b) for a in (0.001, 0.003) for b in (0.3, 0.6)}
@@ -67,7 +67,7 @@ def test_grid_search_resumes_without_rerunning_finished_trials(tmp_path):
     assert (tmp_path / "g" / "history.png").is_file() and (tmp_path / "g" / "report.html").is_file()
     # a third call finds nothing left to do
     third = Interrupting()
-    studies.search("g", params, TINY, strategy="grid", runs_dir=str(tmp_path), train=third)
+    studies.search("g", params, TINY, strategy="grid", objective="val_loss", runs_dir=str(tmp_path), train=third)
     assert third.calls == []
 
 
@@ -85,6 +85,48 @@ def test_random_search_resumes_up_to_the_requested_trials(tmp_path):
     states = Counter(r["state"] for r in _trials(tmp_path / "r"))
     assert states == {"COMPLETE": 3, "FAIL": 2}
     assert optuna.load_study(study_name="r", storage=storage).trials[dangling.number].state.name == "FAIL"
+
+
+def test_search_ranks_by_the_runs_own_monitor_and_shows_test_figures(tmp_path, caplog):
+    import logging
+    import warnings
+
+    params = [studies.parse_param("train.lr=0.001,0.003")]
+    with caplog.at_level(logging.INFO, logger="siamkit.studies"), warnings.catch_warnings():
+        warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)  # silenced, not merely shown
+        r = studies.search("a", params, TINY, strategy="grid", runs_dir=str(tmp_path))
+    assert r["objective"] == "map_at_r"  # auto: validation MAP@R, the runs' own checkpoint monitor
+    from siamkit.config import load_config
+
+    assert load_config(tmp_path / "a" / "trial-000" / "config.yaml").train.monitor == "map_at_r"
+    rows = _trials(tmp_path / "a")
+    for row in rows:
+        m = json.loads((tmp_path / "a" / row["run"] / "metrics.json").read_text())
+        assert float(row["test MAP@R"]) == pytest.approx(m["test"]["map_at_r"])
+        assert float(row["test AUC"]) == pytest.approx(m["test"]["auc"])
+        assert row["kept"] == studies.kept_label(m)
+    said = [rec.getMessage() for rec in caplog.records]
+    assert any(x.startswith("trial 1/2 ") for x in said) and any(x.startswith("trial 2/2: map_at_r ") for x in said)
+    assert studies.resolve_objective("auto", None, ["data.source=" + str(_pairs_csv(tmp_path))]) == "val_loss"
+
+
+def _pairs_csv(root: Path) -> Path:
+    from PIL import Image
+
+    for n in "ab":
+        Image.new("L", (10, 10), 128).save(root / f"{n}.png")
+    (root / "p.csv").write_text("path_a,path_b,label\na.png,b.png,0\n")
+    return root / "p.csv"
+
+
+def test_kept_labels_and_the_tie_note():
+    assert studies.kept_label({"best_epoch": 3}) == "epoch 3"
+    assert studies.kept_label({"best_epoch": 0}) == "untrained"
+    assert studies.kept_label({"best_epoch": 0, "initial_model": "pretrained"}) == "pretrained"
+    rows = [["triplet", "untrained"], ["contrastive", "epoch 2"], ["bce", "untrained"]]
+    note = studies.tie_note(rows, 1)
+    assert note.startswith("triplet, bce kept the initial weights") and "tie" in note
+    assert studies.tie_note(rows[:2], 1) == ""
 
 
 def test_search_with_the_cli_and_tpe_ranges(tmp_path, capsys):
@@ -147,12 +189,14 @@ def test_compare_study_table_and_overlaid_roc(compare_study):
     root, losses, r = compare_study
     table = r["tables"][0]
     assert table["columns"] == ["loss", "TPR@0.5", "TPR@0.1", "TPR@0.01", "TPR@0.001", "AUC", "EER", "P@1",
-                                "MAP@R", "train s", "run"]  # fmt: skip
+                                "MAP@R", "kept", "train s", "run"]  # fmt: skip
     assert [row[0] for row in table["rows"]] == losses
     for row in table["rows"]:
         m = json.loads((root / "c" / row[-1] / "metrics.json").read_text())["test"]
         assert row[5] == m["auc"] and row[7] == m["precision_at_1"] and row[8] == m["map_at_r"]
         assert row[2] == next(t["tpr_interpolated"] for t in m["tpr_at_fpr"] if t["fpr"] == 0.1)
+        run = json.loads((root / "c" / row[-1] / "metrics.json").read_text())
+        assert row[9] == studies.kept_label(run)
     assert (
         len(r["tables"][1]["rows"]) == 3 * len(losses) + 3
     )  # + the raw-pixel, untrained and descriptor baselines, once

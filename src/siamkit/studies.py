@@ -27,6 +27,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,9 @@ from siamkit.report import METRIC_COLUMNS, STUDY_FILE, metrics_rows, write_repor
 log = logging.getLogger(__name__)
 FPRS = ("0.5", "0.1", "0.01", "0.001")
 OBJECTIVES = {"val_loss": "minimize", "map_at_r": "maximize", "precision_at_1": "maximize"}
+OBJECTIVE_NAMES = ("auto", *OBJECTIVES)
+"""``auto``: the objective a run's own checkpoint monitor uses — validation MAP@R, or the validation loss for
+pairs/triplets CSVs (no class labels to rank by)."""
 STRATEGIES = ("random", "grid", "tpe")
 
 
@@ -101,6 +105,19 @@ def _check_key(key: str) -> None:
 
 def _override(key: str, value: Any) -> str:
     return f"{key}={value}" if isinstance(value, str) else f"{key}={json.dumps(value)}"
+
+
+def resolve_objective(objective: str, config: str | None, base: list[str]) -> str:
+    """``objective`` with ``auto`` resolved (``OBJECTIVE_NAMES``)."""
+    if objective not in OBJECTIVE_NAMES:
+        raise ConfigError(f"unknown --objective {objective!r}; choose one of: {', '.join(OBJECTIVE_NAMES)}")
+    if objective != "auto":
+        return objective
+    from siamkit.data.readers import detect_layout
+
+    cfg = load_config(config, base)
+    layout = detect_layout(cfg.data.source) if cfg.data.layout == "auto" else cfg.data.layout
+    return "val_loss" if layout in ("pairs-csv", "triplets-csv") else "map_at_r"
 
 
 def objective_value(history: list[dict[str, Any]], objective: str) -> float:
@@ -166,16 +183,20 @@ def _storage(url: str | None, study_dir: Path) -> Any:
     import optuna
 
     url = url or f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    with warnings.catch_warnings():  # heartbeats are an "experimental" Optuna feature: no warning for using them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
 
 
 def search(
     name: str, params: list[Param], base: list[str], config: str | None = None, strategy: str = "random",
-    n_trials: int = 10, objective: str = "val_loss", storage: str | None = None, seed: int = 0,
+    n_trials: int = 10, objective: str = "auto", storage: str | None = None, seed: int = 0,
     pruner: str = "none", runs_dir: str = "runs",
     train: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) a search study; returns its summary (best trial, table, files)."""
+    """Run (or resume) a search study; returns its summary (best trial, table, files). ``objective``: ``auto``
+    (the runs' own checkpoint monitor: validation MAP@R where the data has class labels), ``val_loss``,
+    ``map_at_r`` or ``precision_at_1``."""
     import optuna
 
     from siamkit.training.pipeline import train_run
@@ -183,13 +204,12 @@ def search(
     started = time.perf_counter()
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown --strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown --objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
     if not params:
         raise ConfigError("give at least one --param KEY=v1,v2,... to search over")
     if strategy in ("random", "grid") and any(p.choices is None for p in params):
         raise ConfigError(f"--strategy {strategy} draws from lists: give every --param as KEY=v1,v2,... (ranges: tpe)")
     load_config(config, base)  # a bad base config fails now, not in every trial
+    objective = resolve_objective(objective, config, base)
     train = train or train_run
     study_dir = Path(runs_dir) / name
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +249,7 @@ def search(
         log.info("study %s: %d finished trials kept, %d to run", name, len(done), remaining)
 
     def run_trial(trial: Any) -> float:
+        started_trial = time.perf_counter()
         overrides = []
         for p in params:
             if p.choices is not None:
@@ -238,6 +259,8 @@ def search(
             else:
                 overrides.append(_override(p.key, trial.suggest_float(p.key, p.low, p.high, log=p.kind == "log")))
         # the checkpoint and early stopping follow the study's objective unless the base config says otherwise
+        position = len(study.get_trials(deepcopy=False, states=finished)) + 1
+        log.info("trial %d/%d (number %d): %s", position, n_trials, trial.number, " ".join(overrides))
         monitor = f"train.monitor={objective}"
         cfg = load_config(config, [monitor, *base, *overrides, f"runs_dir={study_dir}",
                                    f"name=trial-{trial.number:03d}", "train.progress=false"])  # fmt: skip
@@ -254,7 +277,14 @@ def search(
         trial.set_user_attr("run_dir", Path(r["run_dir"]).name)
         trial.set_user_attr("best_val_loss", r.get("best_val_loss"))
         trial.set_user_attr("train_seconds", r.get("train_seconds"))
-        return objective_value(_read_history(Path(r["run_dir"])), objective)
+        test = r.get("test") or {}
+        trial.set_user_attr("test_auc", test.get("auc"))
+        trial.set_user_attr("test_map_at_r", test.get("map_at_r"))
+        trial.set_user_attr("kept", kept_label(r))
+        value = objective_value(_read_history(Path(r["run_dir"])), objective)
+        log.info("trial %d/%d: %s %.4f, kept %s (%.0f s)", position, n_trials, objective, value, kept_label(r),
+                 time.perf_counter() - started_trial)  # fmt: skip
+        return value
 
     if remaining:
         stop = optuna.study.MaxTrialsCallback(n_trials, states=finished)
@@ -282,16 +312,19 @@ def summarize_search(
 ) -> dict[str, Any]:
     import matplotlib.pyplot as plt
     import optuna
+    from matplotlib.ticker import MaxNLocator
 
     from siamkit.evaluate.plots import save_figure
 
     keys = [p.key for p in params]
-    columns = ["trial", "state", *keys, objective, "best val loss", "train s", "run"]
+    columns = ["trial", "state", *keys, objective, "best val loss", "kept", "test AUC", "test MAP@R", "train s",
+               "run"]  # fmt: skip
     rows, xs, ys = [], [], []
     for t in study.trials:
-        rows.append([t.number, t.state.name, *(t.params.get(k) for k in keys), t.value,
-                     t.user_attrs.get("best_val_loss"), t.user_attrs.get("train_seconds"),
-                     t.user_attrs.get("run_dir", f"trial-{t.number:03d}")])  # fmt: skip
+        a = t.user_attrs
+        rows.append([t.number, t.state.name, *(t.params.get(k) for k in keys), t.value, a.get("best_val_loss"),
+                     a.get("kept"), a.get("test_auc"), a.get("test_map_at_r"), a.get("train_seconds"),
+                     a.get("run_dir", f"trial-{t.number:03d}")])  # fmt: skip
         if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
             xs.append(t.number)
             ys.append(t.value)
@@ -306,6 +339,7 @@ def summarize_search(
         running = np.minimum.accumulate(ys) if study.direction.name == "MINIMIZE" else np.maximum.accumulate(ys)
         ax.step(xs, running, where="post", color="C3", label="best so far")
         ax.set_xlabel("trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered, never 2.5
         ax.set_ylabel(objective)
         ax.set_title(f"Optimisation history ({strategy})")
         ax.grid(alpha=0.3)
@@ -348,6 +382,27 @@ def _run_setting(
     r = (train or train_run)(cfg, run_dir=run_dir)
     atomic_write_text(stamp, json.dumps(overrides))
     return r
+
+
+def kept_label(r: dict[str, Any]) -> str:
+    """The model a run kept, in words: ``epoch N``, or ``untrained`` / ``pretrained`` when no epoch beat the
+    initial weights (or none was run)."""
+    epoch = r.get("best_epoch")
+    if epoch:
+        return f"epoch {epoch}"
+    return "pretrained" if r.get("initial_model") == "pretrained" else "untrained"
+
+
+def tie_note(rows: list[list[Any]], kept: int, first: int = 0) -> str:
+    """A sentence naming the rows (by their ``first`` column) that kept the initial weights, when two or more
+    did: their figures tie because no training is in them."""
+    same = [str(r[first]) for r in rows if r[kept] in ("untrained", "pretrained")]
+    if len(same) < 2:
+        return ""
+    return (
+        f"{', '.join(same)} kept the initial weights (no epoch beat them on validation): their figures tie "
+        "because none of their training is in them."
+    )
 
 
 def _tpr(m: dict[str, Any]) -> list[float | None]:
@@ -400,13 +455,13 @@ def compare(
     started = time.perf_counter()
     study_dir = Path(runs_dir) / name
     study_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["loss", *(f"TPR@{f}" for f in FPRS), "AUC", "EER", "P@1", "MAP@R", "train s", "run"]
+    columns = ["loss", *(f"TPR@{f}" for f in FPRS), "AUC", "EER", "P@1", "MAP@R", "kept", "train s", "run"]
     rows, runs, curves, per_split = [], [], {}, []
     for loss in losses:
         r = _run_setting(study_dir, loss, config, [f"loss.name={loss}", *base], train)
         t = r["test"]
         rows.append([loss, *_tpr(t), t.get("auc"), t.get("eer"), t.get("precision_at_1"), t.get("map_at_r"),
-                     r.get("train_seconds"), loss])  # fmt: skip
+                     kept_label(r), r.get("train_seconds"), loss])  # fmt: skip
         per_split += [[f"{loss}: {row[0]}", *row[1:]] for row in metrics_rows(r, baselines=False)]
         if loss == losses[0]:  # the same test pairs for every loss: the baselines once
             per_split += [[f"baseline: {row[0]}", *row[1:]] for row in metrics_rows(r)[3:]]
@@ -419,10 +474,12 @@ def compare(
     if curves:
         plot_roc_overlay(curves, study_dir / "roc_compare.png", "Test ROC by loss")
         figures.append(["Test ROC by loss", "roc_compare.png"])
+    note = tie_note(rows, columns.index("kept"))
     summary = {
-        "kind": "compare", "command": _command(), "runs": runs, "figures": figures,
+        "kind": "compare", "command": _command(), "runs": runs, "figures": figures, "note": note,
         "description": "Loss comparison on one dataset, backbone and budget: test-split TPR at FPR "
-                       "(interpolated), AUC, EER, leave-one-out P@1 and MAP@R.",
+                       "(interpolated), AUC, EER, leave-one-out P@1 and MAP@R, and the model each run kept."
+                       + (f" {note}" if note else ""),
         "tables": [
             {"title": "Test metrics by loss", "file": "compare.csv", "columns": columns, "rows": rows,
              "best_row": best_row(rows, columns.index("MAP@R"))},

@@ -49,7 +49,9 @@ def out_format(out: str | os.PathLike[str]) -> str:
     return kind
 
 
-def write_vectors(out: str | os.PathLike[str], vectors: np.ndarray, items: Sequence[tuple[str, str | None]]) -> list[str]:
+def write_vectors(
+    out: str | os.PathLike[str], vectors: np.ndarray, items: Sequence[tuple[str, str | None]]
+) -> list[str]:
     """Write ``vectors`` and their ``items``' paths and labels to ``out`` (``.npy`` + ``<stem>.csv``, or
     ``.parquet``); returns the files written."""
     out = Path(out)

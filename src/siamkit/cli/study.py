@@ -22,7 +22,9 @@ def register(sub: Subparsers) -> None:
     ss.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUES", required=True)
     ss.add_argument("--strategy", choices=("random", "grid", "tpe"), default="random")
     ss.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (random, tpe)")
-    ss.add_argument("--objective", choices=("val_loss", "map_at_r", "precision_at_1"), default="val_loss")
+    ss.add_argument("--objective", choices=("auto", "val_loss", "map_at_r", "precision_at_1"), default="auto",
+                    help="what ranks the trials: auto (default) = the runs' own checkpoint monitor, validation MAP@R "
+                    "(the validation loss for pairs/triplets CSVs)")  # fmt: skip
     ss.add_argument("--storage", help="Optuna storage URL shared by workers (default: STUDY_DIR/study.db)")
     ss.add_argument("--pruner", choices=("none", "median"), default="none")
     ss.add_argument("--seed", type=int, default=0)
@@ -65,5 +67,7 @@ def _study(args: argparse.Namespace) -> None:
         lines.append("best: " + ", ".join(f"{k}={fmt(v)}" for k, v in r["best"].items()))
     for t in r["tables"][:1]:
         lines.append(studies.text_table(t["columns"], t["rows"]))
+    if r.get("note"):
+        lines.append(r["note"])
     lines.append(f"report: {r['study_dir']}/report.html   tables: {r['study_dir']}/tables.md")
     emit(r, args.format, "\n".join(lines))

@@ -99,3 +99,13 @@ def test_with_trust_code_the_run_opens_and_its_code_runs(small_run, digits_image
     assert model.embed(image) == pytest.approx(reference.embed(image), abs=1e-5)
     assert main(["verify", str(run), str(image), str(image), "--trust-code", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["same"] is True
+
+
+def test_eval_and_export_refuse_it_and_run_it_with_trust_code(small_run, tmp_path, capsys):
+    run = hostile_run(small_run, tmp_path)
+    for argv in (["eval", str(run), "--set", "eval.n_pairs=200", "--set", "eval.episodes=0"],
+                 ["export", str(run), "--out", str(tmp_path / "m.onnx")]):  # fmt: skip
+        assert main(argv) == 2
+        assert "--trust-code" in _one_line(capsys.readouterr().err) and not (run / "RAN").exists()
+    assert main(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--trust-code", "-q"]) == 0
+    assert (run / "RAN").exists() and (tmp_path / "m.onnx").stat().st_size > 1000

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from siamkit.cli.common import Subparsers, command, emit, model_flags, model_source, output_flags
+from siamkit.cli.common import Subparsers, command, emit, model_flags, model_source, output_flags, trust_flag
 
 
 def register(sub: Subparsers) -> None:
@@ -35,6 +35,7 @@ def register(sub: Subparsers) -> None:
     ex.add_argument("--to", dest="target", choices=("onnx",), default="onnx", help="what to write (default: onnx)")
     ex.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
     ex.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    trust_flag(ex)
     output_flags(ex)
 
     s = command(sub, "summary", _summary, "layer-by-layer output shapes and parameter counts of a model", [
@@ -91,9 +92,10 @@ def threshold_info(run_dir: Any, given: float | None) -> dict[str, Any] | None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from siamkit.runs.embedders import ModelSource
     from siamkit.runs.model import open_model
 
-    r = open_model(args.run_dir).export(args.out, args.opset)
+    r = open_model(args.run_dir, ModelSource(trust_code=args.trust_code)).export(args.out, args.opset)
     emit(r, args.format, f"written: {r['onnx']} ({r['bytes']:,} bytes, opset {r['opset']}, input {r['input']}); "
          f"parity with PyTorch: max |difference| {r['max_abs_diff']:.2e} (tolerance {r['tolerance']:g})")  # fmt: skip
 

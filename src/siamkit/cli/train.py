@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from siamkit import SHORTCUTS
-from siamkit.cli.common import Subparsers, command, emit, fmt, model_flags, model_source, output_flags, overrides_flag
+from siamkit.cli.common import (
+    Subparsers,
+    command,
+    emit,
+    fmt,
+    model_flags,
+    model_source,
+    output_flags,
+    overrides_flag,
+    trust_flag,
+)
 from siamkit.text import name_list
 
 
@@ -54,6 +64,7 @@ def register(sub: Subparsers) -> None:
     e.add_argument("--seed", type=int, help="seed of the episodes (default 0)")
     e.add_argument("--within-group", action="store_true", help="draw each episode's classes from one group "
                    "(root/<group>/<class>/ folders: within alphabet)")  # fmt: skip
+    trust_flag(e)
     overrides_flag(e, "eval.n_pairs=20000")
     output_flags(e)
 
@@ -117,7 +128,7 @@ def _eval(args: argparse.Namespace) -> None:
         if value is not None and value is not False:
             value = f"[{value}]" if flag in ("way", "shot") else value
             overrides.append(f"eval.{key}={str(value).lower() if isinstance(value, bool) else value}")
-    result = evaluate_run(args.run_dir, args.data, overrides, args.as_test)
+    result = evaluate_run(args.run_dir, args.data, overrides, args.as_test, trust_code=args.trust_code)
     emit(result, args.format, summary_table(result) + f"\nwritten: {result['eval_dir']}")
 
 

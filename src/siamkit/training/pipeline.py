@@ -517,16 +517,21 @@ def _write_metrics(metrics: dict[str, Any], out: Path, name: str = "metrics.json
 
 
 def evaluate_run(
-    run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None, as_test: bool = False
+    run_dir: str | Path,
+    data: str | None = None,
+    overrides: list[str] | None = None,
+    as_test: bool = False,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Re-evaluate a trained run (on its own data, or on ``data``) with its saved threshold; writes
     ``eval/metrics.json`` and plots inside the run directory. With ``as_test``, all of ``data`` is test data (no
-    split, no training or validation rows), scored into a new ``eval-<data name>`` folder of the run."""
+    split, no training or validation rows), scored into a new ``eval-<data name>`` folder of the run.
+    ``trust_code``: import code the run's files name (``siamkit.runs.artifact.load_run``)."""
     from siamkit.config import set_key
     from siamkit.runs.named import resolve_run_dir
 
     run_dir = resolve_run_dir(run_dir)  # a pretrained name (dlib-face) is a run folder too
-    run = load_run(run_dir)
+    run = load_run(run_dir, trust_code=trust_code)
     cfg_dict = to_dict(run.cfg)
     if data is not None:
         cfg_dict["data"]["source"] = absolute_source(data)

@@ -187,7 +187,9 @@ def summary_table(result: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = [f"run: {result.get('run_dir')}"]
     head += threshold_lines(result)
-    if "train_seconds" in result:
+    if "train_seconds" in result and result.get("epochs_run") == 0:
+        head.append(f"parameters: {result['trainable_parameters']:,}   not trained (train.epochs=0): the initial model")
+    elif "train_seconds" in result:
         head.append(
             f"trainable parameters: {result['trainable_parameters']:,}   train time: {result['train_seconds']:.1f}s"
             f"   images/s: {result['images_per_second']:.0f}   best epoch: {result['best_epoch']}"

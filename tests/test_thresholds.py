@@ -114,6 +114,19 @@ def test_verify_json_carries_the_threshold_provenance(run, non_square, capsys):
     assert json.loads(out)["threshold_info"]["rule"] == "given (--threshold)"
 
 
+def test_search_json_says_where_its_match_threshold_holds(run, non_square, tmp_path, capsys):
+    gallery = tmp_path / "g"
+    code, _, err = _run(capsys, "index", "build", str(run), str(non_square), "--out", str(gallery), "-q")
+    assert code == 0, err
+    query = sorted(non_square.glob("*/*.png"))[0]
+    code, out, err = _run(capsys, "search", str(gallery), str(query), "-k", "3", "--format", "json")
+    assert code == 0, err
+    info = json.loads(out)["threshold_info"]
+    assert info["rule"] == "accuracy" and info["set_on"] == "the run's validation identities"
+    code, out, _ = _run(capsys, "search", str(gallery), str(query), "-k", "3")
+    assert (("warning: do not deploy" in out) == bool(info.get("warning"))) and code == 0
+
+
 def test_health_says_where_the_served_threshold_holds(run):
     from fastapi.testclient import TestClient
 

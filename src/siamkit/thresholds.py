@@ -134,3 +134,12 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def decision_info(run_dir: str | os.PathLike[str] | None, given: float | None = None) -> dict[str, Any] | None:
+    """Where the threshold a decision (``verify``, ``search``) used holds: the run's (``run_threshold_info``), or
+    ``given`` for this call only (``--threshold``: set on nothing the run knows)."""
+    if given is not None:
+        return {"threshold": given, "rule": "given (--threshold)", "set_on": "nothing the run recorded",
+                "warning": None}  # fmt: skip
+    return run_threshold_info(run_dir) if run_dir else None

@@ -156,4 +156,7 @@ def _search(args: argparse.Namespace) -> None:
                   f"{h['path']}" for h in res["neighbours"]]  # fmt: skip
     if "figure" in r:
         lines.append(f"figure: {r['figure']}")
+    info = r.get("threshold_info") or {}
+    if info.get("warning"):
+        lines.append(f"warning: {info['warning']}")
     emit(r, args.format, "\n".join(lines))

@@ -54,13 +54,14 @@ def register(sub: Subparsers) -> None:
 def _verify(args: argparse.Namespace) -> None:
     from siamkit.errors import ConfigError
     from siamkit.runs.model import open_model, verify_pairs
+    from siamkit.thresholds import decision_info
 
     if args.pairs:
         if args.image_a or args.image_b:
             raise ConfigError("give either two images or --pairs CSV, not both")
         model = open_model(args.run_dir, model_source(args), args.faces)
         r = verify_pairs(model, args.pairs, args.out, args.skip_bad)
-        r["threshold_info"] = threshold_info(model.run_dir, args.threshold)
+        r["threshold_info"] = decision_info(model.run_dir, args.threshold)
         acc = f", accuracy {r['accuracy']:.4f} against the label column" if "accuracy" in r else ""
         same = f"{r['same']} judged same" if "same" in r else "no threshold saved"
         info = r["threshold_info"]
@@ -72,23 +73,12 @@ def _verify(args: argparse.Namespace) -> None:
     model = open_model(args.run_dir, model_source(args), args.faces)
     v = model.verify_many(args.image_a, args.image_b)[0]
     r = {"image_a": args.image_a, "image_b": args.image_b, **v.to_dict()}
-    info = threshold_info(model.run_dir, args.threshold)
+    info = decision_info(model.run_dir, args.threshold)
     r["threshold_info"] = info
     verdict = "unknown (no threshold saved)" if v.same is None else ("same" if v.same else "different")
     thr = "none" if v.threshold is None else f"{v.threshold:.4f}"
     warn = f"\nwarning: {info['warning']}" if info and info.get("warning") else ""
     emit(r, args.format, f"distance {v.distance:.4f}  threshold {thr}  → {verdict}{warn}")
-
-
-def threshold_info(run_dir: Any, given: float | None) -> dict[str, Any] | None:
-    """Where the threshold a decision used holds (``siamkit.thresholds``): the run's, or ``--threshold`` (given
-    for this call: set on nothing the run knows)."""
-    from siamkit.thresholds import run_threshold_info
-
-    if given is not None:
-        return {"threshold": given, "rule": "given (--threshold)", "set_on": "nothing the run recorded",
-                "warning": None}  # fmt: skip
-    return run_threshold_info(run_dir) if run_dir else None
 
 
 def _export(args: argparse.Namespace) -> None:

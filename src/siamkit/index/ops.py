@@ -21,6 +21,7 @@ from siamkit.index.qdrant import QdrantGallery
 from siamkit.index.qdrant import migrate as to_qdrant
 from siamkit.runs.embedders import ModelSource
 from siamkit.runs.model import Model, open_model
+from siamkit.thresholds import decision_info
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,8 @@ def search(
         {"query": path, "label": lab, "neighbours": hits_to_dicts(h)} for (path, lab), h in zip(kept, hits, strict=True)
     ]
     out: dict[str, Any] = {"gallery": str(gallery_dir), "k": k, "metric": gallery.metric, "results": results}
+    given = backend.threshold if isinstance(backend, ModelSource) else None
+    out["threshold_info"] = decision_info(model.run_dir, given)  # where the "match" marks' threshold holds
     if figure is not None:
         from siamkit.index.figures import neighbours_figure
 

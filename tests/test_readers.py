@@ -297,3 +297,24 @@ def test_exif_orientation_turns_the_photo_upright(tmp_path, fmt):
     assert images.images.shape[2:] == (40, 20)
     if fmt == "png":
         assert np.array_equal(images.images[0].numpy(), images.images[1].numpy())
+
+
+def test_the_input_is_chosen_from_the_training_identities_images_only(tmp_path):
+    from siamkit.config import load_config
+    from siamkit.training.pipeline import prepare_data
+
+    rng = np.random.default_rng(0)
+    layout = {"train": (["a", "b", "c", "d"], "L", 16, 4), "val": (["e", "f"], "L", 16, 4),
+              "test": (["g", "h"], "RGB", 40, 20)}  # fmt: skip
+    for names, mode, side, n in layout.values():
+        for name in names:
+            for i in range(n):
+                _img(tmp_path / "d" / name / f"{i}.png", mode, int(rng.integers(0, 255)), (side, side))
+    overrides = [f"data.source={tmp_path / 'd'}", "data.split=identity", "data.train_classes=a,b,c,d",
+                 "data.val_classes=e,f", "data.test_classes=g,h", "data.cache=false"]  # fmt: skip
+    # every image's headers would give 40×40 colour (the test identities' 40 of 64 images): the training ones give
+    prep = prepare_data(load_config(None, overrides))
+    assert prep.input_shape == (1, 16, 16) and prep.cfg.data.image_size == 16 and prep.cfg.data.channels == 1
+    assert prep.splits.test.images.images.shape[1:] == (1, 16, 16)  # the test images are read at that input
+    given = prepare_data(load_config(None, [*overrides, "data.image_size=24", "data.channels=3"]))
+    assert given.input_shape == (3, 24, 24)  # what the config sets is kept

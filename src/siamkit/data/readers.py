@@ -371,6 +371,11 @@ def _header(path: Path) -> tuple[int, int, int] | None:
 Header = tuple[int, int, int] | None
 
 
+def read_headers(paths: Sequence[Path]) -> list[Header]:
+    """Every file's ``(H, W, natural channels)`` from its header (None for an unreadable one)."""
+    return [_header(p) for p in paths]
+
+
 def auto_channels(paths: Sequence[Path], headers: Sequence[Header] | None = None) -> int | None:
     """1 (grayscale) or 3 (colour) when ``data.channels`` is unset: 3 as soon as a tenth of the images are colour
     (a colour photo made grey loses information, a grey one made RGB does not) — never whatever sorts first.

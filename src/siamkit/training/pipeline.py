@@ -89,6 +89,10 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     with face_alignment(cfg.data.faces):
         bundle = load_dataset(cfg.data)
     splits = make_splits(bundle, cfg.data, cfg.train.seed)
+    if training_input(cfg, bundle, splits):  # the input chosen from all images differs: decode again
+        with face_alignment(cfg.data.faces):
+            bundle = load_dataset(cfg.data)
+        splits = make_splits(bundle, cfg.data, cfg.train.seed)
     reason = apply_recipe(cfg, splits.method, len(np.unique(splits.train.images.labels)))
     apply_pretrained_defaults(cfg)  # dlib-face: the model before training is the pretrained one
     if loss_trait(cfg, "needs_sigmoid_head", False):  # the model is built with the head the loss trains
@@ -113,6 +117,41 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     pre = Preprocess(cfg.data.mean, cfg.data.std, cfg.data.augment, seed=cfg.train.seed)
     log.info("input %d×%d×%d (channels × height × width) from %s", c, h, w, bundle.name)
     return Prepared(cfg, bundle, splits, pre, (c, h, w), reason)
+
+
+FILE_LAYOUTS = ("folder", "flat", "labels-csv")
+"""Layouts whose input size and channels are chosen from the files' headers when the config leaves them unset."""
+
+
+def training_input(cfg: RunConfig, bundle: DatasetBundle, splits: Splits) -> bool:
+    """On an identity split of image files, set ``data.channels`` / ``data.image_size`` (whichever the config left
+    unset) to what the **training** identities' images alone give (``auto_channels``, ``auto_size``): the test
+    identities' images must not choose the input. True when that differs from the input decoded (from every
+    image's header) and the data must be decoded again. A non-square training size that differs cannot be
+    written to ``data.image_size``: kept as decoded, said in one line."""
+    from siamkit.data.readers import auto_channels, auto_size, read_headers
+
+    auto_c, auto_s = cfg.data.channels is None, cfg.data.image_size is None
+    paths = splits.train.images.paths
+    if splits.method != "identity" or bundle.layout not in FILE_LAYOUTS or not paths or not (auto_c or auto_s):
+        return False
+    used_c, used_h, used_w = (int(v) for v in bundle.images.images.shape[1:])
+    files = [Path(p) for p in paths]
+    headers = read_headers(files)
+    c = (auto_channels(files, headers) or used_c) if auto_c else used_c
+    h, w = (auto_size(files, headers) or (used_h, used_w)) if auto_s else (used_h, used_w)
+    if (h, w) != (used_h, used_w) and h != w:
+        log.warning("the training identities' images give a %d×%d input, the run keeps %d×%d (from every image): "
+                    "set data.image_size to choose", h, w, used_h, used_w)  # fmt: skip
+        h, w = used_h, used_w
+    if (c, h, w) == (used_c, used_h, used_w):
+        return False
+    log.info("input %d×%d×%d from the training identities' images (every image gave %d×%d×%d): decoding again",
+             c, h, w, used_c, used_h, used_w)  # fmt: skip
+    cfg.data.channels = c
+    if (h, w) != (used_h, used_w):
+        cfg.data.image_size = h
+    return True
 
 
 def make_loss(cfg: RunConfig, num_classes: int = 0, embedding_dim: int | None = None) -> SiameseLoss:

@@ -56,7 +56,7 @@ def deploy_warning(info: dict[str, Any], run: str = "RUN") -> str | None:
     where = new.get("on", "new identities")
     return (f"do not deploy this threshold as is: on {where} it accepts {far:.1%} of impostor pairs (false-accept "
             f"rate {far:.4f}{_against(info, far, target)}) — calibrate on your own people, e.g. siamkit calibrate "
-            f"{run} --data YOUR_PEOPLE/ --fpr 0.01 --hold-out 0.3")  # fmt: skip
+            f"{run} --data YOUR_PEOPLE --fpr 0.01 --hold-out 0.3")  # fmt: skip
 
 
 def _against(info: dict[str, Any], far: float, target: float | None) -> str:

@@ -41,3 +41,15 @@ def test_type_errors():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_yaml_key_given_twice_is_refused_with_both_lines(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"line 4: key 'lr' is given twice \(first on line 2\)"):
+        load_config(p)
+    p.write_text("train:\n  lr: 0.1\nloss:\n  name: triplet\n")  # the same key in two sections is fine
+    assert load_config(p).train.lr == 0.1
+    p.write_text("train: !!python/object/apply:os.system ['true']\n")  # still no object-building tags
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)

@@ -318,3 +318,29 @@ def test_the_input_is_chosen_from_the_training_identities_images_only(tmp_path):
     assert prep.splits.test.images.images.shape[1:] == (1, 16, 16)  # the test images are read at that input
     given = prepare_data(load_config(None, [*overrides, "data.image_size=24", "data.channels=3"]))
     assert given.input_shape == (3, 24, 24)  # what the config sets is kept
+
+
+def test_a_class_folder_linked_back_is_refused_a_link_elsewhere_kept(tmp_path):
+    for c in ("a", "b"):
+        for i in range(2):
+            _img(tmp_path / "d" / c / f"{i}.png", "L", 40 * i)
+    _img(tmp_path / "elsewhere" / "0.png", "L")
+    _img(tmp_path / "elsewhere" / "1.png", "L", 200)
+    (tmp_path / "d" / "c").symlink_to(tmp_path / "elsewhere")  # a class kept somewhere else: fine
+    assert read_folder(tmp_path / "d", cache=None).class_names == ["a", "b", "c"]
+    for target, said in ((".", "the data folder itself"), ("a", "the class folder 'a'"), ("..", "above the data")):
+        link = tmp_path / "d" / "loop"
+        link.symlink_to(target)
+        with pytest.raises(DataError, match=f"loop: a link to .*{said}.*remove the link"):
+            read_folder(tmp_path / "d", cache=None)
+        link.unlink()
+
+
+def test_a_csv_column_named_twice_is_refused(tmp_path):
+    _img(tmp_path / "a.png", "L")
+    (tmp_path / "p.csv").write_text("path_a,path_b,Label,label \na.png,a.png,1,0\n")
+    with pytest.raises(DataError, match="names the column 'label' twice"):
+        read_tuples_csv(tmp_path / "p.csv", "pairs")
+    (tmp_path / "l.csv").write_text("path,label,path\na.png,x,a.png\n")
+    with pytest.raises(DataError, match="names the column 'path' twice"):
+        read_labels_csv(tmp_path / "l.csv")

@@ -375,13 +375,38 @@ def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+class DuplicateKey(Exception):
+    """A YAML mapping names one key twice (YAML's last-one-wins would drop the first silently)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build objects) that refuses a key given twice in one mapping."""
+
+
+def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str | int | float | bool) and key in seen:
+            raise DuplicateKey(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on line "
+                               f"{seen[key]})")  # fmt: skip
+        if isinstance(key, str | int | float | bool):
+            seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
 def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML config file's top-level mapping (errors name the file)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; give the path of a YAML file")
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = yaml.load(p.read_text(), Loader=StrictLoader) or {}  # a SafeLoader: no object-building tags
+    except DuplicateKey as exc:
+        raise ConfigError(f"{p}: {exc}; keep one of them") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):

@@ -331,6 +331,7 @@ def class_folders(root: Path) -> list[Path]:
     like a dataset's splits (``train``, ``test``, …) are refused: ``root/train/<class>/`` is one dataset per split,
     not two classes."""
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    _refuse_linked_twice(root, folders)
     splits = [d.name for d in folders if d.name.lower() in SPLIT_FOLDER_NAMES]
     if len(splits) >= 2 or (splits and len(folders) == 1):
         first = next((name for name in splits if name.lower() in ("train", "training")), splits[0])
@@ -339,6 +340,25 @@ def class_folders(root: Path) -> list[Path]:
             f"give one of them (e.g. --data {root / first}), with one folder per class inside"
         )
     return folders
+
+
+def _refuse_linked_twice(root: Path, folders: Sequence[Path]) -> None:
+    """A class folder that is a link to the data folder itself, to a folder above it, or to another class folder
+    would read the same images twice under another class: one line naming the link."""
+    top = root.resolve()
+    real = {d: d.resolve() for d in folders}
+    for d in folders:
+        if not d.is_symlink():
+            continue
+        target = real[d]
+        if target == top or target in top.parents:
+            what = "the data folder itself" if target == top else f"{target}, a folder above the data folder"
+        else:
+            twin = next((o for o in folders if o != d and real[o] == target and not o.is_symlink()), None)
+            if twin is None:
+                continue
+            what = f"the class folder {twin.name!r}"
+        raise DataError(f"{d}: a link to {what}: its images would be read twice under another class; remove the link")
 
 
 SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev"})
@@ -606,6 +626,18 @@ def csv_text(path: str | os.PathLike[str]) -> io.StringIO:
             from None  # fmt: skip
 
 
+def csv_columns(path: Path, fieldnames: Sequence[str] | None) -> dict[str, str]:
+    """A CSV header's columns by normalised name (stripped, lower case) → as written; a name given twice is a
+    one-line ``DataError`` (reading by name would silently take one of them)."""
+    header: dict[str, str] = {}
+    for c in fieldnames or []:
+        name = (c or "").strip().lower()
+        if name and name in header:
+            raise DataError(f"{path}: the header names the column {name!r} twice; keep one of them")
+        header[name] = c
+    return header
+
+
 def _csv_header(path: Path) -> list[str]:
     row = next(csv.reader(csv_text(path)), [])
     return [c.strip().lower() for c in row]
@@ -625,7 +657,7 @@ def read_tuples_csv(
     needed: tuple[str, ...] = TUPLE_COLUMNS[kind]
     with csv_text(path) as fh:
         reader = csv.DictReader(fh)
-        header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        header = csv_columns(path, reader.fieldnames)
         if kind == "pairs" and not require_label and "label" not in header:
             needed = needed[:2]
         missing = [c for c in needed if c not in header]
@@ -668,7 +700,7 @@ def read_labels_csv(
     path = Path(path)
     with csv_text(path) as fh:
         reader = csv.DictReader(fh)
-        header = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        header = csv_columns(path, reader.fieldnames)
         missing = [c for c in ("path", "label") if c not in header]
         if missing:
             raise DataError(f"{path}: missing column {missing[0]!r}; a labelled-images CSV needs the header "

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from siamkit.errors import ConfigError
 from siamkit.models.registry import BACKBONES
 
 
@@ -71,6 +72,18 @@ class _ConvStage(nn.Module):
         return act(bn(self._pool(x)))
 
 
+def _check_convnet(widths: Sequence[int], convs_per_stage: int, pool_size: int, neck: int) -> None:
+    """One-line errors naming the ``model.backbone_args`` key for options no network can be built from."""
+    key = "model.backbone_args"
+    if isinstance(widths, str | bytes) or not isinstance(widths, Sequence) or not widths:
+        raise ConfigError(f"{key}.widths must list each stage's channels, e.g. [24, 48, 96]; got {widths!r}")
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ConfigError(f"{key}.widths must be whole numbers above 0, e.g. [24, 48, 96]; got {list(widths)!r}")
+    for name, value, low in (("convs_per_stage", convs_per_stage, 1), ("pool_size", pool_size, 1), ("neck", neck, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{key}.{name} must be a whole number ≥ {low}; got {value!r}")
+
+
 @BACKBONES.register("convnet")
 class ConvNet(nn.Module):
     """The default small CNN for 8×8 to 64×64 inputs: stages of (conv3×3 → BN → ReLU) × ``convs_per_stage``
@@ -88,6 +101,7 @@ class ConvNet(nn.Module):
         pool_size: int = 3, neck: int = 512, pool_first: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
+        _check_convnet(widths, convs_per_stage, pool_size, neck)
         stages = []
         c = in_channels
         for w in widths:

@@ -75,6 +75,10 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     with pretrained weights sets the input size, channels and normalisation its weights expect, unless the
     config sets them."""
     preset = backbone_preset(cfg.model.backbone, cfg.model.backbone_args)
+    if cfg.train.freeze_backbone and preset is None and cfg.model.backbone not in FIXED_BACKBONES:
+        log.warning("train.freeze_backbone=true on %s without pretrained weights: the backbone stays at its random "
+                    "initial weights and only the head trains; give model.backbone_args.weights (or pretrained) or "
+                    "drop train.freeze_backbone", cfg.model.backbone)  # fmt: skip
     cfg.data.faces = resolve_mode(cfg.data.faces, cfg.model.backbone)  # the run records what it read
     if cfg.data.faces == "align" and cfg.data.image_size is None:
         cfg.data.image_size = CHIP_SIZE
@@ -119,6 +123,8 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, bundle, splits, pre, (c, h, w), reason)
 
 
+FIXED_BACKBONES = ("hog",)
+"""Backbones whose features are fixed by design (a descriptor): freezing them is no mistake."""
 FILE_LAYOUTS = ("folder", "flat", "labels-csv")
 """Layouts whose input size and channels are chosen from the files' headers when the config leaves them unset."""
 

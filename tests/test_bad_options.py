@@ -59,3 +59,36 @@ def test_freezing_a_random_backbone_is_said(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         prepare_data(load_config(None, ["data.limit=300"]))
     assert not any("random initial weights" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("raw", [2.9, True, float("inf"), "1e400", [3], None, "2.5"])
+def test_http_k_must_be_a_whole_number(raw) -> None:
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+
+    from siamkit.serve.app import _int_field
+    from siamkit.serve.uploads import Payload
+
+    with pytest.raises(HTTPException) as err:
+        _int_field(Payload({}, {"k": raw}), SimpleNamespace(query_params={}), "k", 10, 1, 100)  # type: ignore[arg-type]
+    assert err.value.status_code == 422 and "k must be an integer" in err.value.detail
+    assert _int_field(Payload({}, {"k": " 7"}), SimpleNamespace(query_params={}), "k", 10, 1, 100) == 7  # type: ignore[arg-type]
+    assert _int_field(Payload({}, {"k": 3}), SimpleNamespace(query_params={}), "k", 10, 1, 100) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["serve", "RUN", "--max-pixels", "-1"], "--max-pixels at least 1"),
+        (["serve", "RUN", "--max-request-mb", "0"], "--max-request-mb must be above 0"),
+        (["serve", "RUN", "--port", "70000"], "--port must be 0–65535"),
+        (["calibrate", "RUN", "--data", "X", "--pairs-per-kind", "0"], "--pairs-per-kind must be at least 1"),
+    ],
+)
+def test_serve_and_calibrate_limits_are_one_line(small_run, argv, match, capsys) -> None:
+    from siamkit.cli import main
+
+    assert main([str(small_run) if a == "RUN" else a for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1

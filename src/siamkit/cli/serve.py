@@ -46,8 +46,13 @@ def _serve(args: argparse.Namespace) -> None:
     from siamkit.serve.batching import Batching
     from siamkit.serve.uploads import UploadLimits
 
-    if args.max_batch < 1 or args.max_wait_ms < 0:
+    if args.max_batch < 1 or not args.max_wait_ms >= 0:
         raise ConfigError("--max-batch must be at least 1 and --max-wait-ms at least 0")
+    if not 0 < args.max_request_mb < 1e6 or args.max_pixels < 1:
+        raise ConfigError(f"--max-request-mb must be above 0 and --max-pixels at least 1; got {args.max_request_mb:g} "
+                          f"and {args.max_pixels}")  # fmt: skip
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0–65535; got {args.port}")
 
     limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
     token = args.token or os.environ.get("SIAMKIT_TOKEN")

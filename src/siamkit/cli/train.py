@@ -145,7 +145,10 @@ def _report(args: argparse.Namespace) -> None:
 
 def _calibrate(args: argparse.Namespace) -> None:
     from siamkit.calibration import calibrate_run
+    from siamkit.errors import ConfigError
 
+    if args.pairs_per_kind is not None and args.pairs_per_kind < 1:
+        raise ConfigError(f"--pairs-per-kind must be at least 1; got {args.pairs_per_kind}")
     rule = f"fpr:{args.fpr}" if args.fpr is not None else (args.rule or "accuracy")
     r = calibrate_run(args.run_dir, args.data, rule, model_source(args), args.skip_bad, args.pairs_per_kind,
                       out=args.out, overrides=args.overrides, hold_out=args.hold_out)  # fmt: skip

@@ -223,9 +223,12 @@ def without_paths(message: str) -> str:
 
 def _int_field(payload: Payload, request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = payload.fields.get(name, request.query_params.get(name, default))
+    # a whole number only: 2.9 or true would be cut to 2 or 1 without a word, 1e400 overflows
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise HTTPException(422, f"{name} must be an integer")
     try:
-        value = int(raw)
-    except (TypeError, ValueError):
+        value = int(raw.strip()) if isinstance(raw, str) else raw
+    except ValueError:
         raise HTTPException(422, f"{name} must be an integer") from None
     if not low <= value <= high:
         raise HTTPException(422, f"{name} must be between {low} and {high}")

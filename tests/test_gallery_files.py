@@ -57,12 +57,17 @@ def test_a_damaged_database_is_one_line(tmp_path, damage):
     assert len(str(err.value).splitlines()) == 1
 
 
-def test_a_gallery_on_a_read_only_mount_can_be_searched(tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
+def _mount_tmpfs(mount: Path) -> None:
+    """A small tmpfs at ``mount`` (an empty folder); the test skips where mounting needs privileges it lacks."""
     if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
                                                        capture_output=True).returncode != 0:  # fmt: skip
         pytest.skip("mounting a file system needs privileges this machine does not give")
+
+
+def test_a_gallery_on_a_read_only_mount_can_be_searched(tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    _mount_tmpfs(mount)
     try:
         _gallery(mount / "g")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
@@ -79,9 +84,7 @@ def test_a_gallery_on_a_read_only_mount_can_be_searched(tmp_path):
 def test_a_gallery_at_a_mount_point_is_refused_a_rebuild_in_one_line_and_kept(tmp_path):
     mount = tmp_path / "mnt"
     mount.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                                                       capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("mounting a file system needs privileges this machine does not give")
+    _mount_tmpfs(mount)
     try:
         _gallery(mount)  # the mount point itself is the gallery folder: it cannot be swapped
         g = Gallery.create(mount, _model(), overwrite=True)

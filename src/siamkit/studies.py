@@ -280,9 +280,10 @@ def search(
         test = r.get("test") or {}
         trial.set_user_attr("test_auc", test.get("auc"))
         trial.set_user_attr("test_map_at_r", test.get("map_at_r"))
-        trial.set_user_attr("kept", kept_label(r))
+        kept = kept_label(r)
+        trial.set_user_attr("kept", kept)
         value = objective_value(_read_history(Path(r["run_dir"])), objective)
-        log.info("trial %d/%d: %s %.4f, kept %s (%.0f s)", position, n_trials, objective, value, kept_label(r),
+        log.info("trial %d/%d: %s %.4f, kept %s (%.0f s)", position, n_trials, objective, value, kept,
                  time.perf_counter() - started_trial)  # fmt: skip
         return value
 

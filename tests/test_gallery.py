@@ -384,3 +384,18 @@ def test_compact_from_the_cli(small_run, digits_images, tmp_path, capsys):
     after = Gallery.open(g)
     assert after.describe()["pending_edits"] == 0 and first not in after.items
     assert sorted(p.name for p in g.glob("index-*.faiss")) == ["index-000002.faiss"]
+
+
+def test_index_add_labels_class_folders_as_build_does(small_run, digits_images, tmp_path):
+    root = tmp_path / "people"
+    for c in ("4", "7"):
+        (root / c).mkdir(parents=True)
+        for f in sorted((digits_images / c).glob("*.png"))[:3]:
+            shutil.copy(f, root / c / f.name)
+    built, added = tmp_path / "built", tmp_path / "added"
+    assert main(["index", "build", str(small_run), str(root), "--out", str(built), "-q"]) == 0
+    assert main(["index", "build", str(small_run), str(digits_images / "0"), "--out", str(added), "-q"]) == 0
+    assert main(["index", "add", str(added), str(root), "-q"]) == 0
+    want = sorted((Path(it.path).name, it.label) for it in Gallery.open(built).items.values())
+    got = sorted((Path(it.path).name, it.label) for it in Gallery.open(added).items.values() if it.label is not None)
+    assert want == [g for g in got if g[1] in ("4", "7")] and {lab for _, lab in want} == {"4", "7"}

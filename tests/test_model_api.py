@@ -185,3 +185,18 @@ def test_importing_siamkit_is_light():
     code = "import sys, siamkit; print([m for m in ('torch', 'siamkit.training', 'siamkit.runs') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-500:]
+
+
+def test_a_folder_embeds_as_its_files_in_listing_order(model, digits_images, tmp_path):
+    from siamkit.data.sources import collect_images
+
+    folder = digits_images / "3"
+    listed = [p for p, _ in collect_images([str(folder)])]
+    rows = model.embed(folder)
+    assert rows.shape == (len(listed), model.embedding_dim)
+    assert np.abs(rows - model.embed(listed)).max() <= 1e-5
+    assert np.abs(model.embed(str(digits_images)) - model.embed([p for p, _ in collect_images([str(digits_images)])])
+                  ).max() <= 1e-5  # class-per-folder root: every class's files
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        model.embed(tmp_path / "empty")

@@ -30,6 +30,7 @@ from PIL import Image
 
 from siamkit.data.faces import align_image, check_mode, face_alignment, resolve_mode
 from siamkit.data.images import image_to_array, load_image, to_mode, upright
+from siamkit.data.sources import collect_images
 from siamkit.distances import verification_accuracy
 from siamkit.errors import ConfigError
 from siamkit.runs.embedders import ONNX_META_KEY, Embedder, ModelSource, check_threshold, open_embedder
@@ -37,8 +38,11 @@ from siamkit.runs.named import resolve_run_dir
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
 """One image: a file path, a PIL image, a numpy array ``(H, W[, C])`` or a tensor ``(C, H, W)``."""
+EMBED_BATCH = 256
+"""Images decoded at a time when a folder is embedded."""
 Images = ImageLike | Sequence[ImageLike]
-"""One image or many (a sequence of them, or a 4-D batch array/tensor)."""
+"""One image or many (a sequence of them, a 4-D batch array/tensor, or a folder or CSV of image files, listed
+in the order :func:`siamkit.data.sources.collect_images` gives, as ``index build`` lists them)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,13 @@ class Model:
 
     # -- embeddings and decisions ---------------------------------------------------------------------------
     def embed(self, images: Images) -> np.ndarray:
-        """Embeddings, float32: ``(D,)`` for one image, ``(N, D)`` for many."""
+        """Embeddings, float32: ``(D,)`` for one image, ``(N, D)`` for many (a folder: one row per image file, in
+        :func:`~siamkit.data.sources.collect_images` order; decoded a batch at a time)."""
+        if isinstance(images, (str, os.PathLike)) and not os.path.isfile(images):
+            items, _ = split_images(images)
+            parts = [self.embedder.embed(self.inputs(items[s : s + EMBED_BATCH])[0])
+                     for s in range(0, len(items), EMBED_BATCH)]  # fmt: skip
+            return np.concatenate(parts) if parts else np.empty((0, self.embedding_dim), np.float32)
         batch, single = self.inputs(images)
         vectors = self.embedder.embed(batch)
         return vectors[0] if single else vectors
@@ -222,6 +232,8 @@ def split_images(images: Images) -> tuple[list[ImageLike], bool]:
         if images.ndim == 4 or (images.ndim == 3 and channels not in (1, 3, 4)):
             return list(images), False
         return [images], True
+    if isinstance(images, (str, os.PathLike)) and (os.path.isdir(images) or str(images).lower().endswith(".csv")):
+        return [path for path, _ in collect_images([os.fspath(images)])], False  # as index build lists them
     if isinstance(images, (str, os.PathLike, Image.Image)):
         return [images], True
     if isinstance(images, Sequence):

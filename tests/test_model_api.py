@@ -178,6 +178,24 @@ def test_train_returns_the_model_with_its_result(tmp_path):
         siamkit.train(data="digits", train__nope=1)
 
 
+def test_train_in_python_logs_to_stderr_unless_told_not_to(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, siamkit\n"
+        "kw = dict(data='digits', epochs=1, runs_dir=sys.argv[1], data__limit=200, train__progress=False)\n"
+        "siamkit.train(name='a', **kw)\n"
+        "print('-- quiet --', file=sys.stderr, flush=True)\n"
+        "siamkit.train(name='b', log=False, **kw)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    loud, quiet = r.stderr.split("-- quiet --")
+    assert "epoch 1: train" in loud and "evaluating" in loud and "report:" in loud
+    assert "epoch 1" not in quiet and "evaluating" not in quiet
+
+
 def test_importing_siamkit_is_light():
     import subprocess
     import sys
@@ -195,8 +213,8 @@ def test_a_folder_embeds_as_its_files_in_listing_order(model, digits_images, tmp
     rows = model.embed(folder)
     assert rows.shape == (len(listed), model.embedding_dim)
     assert np.abs(rows - model.embed(listed)).max() <= 1e-5
-    assert np.abs(model.embed(str(digits_images)) - model.embed([p for p, _ in collect_images([str(digits_images)])])
-                  ).max() <= 1e-5  # class-per-folder root: every class's files
+    every = [p for p, _ in collect_images([str(digits_images)])]  # class-per-folder root: every class's files
+    assert np.abs(model.embed(str(digits_images)) - model.embed(every)).max() <= 1e-5
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images found"):
         model.embed(tmp_path / "empty")

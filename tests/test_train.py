@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ def _cfg(tmp_path, *extra):
                               "sampling.val_tuples=200", *extra])  # fmt: skip
 
 
-def test_early_stopping_when_validation_does_not_improve(tmp_path):
+def test_early_stopping_when_validation_does_not_improve(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="siamkit")
     # lr = 0 and no BatchNorm (its running statistics would still move): the model is frozen, so no epoch beats
     # the initial weights (epoch 0, a candidate too) on validation MAP@R → stop after `patience` epochs, keep epoch 0
     r = train_run(_cfg(tmp_path, "train.lr=0", "train.epochs=10", "train.patience=2", "model.backbone=seed_cnn"))
     assert r["epochs_run"] == 2 and r["best_epoch"] == 0 and r["stopped_early"] is True
+    assert "stopped early at epoch 2: no gain in 2 epochs on validation MAP@R (best: epoch 0" in caplog.text
     r = train_run(_cfg(tmp_path, "train.lr=0", "train.epochs=10", "train.patience=2", "model.backbone=seed_cnn",
                        "train.monitor=val_loss"))  # fmt: skip
     assert r["epochs_run"] == 3 and r["best_epoch"] == 1 and r["stopped_early"] is True

@@ -37,7 +37,9 @@ def load(run_dir: Any, backend: str = "torch", device: str = "cpu", onnx: str | 
     return load_run(run_dir, backend, device, onnx, threshold, faces, trust_code=trust_code)
 
 
-def train(config: Any = None, *, data: str | None = None, loss: str | None = None, **overrides: Any) -> Model:
+def train(
+    config: Any = None, *, data: str | None = None, loss: str | None = None, log: bool = True, **overrides: Any
+) -> Model:  # fmt: skip
     """Train a model and return it, evaluated, as a :class:`siamkit.runs.Model` (its metrics in ``.result``).
 
     ``config``: a YAML run config (optional). ``data``, ``loss``, ``backbone``, ``epochs``, ``name``,
@@ -45,10 +47,14 @@ def train(config: Any = None, *, data: str | None = None, loss: str | None = Non
     (``train__lr=3e-4``) or as a dotted key (``**{"train.lr": 3e-4}``). Example::
 
         m = siamkit.train(data="my_faces/", recipe="open-set", epochs=10, eval__threshold="fpr:0.001")
+
+    Progress is logged to stderr as the CLI logs it (one line per epoch and per stage), unless ``log=False`` or
+    the program has configured :mod:`logging` itself (then siamkit's records go to its handlers).
     """
     import yaml
 
     from siamkit.config import load_config
+    from siamkit.logs import stderr_logging
     from siamkit.training.pipeline import train_run
 
     given = {"data": data, "loss": loss, **overrides}
@@ -61,7 +67,8 @@ def train(config: Any = None, *, data: str | None = None, loss: str | None = Non
         if text.endswith("\n..."):
             text = text[: -len("\n...")]
         sets.append(f"{dotted}={text}")
-    result = train_run(load_config(config, sets))
+    with stderr_logging(log):
+        result = train_run(load_config(config, sets))
     model = load(result["run_dir"])
     model.result = result
     return model

@@ -45,6 +45,8 @@ def register(sub: Subparsers) -> None:
                    "and eval.* may be changed, e.g. --epochs)")  # fmt: skip
     t.add_argument("--force", action="store_true",
                    help="with --resume: retrain a finished run that has no last.pt, overwriting its model")  # fmt: skip
+    t.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images (counted and listed) instead of stopping; as data.skip_bad=true")  # fmt: skip
     output_flags(t)
 
     e = command(sub, "eval", _eval, "evaluate a trained run (optionally on other data)", [
@@ -64,6 +66,7 @@ def register(sub: Subparsers) -> None:
     e.add_argument("--seed", type=int, help="seed of the episodes (default 0)")
     e.add_argument("--within-group", action="store_true", help="draw each episode's classes from one group "
                    "(root/<group>/<class>/ folders: within alphabet)")  # fmt: skip
+    e.add_argument("--skip-bad", action="store_true", help="skip unreadable images of --data instead of stopping")
     trust_flag(e)
     overrides_flag(e, "eval.n_pairs=20000")
     output_flags(e)
@@ -108,6 +111,8 @@ def _train(args: argparse.Namespace) -> None:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
     if args.resume:
         config_path, overrides = resume_config(args.config, overrides)
         cfg = load_config(config_path, overrides)
@@ -122,7 +127,7 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from siamkit.training.pipeline import evaluate_run
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else [])
     for flag, key in EPISODE_FLAGS.items():
         value = getattr(args, flag)
         if value is not None and value is not False:

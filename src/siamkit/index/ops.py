@@ -37,6 +37,7 @@ def embed_paths(
     kept: list[tuple[str, str | None]] = []
     skipped: list[str] = []
     parts: list[np.ndarray] = []
+    log.info("embedding %s images, %d at a time…", f"{len(items):,}", batch_size)
     bar = tqdm(total=len(items), desc="embed", unit="img", disable=None if progress else True, leave=False)
     for s in range(0, len(items), batch_size):
         arrays = []
@@ -77,6 +78,7 @@ def build(
     if not kept:
         raise DataError(f"none of the {len(items)} images could be read; {SKIP_HINT}")
     with made_folder(Path(out)), locked(out):  # a failed build leaves no folder behind
+        log.info("writing the %s index of %s vectors…", "Qdrant" if backend_url else kind, f"{len(kept):,}")
         gallery.add(vectors, [p for p, _ in kept], [lab for _, lab in kept])
         gallery.save()
     return {**gallery.describe(), "added": len(kept), "skipped": skipped}

@@ -114,6 +114,7 @@ def export_onnx(
     embedder = TorchEmbedder(run_dir, trust_code=trust_code)
     graph = EmbeddingGraph(embedder).eval()
     example = torch.zeros(2, *embedder.input_shape)
+    log.info("tracing the network to ONNX…")
     proto = _to_onnx(graph, example, opset)
     from siamkit.data.faces import resolve_mode
 
@@ -124,6 +125,7 @@ def export_onnx(
     entry.key, entry.value = ONNX_META_KEY, json.dumps(meta)
     payload = proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(payload))
+    log.info("checking ONNX Runtime against PyTorch on batches of 1, 3 and 17 images…")
     diff = parity(payload, graph, embedder.input_shape)
     if not diff <= tolerance:
         raise CheckpointError(

@@ -353,6 +353,11 @@ def fit(
             })  # fmt: skip
     if cfg.patience and bad_epochs >= cfg.patience and not result.stopped_early and len(result.history) < cfg.epochs:
         result.stopped_early = True
+    if result.stopped_early and result.history:
+        log.info("stopped early at epoch %d: no gain in %d epochs on validation %s (best: epoch %d; "
+                 "train.patience=%d, 0 turns this off)", result.history[-1]["epoch"], cfg.patience,
+                 _monitor_name(result.monitor),
+                 result.best_epoch, cfg.patience)  # fmt: skip
     if result.best_epoch == 0 and result.history:
         log.warning("no epoch beat the initial weights on validation %s: keeping the untrained network — training "
                     "did not generalise to the validation identities (try fewer epochs, a lower train.lr, "
@@ -391,3 +396,8 @@ def _restore_rng(states: list[dict[str, Any]] | None, preprocess: Preprocess, in
 
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _monitor_name(monitor: str) -> str:
+    """``map_at_r`` as a person writes it: MAP@R (``precision_at_1``: P@1)."""
+    return {"map_at_r": "MAP@R", "precision_at_1": "P@1", "val_loss": "loss"}.get(monitor, monitor)

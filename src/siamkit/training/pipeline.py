@@ -9,6 +9,7 @@ import functools
 import io
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,12 +403,16 @@ def evaluate_prepared(
     pairs, or — a given ``threshold`` — ``provenance`` (the run's, e.g. a calibration), with this test split's
     rates."""
     cfg, s, seed = prep.cfg, prep.splits, prep.cfg.train.seed
+    started = time.perf_counter()
     model.to(device)
+    log.info("  validation: %s images…", f"{len(s.val.images):,}")
     val = evaluate_split(model, s.val.images, s.val.tuples, prep.preprocess, cfg.eval, None, seed + 11, device)
     chosen_here = threshold is None
     if threshold is None:
         threshold = val.pairs.choose_threshold(cfg.eval.threshold)
     val.metrics.update(threshold_metrics(val.pairs, threshold))
+    log.info("  test: %s images%s…", f"{len(s.test.images):,}",
+             ", N-way K-shot episodes" if cfg.eval.episodes and s.test.images.has_labels else "")  # fmt: skip
     test = evaluate_split(model, s.test.images, s.test.tuples, prep.preprocess, cfg.eval, threshold, seed + 13, device,
                           episodes=True)  # fmt: skip
     # what an oracle threshold chosen on the test pairs would give: how well the calibration transfers
@@ -416,12 +421,14 @@ def evaluate_prepared(
     if s.train.tuples is None and len(train_images) > MAX_TRAIN_EVAL:
         pick = np.random.default_rng(seed).choice(len(train_images), MAX_TRAIN_EVAL, replace=False)
         train_images = train_images.subset(np.sort(pick))
+    log.info("  train: %s images…", f"{len(train_images):,}")
     train = evaluate_split(model, train_images, s.train.tuples, prep.preprocess, cfg.eval, threshold, seed + 17, device)
     target = out_dir or Path(cfg.runs_dir) / cfg.name
     if distributed.current().is_main:
         log.info("plots: ROC, distances, neighbours%s…", ", t-SNE" if cfg.eval.tsne_points else "")
         _plots(target, {"train": train, "validation": val, "test": test}, threshold, s.test.images, cfg)
     baselines = baseline_metrics(prep, device, untrained)
+    log.info("evaluation took %.0f s", time.perf_counter() - started)
     base = validation_provenance(cfg.eval.threshold, threshold, val, s) if chosen_here or not provenance else provenance
     run = out_dir.parent if out_dir is not None and out_dir.name.startswith("eval") else out_dir
     info = with_test_rates(base, threshold, test, s, str(run or "RUN"))
@@ -455,6 +462,7 @@ def _rates(result: EvalResult, threshold: float) -> dict[str, float]:
     return {"false_accept_rate": m["false_accept_rate"], "false_reject_rate": m["false_reject_rate"]}
 
 
+BASELINE_NAMES = {"pixels": "raw pixels", "untrained": "untrained network", "descriptor": "descriptor"}
 MAX_PIXEL_VALUES = 400_000_000  # raw-pixel baseline: at most this many float32 values per split (1.6 GB)
 
 
@@ -467,6 +475,7 @@ def baseline_metrics(prep: Prepared, device: torch.device, untrained: SiameseNet
     embedders = baseline_embedders(n, prep.input_shape, untrained, prep.preprocess, cfg.eval.batch_size, device)
     out: dict[str, Any] = {}
     for name, embed in embedders.items():
+        log.info("  baseline %s: validation and test…", BASELINE_NAMES.get(name, name))
         val = evaluate_embeddings(embed(s.val.images.images), s.val.images, s.val.tuples, cfg.eval, None, seed + 11)
         thr = val.pairs.choose_threshold(cfg.eval.threshold)
         val.metrics.update(threshold_metrics(val.pairs, thr))
@@ -585,6 +594,7 @@ def evaluate_run(
         for key in ("train_classes", "val_classes", "test_classes"):  # the run's identity lists name its own data
             cfg_dict["data"][key] = None
     for item in overrides or []:
+        check_eval_override(item)
         set_key(cfg_dict, item)
     cfg: RunConfig = from_dict(RunConfig, cfg_dict)
     cfg.data.image_size = run.input_shape[1]
@@ -607,6 +617,23 @@ def evaluate_run(
         metrics["dataset"] = prep.bundle.name
         _write_metrics(metrics, out)
     return {"run_dir": str(run_dir), "eval_dir": str(out), **metrics}
+
+
+EVAL_KEYS = ("eval.", "data.", "train.device=", "train.seed=", "train.progress=")
+"""What ``siamkit eval --set`` may change: how and on what the run is scored, never the model it scores (nor its
+input size), which the untrained baseline is rebuilt from."""
+
+
+def check_eval_override(item: str) -> None:
+    """Refuse an ``eval`` override outside :data:`EVAL_KEYS` (``model.*`` would rebuild a different untrained
+    baseline beside the run's own trained model) in one line naming the key."""
+    key = item.partition("=")[0].strip()
+    if not item.strip().startswith(EVAL_KEYS) or key in ("data.image_size", "data.channels"):
+        raise ConfigError(
+            f"--set {key}: eval scores the run's own model at its own input size; only eval.*, data.* (not "
+            "data.image_size or data.channels), train.device and train.seed may be set — to change the model, "
+            "train a new run"
+        )
 
 
 def absolute_source(source: str) -> str:

@@ -74,6 +74,10 @@ def test_p_is_capped_at_the_number_of_classes(caplog):
     with caplog.at_level(logging.WARNING):
         s = PKSampler(np.repeat(np.arange(3), 8), 10, 4, 0)
     assert s.p == 3 and "exceeds the 3 classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        PKSampler(np.repeat(np.arange(2), 8), 10, 4, 0, "validation")
+    assert "sampling.p=10 exceeds the 2 validation classes: using P=2 for the validation batches" in caplog.text
 
 
 def test_bad_settings_and_data_are_one_line_errors():

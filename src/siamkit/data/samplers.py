@@ -30,7 +30,8 @@ class PKSampler:
         (6, 2)
     """
 
-    def __init__(self, labels: np.ndarray, p: int, k: int, seed: int = 0) -> None:
+    def __init__(self, labels: np.ndarray, p: int, k: int, seed: int = 0, split: str = "") -> None:
+        where = f" {split}" if split else ""  # which split's batches a warning is about
         if k < 2:
             raise ConfigError(f"sampling.k must be at least 2 (a positive per anchor), got {k}")
         if p < 2:
@@ -45,15 +46,16 @@ class PKSampler:
         counts = np.bincount(inverse)
         self.members = np.split(order, np.cumsum(counts)[:-1])
         if p > len(classes):
-            log.warning("sampling.p=%d exceeds the %d classes: using P=%d", p, len(classes), len(classes))
+            log.warning("sampling.p=%d exceeds the %d%s classes: using P=%d for the%s batches", p, len(classes), where,
+                        len(classes), where)  # fmt: skip
             p = len(classes)
         self.p, self.k, self.seed = p, k, seed
         self.n_small = int((counts < k).sum())
         self.n_single = int((counts < 2).sum())
         if self.n_small:
             log.warning(
-                "%d of %d classes have fewer than K=%d images (%d with a single image): drawn with replacement",
-                self.n_small, len(classes), k, self.n_single,
+                "%d of %d%s classes have fewer than K=%d images (%d with a single image): drawn with replacement",
+                self.n_small, len(classes), where, k, self.n_single,
             )  # fmt: skip
 
     @property

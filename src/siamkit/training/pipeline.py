@@ -184,8 +184,8 @@ def batch_sources(cfg: RunConfig, loss: SiameseLoss, splits: Splits) -> tuple[Ba
         log.warning("the data is a pairs/triplets CSV with no class labels to mine: training on its tuples instead")
         loss.set_miner(None)
     if loss.input_kind == "labels":
-        train = ClassBatches(PKSampler(s.train.images.labels, cfg.sampling.p, cfg.sampling.k, seed))
-        val = ClassBatches(PKSampler(s.val.images.labels, cfg.sampling.p, cfg.sampling.k, seed + 1))
+        train = ClassBatches(PKSampler(s.train.images.labels, cfg.sampling.p, cfg.sampling.k, seed, "training"))
+        val = ClassBatches(PKSampler(s.val.images.labels, cfg.sampling.p, cfg.sampling.k, seed + 1, "validation"))
         return train, FixedBatches(val.plan(0))
     kind = loss.input_kind
     sampler = TupleSampler(s.train.images.labels, s.train.tuples, kind, cfg.sampling, seed)

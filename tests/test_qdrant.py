@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from siamkit.cli import main
-from siamkit.errors import CheckpointError
+from siamkit.errors import CheckpointError, DataError
 from siamkit.index import Gallery
 from siamkit.index.qdrant import QdrantGallery, migrate
 
@@ -95,3 +95,71 @@ def test_an_unreachable_qdrant_is_one_line_and_nothing_is_written(small_run, dig
     err = capsys.readouterr().err
     assert code == 2 and "http://127.0.0.1:1: no Qdrant answers there" in err and err.count("\n") == 1
     assert not (tmp_path / "g").exists()
+
+
+def _build_on(tmp_path, name, vectors, collection=None, overwrite=False, model_hash="b" * 64):
+    g = QdrantGallery.create_on(tmp_path / name, _model(model_hash=model_hash), f"local:{tmp_path / 'db'}", collection,
+                                overwrite)  # fmt: skip
+    g.add(vectors, [f"p{i}" for i in range(len(vectors))], ["a"] * len(vectors))
+    g.save()
+    return g
+
+
+def test_a_named_collection_is_replaced_only_whole(tmp_path, monkeypatch):
+    import siamkit.index.qdrant as qmod
+
+    rng = np.random.default_rng(2)
+    old_v, new_v = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    _build_on(tmp_path, "g", old_v, "people")
+    with pytest.raises(DataError, match="'people' exists .* --overwrite"):  # someone's collection is never emptied
+        _build_on(tmp_path, "other", new_v, "people")
+    assert len(Gallery.open(tmp_path / "g")) == 20
+
+    client = qmod._client(f"local:{tmp_path / 'db'}")
+    real_upsert, calls = client.upsert, []
+
+    def cut(*args, **kwargs):  # a crash on the rebuild's second page of points
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("power cut")
+        return real_upsert(*args, **kwargs)
+
+    monkeypatch.setattr(qmod, "PAGE", 10)
+    monkeypatch.setattr(client, "upsert", cut)
+    with pytest.raises(OSError, match="power cut"):
+        _build_on(tmp_path, "g", new_v, "people", overwrite=True, model_hash="c" * 64)
+    monkeypatch.setattr(client, "upsert", real_upsert)
+    old = Gallery.open(tmp_path / "g")  # the old gallery, whole: same size, same model, same answers
+    assert len(old) == 20 and old.model_hash == "b" * 64
+    _, ids = old.search(old_v[:3], k=1)
+    assert [old.items[int(i)].path for i in ids[:, 0]] == ["p0", "p1", "p2"]
+
+    new = _build_on(tmp_path, "g", new_v, "people", overwrite=True, model_hash="c" * 64)
+    reopened = Gallery.open(tmp_path / "g")
+    assert len(reopened) == 30 and reopened.model_hash == "c" * 64
+    aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+    assert aliases == {"people": new.collection} and client.count("people").count == 30  # the name follows
+    people = {c.name for c in client.get_collections().collections if c.name.startswith("people")}
+    assert people == {new.collection}  # the failed rebuild's partial collection is gone
+    _build_on(tmp_path, "g", old_v, "people", overwrite=True)  # again: the alias moves, the previous one goes
+    people = {c.name for c in client.get_collections().collections if c.name.startswith("people")}
+    assert new.collection not in people and client.count("people").count == 20
+
+
+def test_a_killed_builds_collection_is_dropped_by_the_next_build(tmp_path):
+    import siamkit.index.qdrant as qmod
+
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(12, 8)).astype(np.float32)
+    g = _build_on(tmp_path, "g", v, "mine")
+    client = qmod._client(f"local:{tmp_path / 'db'}")
+    stray = "mine-deadbeef"  # what kill -9 between create_collection and the sidecar leaves: a collection, a note
+    client.create_collection(
+        stray, vectors_config=qmod._models().VectorParams(size=8, distance=qmod._metric("euclidean"))
+    )
+    (tmp_path / "g" / qmod.PENDING).write_text(stray + "\n")
+    assert len(Gallery.open(tmp_path / "g")) == 12  # the folder's gallery is untouched by the note
+    new = _build_on(tmp_path, "g", v[:5], "mine", overwrite=True)
+    names = {c.name for c in client.get_collections().collections}
+    assert stray not in names and g.collection not in names and new.collection in names
+    assert not (tmp_path / "g" / qmod.PENDING).exists() and len(Gallery.open(tmp_path / "g")) == 5

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,10 @@ from siamkit.index.gallery import BACKENDS, FORMAT, IP_METRICS, SIDECAR, STATIC_
 
 BACKEND = "qdrant"
 PAGE = 1024
+PENDING = ".qdrant-pending"
+"""A gallery folder's note of the collection a build is filling, until its commit."""
+
+log = logging.getLogger(__name__)
 
 
 _CLIENTS: dict[str, Any] = {}
@@ -124,6 +129,7 @@ class QdrantGallery(Gallery):
         self.stamp = ("", 0, 0)
         self._next: int | None = None
         self._payloads: dict[int, Item] = {}
+        self.replaces: dict[str, str | None] = {}  # an overwrite's old collection and chosen name (create_on)
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -136,7 +142,15 @@ class QdrantGallery(Gallery):
         directory = Path(directory)
         if (directory / SIDECAR).exists() and not overwrite:
             raise DataError(f"{directory}: a gallery exists there; use index add, or pass --overwrite to rebuild it")
+        client = _client(url)
+        _drop_pending(directory, client)  # what a cut build of this folder left in Qdrant
         name = collection or f"siamkit-{uuid.uuid4().hex[:12]}"
+        alias = None
+        if client.collection_exists(name):  # never emptied in place: a cut rebuild would lose the old gallery
+            if not overwrite:
+                raise DataError(f"Qdrant collection {name!r} exists at {url}; choose another --collection, or "
+                                "pass --overwrite to replace it (dropped once the new one is whole)")  # fmt: skip
+            name, alias = f"{name}-{uuid.uuid4().hex[:8]}", name  # built beside it; the name follows at commit
         meta = {
             "format": FORMAT, "model_hash": model["model_hash"], "run_dir": model["run_dir"],
             "input_shape": list(model["input_shape"]), "dim": int(model["embedding_dim"]),
@@ -144,7 +158,9 @@ class QdrantGallery(Gallery):
             "threshold": model.get("threshold"), "index": {"kind": "qdrant", "options": {}},
             "backend": {"kind": BACKEND, "url": url, "collection": name}, "generation": 0, "next_id": 0,
         }  # fmt: skip
-        return cls(directory, meta, _client(url), fresh=True)
+        gallery = cls(directory, meta, client, fresh=True)
+        gallery.replaces = {"alias": alias, "old": _sidecar_collection(directory) if overwrite else None}
+        return gallery
 
     @classmethod
     def open_folder(cls, directory: Path, static: dict[str, Any]) -> QdrantGallery:
@@ -230,17 +246,49 @@ class QdrantGallery(Gallery):
         m = _models()
         self.directory.mkdir(parents=True, exist_ok=True)
         fresh = self.fresh
-        if fresh:
-            if self.client.collection_exists(self.collection):
-                self.client.delete_collection(self.collection)
+        if fresh:  # a new name (create_on): nothing of an old gallery is touched before the commit
+            atomic_write_text(self.directory / PENDING, self.collection + "\n")  # dropped if this build is cut
             self.client.create_collection(self.collection, vectors_config=m.VectorParams(
                 size=int(self.meta["dim"]), distance=_metric(self.metric)))  # fmt: skip
             (self.directory / UPLOADS).mkdir(exist_ok=True)
-        self._send()
+        try:
+            self._send()
+        except BaseException:
+            if fresh:  # an error (not a kill): the half-filled new collection goes now
+                with contextlib.suppress(Exception):
+                    self.client.delete_collection(self.collection)
+            raise
         if fresh:  # the commit point, once every point is in: a cut before it leaves no gallery (or the old one)
             static = {k: self.meta[k] for k in (*STATIC_KEYS, "backend")}
             atomic_write_text(self.directory / SIDECAR, json.dumps(static) + "\n")
             self.fresh = False
+            self._drop_replaced()
+            (self.directory / PENDING).unlink(missing_ok=True)
+
+    def _drop_replaced(self) -> None:
+        """After an overwrite's commit: the old gallery's collection dropped, and the name the user chose
+        (``--collection``) made an alias of the new one. A cut here leaves the new gallery whole; the old collection
+        is then left over (said, not fatal)."""
+        m, alias, old = _models(), self.replaces.get("alias"), self.replaces.get("old")
+        try:
+            if alias is not None:
+                named = {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+                ops: list[Any] = []
+                if alias in named:
+                    ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=alias)))
+                    old = old if old not in (None, alias) else named[alias]
+                else:  # a plain collection of that name: it goes, and the name becomes the new one's alias
+                    self.client.delete_collection(alias)
+                    old = None if old == alias else old
+                ops.append(m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name=self.collection,
+                                                                             alias_name=alias)))  # fmt: skip
+                self.client.update_collection_aliases(change_aliases_operations=ops)
+            if old is not None and old != self.collection and self.client.collection_exists(old):
+                self.client.delete_collection(old)
+        except Exception as exc:  # the client's own error types: the new gallery is committed either way
+            log.warning("%s: the new gallery is in collection %r; the replaced collection could not be dropped "
+                        "(%s): drop it in Qdrant", self.directory, self.collection, exc)  # fmt: skip
+        self.replaces = {}
 
     def _send(self) -> None:
         """Upsert the pending points and delete the removed ones, waiting for the collection to apply them."""
@@ -290,6 +338,28 @@ class QdrantGallery(Gallery):
     def item(self, item_id: int) -> Item:
         """From the payloads the last search brought back, else from the collection."""
         return self._payloads.get(item_id) or self.items[item_id]
+
+
+def _drop_pending(directory: Path, client: Any) -> None:
+    """Drop the collection a cut build of ``directory`` was filling (named in its ``PENDING`` file), unless the
+    folder's gallery uses it."""
+    try:
+        name = (directory / PENDING).read_text().strip()
+    except OSError:
+        return
+    if name and name != _sidecar_collection(directory) and client.collection_exists(name):
+        client.delete_collection(name)
+        log.info("%s: dropped Qdrant collection %r, left by a build that was cut", directory, name)
+    (directory / PENDING).unlink(missing_ok=True)
+
+
+def _sidecar_collection(directory: Path) -> str | None:
+    """The Qdrant collection the gallery folder ``directory`` uses now, if it is a readable Qdrant gallery."""
+    try:
+        backend = json.loads((directory / SIDECAR).read_text()).get("backend") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(backend["collection"]) if backend.get("kind") == BACKEND and "collection" in backend else None
 
 
 def migrate(source: str | os.PathLike[str], out: str | os.PathLike[str], url: str,

@@ -88,14 +88,41 @@ def calibrate_run(
     warnings = _warnings(run_dir, run_cfg, data, names or None, fit.distinct(0), target if kind == "fpr" else None)
     for line in warnings:
         log.warning("%s", line)
-    if out is not None:  # only now, with the threshold chosen: a failure above leaves no folder behind
-        run_dir = copy_run(run_dir, out)
-    entry = with_warning({**entry, "warnings": warnings}, str(run_dir))
-    previous = _previous(run_dir, meta, run_cfg.get("eval", {}).get("threshold", "accuracy"))
-    atomic_write_text(run_dir / CALIBRATION, json.dumps({**entry, "history": previous}, indent=2) + "\n")
-    _refresh_report(run_dir, threshold)
+    default_rule = run_cfg.get("eval", {}).get("threshold", "accuracy")
+    if out is None:
+        entry = with_warning({**entry, "warnings": warnings}, str(run_dir))
+        previous = _previous(run_dir, meta, default_rule)
+        atomic_write_text(run_dir / CALIBRATION, json.dumps({**entry, "history": previous}, indent=2) + "\n")
+        _refresh_report(run_dir, threshold)
+    else:  # only now, with the threshold chosen: a failure above leaves no folder behind
+        out_dir = Path(out)
+        entry = with_warning({**entry, "warnings": warnings}, str(out_dir))
+        staged = copy_run(run_dir, _staging(out_dir))  # calibrated whole, then moved into place with one rename
+        previous = _previous(staged, meta, default_rule)
+        atomic_write_text(staged / CALIBRATION, json.dumps({**entry, "history": previous}, indent=2) + "\n")
+        _refresh_report(staged, threshold)
+        if out_dir.exists():
+            out_dir.rmdir()  # _staging checked that it is empty
+        os.rename(staged, out_dir)
+        run_dir = out_dir
     return {"run_dir": str(run_dir), "file": str(run_dir / CALIBRATION), **entry,
             "previous_threshold": previous[-1]["threshold"] if previous else None}  # fmt: skip
+
+
+def _staging(target: Path) -> Path:
+    """A new hidden folder beside ``target`` for ``calibrate --out`` to fill; those a cut calibration left go."""
+    import shutil
+    import uuid
+
+    if (target / WEIGHTS).exists():
+        raise CheckpointError(f"{target} already holds a run; give a new folder to --out, or calibrate {target} "
+                              "itself")  # fmt: skip
+    if target.exists() and any(target.iterdir()):
+        raise CheckpointError(f"{target} exists and is not empty; give a new folder to --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for left in target.parent.glob(f".{target.name}.calibrating-*"):
+        shutil.rmtree(left, ignore_errors=True)
+    return target.parent / f".{target.name}.calibrating-{uuid.uuid4().hex[:8]}"
 
 
 def _entry(threshold: float, rule: str, data: str, pairs: PairSet, scores: Any) -> dict[str, Any]:

@@ -48,8 +48,40 @@ def test_only_the_hosts_it_was_started_for(small_run, gallery_dir, tmp_path, dig
         assert r.status_code == 400 and "--allowed-host" in r.json()["detail"]
         assert c.post("/gallery", files={"image": _png(digits_images)},
                       headers={"Host": "attacker.example:8000"}).status_code == 400  # fmt: skip
-    extra = Guard(default_hosts("0.0.0.0", ["box.lan"]), token="t")
+    extra = Guard(default_hosts("0.0.0.0", ["box.lan", "[FE80::1]"]), token="t")
+    assert extra.allowed_hosts is not None and "fe80::1" in extra.allowed_hosts  # as a Host header names it
     assert extra.allowed_hosts is not None and "box.lan" in extra.allowed_hosts and "0.0.0.0" not in extra.allowed_hosts
+
+
+MALFORMED_HOSTS = [
+    "[::1]anything", "[::1]:8000x", "[::1", "::1]", "::1", "[::1]:", "[::1]:99999", "[127.0.0.1]", "[localhost]",
+    "[evil.example]", "localhost:8000:8000", "localhost:", "localhost:-1", "localhost:99999", "127.0.0.1:8000 x",
+    "localhost@evil.example", "evil.example@localhost", "localhost/evil", "localhost\\evil", "localhost%00", "",
+    "127.0.0.1.evil.example", "localhost evil.example", "[::1]@evil.example", "[[::1]]",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", MALFORMED_HOSTS)
+def test_a_malformed_host_is_refused_like_a_foreign_one(host):
+    from siamkit.serve.guard import GuardMiddleware
+
+    guard = GuardMiddleware(None, Guard(default_hosts("127.0.0.1")))  # type: ignore[arg-type]
+    refusal = guard.check("GET", "/health", {"host": host})
+    assert refusal is not None and refusal[0] == 400 and "--allowed-host" in refusal[1], host
+    for good in ("127.0.0.1", "127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]", "[::1]:8000",
+                 "[0:0:0:0:0:0:0:1]:80"):  # fmt: skip
+        assert guard.check("GET", "/health", {"host": good}) is None, good
+
+
+def test_malformed_hosts_over_http(small_run, gallery_dir, tmp_path, digits_images):
+    with _client(small_run, gallery_dir, tmp_path, Guard(default_hosts("127.0.0.1"))) as c:
+        for host in ("[::1]anything", "[::1", "::1", "localhost:8000:1", "[evil.example]", "localhost@evil.example"):
+            r = c.get("/health", headers={"Host": host})
+            assert r.status_code == 400 and "--allowed-host" in r.json()["detail"], host
+            r = c.post("/verify", files={"image_a": _png(digits_images), "image_b": _png(digits_images)},
+                       headers={"Host": host})  # fmt: skip
+            assert r.status_code == 400, host
+        assert c.get("/health", headers={"Host": "[::1]:8000"}).status_code == 200
 
 
 def test_cross_origin_changes_are_refused(small_run, gallery_dir, tmp_path, digits_images):
@@ -130,10 +162,12 @@ def test_answers_never_carry_server_paths(small_run, gallery_dir, tmp_path, digi
         con = connect(c.gallery_dir)  # a rebuilt gallery is a new one (another uid)
         con.execute("UPDATE state SET value = 'rebuilt' WHERE key = 'uid'")
         con.close()
+        v = c.post("/verify", files={"image_a": _png(digits_images), "image_b": _png(digits_images)})
+        assert v.status_code == 200 and v.json()["threshold_info"]["rule_text"].startswith("same if distance ≤")
         h = c.get("/health")
         assert h.status_code == 200 and "another model" in h.json()["gallery"]["error"]
         for r in (c.post("/search", files={"image": _png(digits_images)}), c.get("/gallery"),
-                  c.get("/gallery/0/image"), h):  # fmt: skip
+                  c.get("/gallery/0/image"), h, v):  # fmt: skip
             assert str(tmp_path) not in r.text and str(small_run) not in r.text, r.text
             assert "/" not in json.dumps(r.json()).replace("\\/", "").replace("/gallery", ""), r.text
 

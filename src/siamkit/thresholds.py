@@ -143,3 +143,22 @@ def decision_info(run_dir: str | os.PathLike[str] | None, given: float | None = 
         return {"threshold": given, "rule": "given (--threshold)", "set_on": "nothing the run recorded",
                 "warning": None}  # fmt: skip
     return run_threshold_info(run_dir) if run_dir else None
+
+
+def decision_rule(info: dict[str, Any] | None) -> str | None:
+    """The rule behind a same/different verdict in one line, for a page or a table beside the verdict: the
+    threshold, how it was chosen and where, and its false-accept rate there and on new people, e.g. ``same if
+    distance ≤ 0.6100 (rule accuracy, set on the run's validation identities); false-accept rate 0.0210 there,
+    0.7100 on the run's test identities``. None without a threshold."""
+    if not info or info.get("threshold") is None:
+        return None
+    line = f"same if distance ≤ {info['threshold']:.4f} (rule {info.get('rule') or '?'}"
+    line += f", set on {info['set_on']})" if info.get("set_on") else ")"
+    rates = []
+    if info.get("false_accept_rate") is not None:
+        rates.append(f"{info['false_accept_rate']:.4f} there")
+    for key in ("held_out", "test"):
+        new = info.get(key)
+        if isinstance(new, dict) and new.get("false_accept_rate") is not None:
+            rates.append(f"{new['false_accept_rate']:.4f} on {new.get('on', key)}")
+    return line + ("; false-accept rate " + ", ".join(rates) if rates else "; false-accept rate not measured")

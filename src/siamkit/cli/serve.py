@@ -13,7 +13,8 @@ def register(sub: Subparsers) -> None:
     sv = command(sub, "serve", _serve, "HTTP service + web page: embed, verify, search, gallery edits", [
         "siamkit serve runs/default --gallery gallery/          # http://127.0.0.1:8000",
         "SIAMKIT_TOKEN=secret siamkit serve runs/default --host 0.0.0.0 --allowed-host faces.example.org",
-    ], "Prints where it listens (one JSON line with --format json), then serves until interrupted.")  # fmt: skip
+    ], "Binds the port first (a busy one: one line, exit 2), prints where it listens (one JSON line with --format "
+       "json), then serves until interrupted.")  # fmt: skip
     sv.add_argument("run_dir")
     sv.add_argument("--gallery", dest="gallery_dir", help="gallery for /search and /gallery")
     sv.add_argument("--host", default="127.0.0.1")
@@ -34,6 +35,9 @@ def register(sub: Subparsers) -> None:
         default=5.0,
         help="the longest a request waits for others to join its batch (default 5)",
     )
+    sv.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="a client must send a request's headers, and then its body, within this (default 30; "
+                         "slower clients are cut off: 408)")  # fmt: skip
     sv.add_argument("--token", default=None,
                     help="token for gallery edits (default: $SIAMKIT_TOKEN); needed beyond 127.0.0.1")  # fmt: skip
     model_flags(sv, threshold=True)
@@ -53,6 +57,8 @@ def _serve(args: argparse.Namespace) -> None:
                           f"and {args.max_pixels}")  # fmt: skip
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0–65535; got {args.port}")
+    if not 0 < args.request_timeout <= 86_400:
+        raise ConfigError(f"--request-timeout must be above 0 and at most 86400 seconds; got {args.request_timeout:g}")
 
     limits = UploadLimits(int(args.max_request_mb * 1024 * 1024), args.max_pixels)
     token = args.token or os.environ.get("SIAMKIT_TOKEN")
@@ -63,4 +69,5 @@ def _serve(args: argparse.Namespace) -> None:
 
     level = "warning" if args.quiet or args.format == "json" else "info"
     serve(args.run_dir, args.gallery_dir, args.host, args.port, model_source(args), limits, level,
-          args.allowed_hosts, token, announce, Batching(args.max_batch, args.max_wait_ms))  # fmt: skip
+          args.allowed_hosts, token, announce, Batching(args.max_batch, args.max_wait_ms),
+          args.request_timeout)  # fmt: skip

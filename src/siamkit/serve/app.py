@@ -7,9 +7,11 @@ Model inference, image decoding and gallery commits run in the thread pool, neve
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import re
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +34,15 @@ from siamkit.runs.model import Model, as_model, open_model
 from siamkit.serve.batching import Batcher, Batching
 from siamkit.serve.guard import Guard, GuardMiddleware, default_hosts, is_loopback
 from siamkit.serve.page import PAGE_HTML
-from siamkit.serve.uploads import BodyLimitMiddleware, Payload, UploadLimits, decode_image, read_payload
+from siamkit.serve.timeouts import KEEP_ALIVE, REQUEST_TIMEOUT, RequestDeadlineMiddleware, deadline_protocol
+from siamkit.serve.uploads import (
+    MAX_FIELD_CHARS,
+    BodyLimitMiddleware,
+    Payload,
+    UploadLimits,
+    decode_image,
+    read_payload,
+)
 from siamkit.version import __version__
 
 log = logging.getLogger(__name__)
@@ -171,12 +181,21 @@ class Service:
         if owned is not None:
             owned.unlink(missing_ok=True)
 
-    def search(self, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+    def search(self, vectors: np.ndarray, k: int, query_label: str | None = None) -> list[list[dict[str, Any]]]:
+        """The ``k`` nearest items of each vector. With the query's ``query_label``, each hit says whether its
+        match is right: ``false_accept`` (within the threshold, another identity's label) and ``true_accept``;
+        both None when either label is unknown."""
         gallery = self.need_gallery()
         with self.lock:
             distances, ids = gallery.search(vectors, k)
             hits = gallery.hits(distances, ids, self.model.threshold)
+
+        def known(h: Any) -> bool:
+            return query_label is not None and h.label is not None and h.match is not None
+
         return [[{"rank": h.rank, "id": h.id, "distance": h.distance, "label": h.label, "match": h.match,
+                  "false_accept": bool(h.match and h.label != query_label) if known(h) else None,
+                  "true_accept": bool(h.match and h.label == query_label) if known(h) else None,
                   "image_url": f"/gallery/{h.id}/image"} for h in row] for row in hits]  # fmt: skip
 
     def thumbnail(self, item_id: int) -> bytes:
@@ -201,12 +220,20 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"():,]+/)*([^\s'\"():,]+)")
 
 def served_threshold_info(model: Model) -> dict[str, Any] | None:
     """Where the served threshold holds (``siamkit.thresholds``), without server paths: the ``data`` a calibration
-    read is named by its last part only."""
-    from siamkit.thresholds import run_threshold_info
+    read is named by its last part only. A threshold other than the run's (``--threshold``) is described as given;
+    ``rule_text`` is the one line the page shows beside a verdict (``thresholds.decision_rule``)."""
+    from siamkit.thresholds import decision_info, decision_rule, run_threshold_info
 
     info = run_threshold_info(model.run_dir) if model.run_dir else None
+    served = model.threshold
+    if served is not None and (info is None or not _same_number(info.get("threshold"), served)):
+        info = decision_info(None, served) or {}
+        if not model.run_dir:
+            info.update(rule="saved with the model", set_on="nothing the model file records")
     if info is None:
         return None
+    info = dict(info)
+    info["rule_text"] = decision_rule(info) if served is not None else None
     if info.get("data"):
         info["data"] = Path(str(info["data"])).name
     if info.get("set_on"):
@@ -214,6 +241,10 @@ def served_threshold_info(model: Model) -> dict[str, Any] | None:
     if info.get("warning"):
         info["warning"] = without_paths(str(info["warning"]))
     return info
+
+
+def _same_number(a: Any, b: float) -> bool:
+    return isinstance(a, int | float) and not isinstance(a, bool) and abs(float(a) - b) <= 1e-9 * max(1.0, abs(b))
 
 
 def without_paths(message: str) -> str:
@@ -235,16 +266,31 @@ def _int_field(payload: Payload, request: Request, name: str, default: int, low:
     return value
 
 
+def _label_field(payload: Payload) -> str | None:
+    """The request's ``label``: a string of at most ``MAX_FIELD_CHARS`` characters (422 naming the field and the
+    limit otherwise), stripped; None when absent or blank."""
+    label = payload.fields.get("label")
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise HTTPException(422, "label must be a string")
+    if len(label) > MAX_FIELD_CHARS:
+        raise HTTPException(422, f"label: {len(label):,} characters is over the {MAX_FIELD_CHARS}-character limit")
+    return label.strip() or None
+
+
 def create_app(
     model: Model | Embedder,
     gallery: Gallery | None = None,
     limits: UploadLimits | None = None,
     guard: Guard | None = None,
     batching: Batching | None = None,
+    request_timeout: float | None = REQUEST_TIMEOUT,
 ) -> FastAPI:
     """The service for ``model`` (and ``gallery``, checked to come from the same model); ``guard``: the hosts it
     answers to and the token gallery edits need (``siamkit.serve.guard``; cross-origin state changes are always
-    refused); ``batching``: how concurrent requests share forward passes (``siamkit.serve.batching``)."""
+    refused); ``batching``: how concurrent requests share forward passes (``siamkit.serve.batching``);
+    ``request_timeout``: seconds a request's body may take to arrive (408 after; ``siamkit.serve.timeouts``)."""
     model = as_model(model)
     limits = limits or UploadLimits()
     if gallery is not None:
@@ -254,7 +300,9 @@ def create_app(
     app = FastAPI(title="siamkit", version=__version__,
                   description="Embed, verify and search images with a trained Siamese model.")  # fmt: skip
     app.state.service = svc
+    threshold_info = served_threshold_info(model)  # read once: the threshold is the one loaded at start
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
+    app.add_middleware(RequestDeadlineMiddleware, timeout=request_timeout)
     app.add_middleware(GuardMiddleware, guard=guard or Guard())  # outermost: refuses before anything is read
 
     @app.exception_handler(HTTPException)
@@ -284,7 +332,7 @@ def create_app(
     async def health() -> dict[str, Any]:
         """Model and gallery in use (no server paths)."""
         info = {k: v for k, v in model.describe().items() if k != "run_dir"}
-        info["threshold_info"] = served_threshold_info(model)
+        info["threshold_info"] = threshold_info
         try:
             g = svc.current()
             gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
@@ -308,30 +356,33 @@ def create_app(
         arrays = await svc.images(payload, "image_a") + await svc.images(payload, "image_b")
         vectors = await svc.embed(arrays)
         decision = model.decisions(vectors[:1], vectors[1:])[0]
-        return {**decision.to_dict(), "metric": model.distance}
+        return {**decision.to_dict(), "metric": model.distance, "threshold_info": threshold_info}
 
-    k_schema = {"k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}}
+    label_text = f"identity / class name (optional, at most {MAX_FIELD_CHARS} characters)"
+    label_schema = {"label": {"type": "string", "maxLength": MAX_FIELD_CHARS, "description": label_text}}
+    k_schema = {"k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+                "label": {**label_schema["label"], "description": "the query's identity, when known (optional): "
+                          "hits within the threshold under another label are marked false_accept"}}  # fmt: skip
 
     @app.post("/search", openapi_extra=_image_body("image", extra=k_schema))
     async def search(request: Request) -> dict[str, Any]:
-        """The ``k`` nearest gallery items of an image (``k`` as a field or query parameter, default 10)."""
+        """The ``k`` nearest gallery items of an image (``k`` as a field or query parameter, default 10); with the
+        query's ``label``, hits within the threshold under another label are marked ``false_accept``."""
         svc.need_gallery()
         payload = await svc.read(request, ("image",))
         k = _int_field(payload, request, "k", 10, 1, MAX_K)
+        label = _label_field(payload)
         vectors = await svc.embed(await svc.images(payload, "image"))
-        results = await run_in_threadpool(svc.search, vectors, k)
-        return {"k": k, "metric": model.distance, "results": results[0]}
-
-    label_schema = {"label": {"type": "string", "description": "identity / class name (optional)"}}
+        results = await run_in_threadpool(svc.search, vectors, k, label)
+        return {"k": k, "metric": model.distance, "query_label": label, "threshold_info": threshold_info,
+                "results": results[0]}  # fmt: skip
 
     @app.post("/gallery", status_code=201, openapi_extra=_image_body("image", extra=label_schema))
     async def gallery_add(request: Request) -> dict[str, Any]:
         """Add an image (and optional label) to the gallery; returns its id."""
         svc.need_gallery()
         payload = await svc.read(request, ("image",))
-        label = payload.fields.get("label")
-        if label is not None and not isinstance(label, str):
-            raise HTTPException(422, "label must be a string")
+        label = _label_field(payload)
         img = await run_in_threadpool(svc.decode, svc.blobs(payload, "image")[0], "image", payload.pixel_budget)
         vectors = await svc.embed([await run_in_threadpool(svc.to_input, img)])
         item_id = await run_in_threadpool(svc.add_item, img, vectors[0], label or None)
@@ -365,11 +416,15 @@ def serve(
     backend: str | ModelSource = "torch", limits: UploadLimits | None = None, log_level: str = "info",
     allowed_hosts: list[str] | None = None, token: str | None = None,
     announce: Callable[[dict[str, Any]], None] | None = None, batching: Batching | None = None,
+    request_timeout: float | None = REQUEST_TIMEOUT,
 ) -> None:  # fmt: skip
     """Run the service on uvicorn until interrupted. It answers to the bind address, the loopback names and
     ``allowed_hosts``; gallery edits need ``token`` when given, and a service bound beyond the loopback interface
-    must have one. ``announce(info)`` is called once the model and gallery are loaded, before serving (the URL,
-    run, backend, model hash, gallery and its size)."""
+    must have one. The port is bound first (a busy one is a ``ConfigError``, before anything is loaded or said);
+    ``announce(info)`` is called once the model and gallery are loaded, before serving (the URL — the port bound
+    when ``port`` is 0 —, run, backend, model hash, gallery and its size). A client has ``request_timeout``
+    seconds to send a request's headers, and again its body (``siamkit.serve.timeouts``); an idle connection is
+    closed after ``KEEP_ALIVE`` seconds."""
     import uvicorn
 
     from siamkit.errors import ConfigError
@@ -377,13 +432,46 @@ def serve(
     if not token and not is_loopback(host):
         raise ConfigError(f"--host {host} exposes gallery edits to the network: give --token (or set SIAMKIT_TOKEN), "
                           "or bind to 127.0.0.1")  # fmt: skip
-    model = open_model(run_dir, backend)
-    keep_freed_memory()  # a forward pass of a batch allocates large buffers: reuse them (siamkit.devices)
-    gallery = Gallery.open(gallery_dir) if gallery_dir else None
-    app = create_app(model, gallery, limits, Guard(default_hosts(host, allowed_hosts), token or None), batching)
-    if announce is not None:
-        url_host = f"[{host}]" if ":" in host else host
-        announce({"url": f"http://{url_host}:{port}", "run_dir": model.run_dir, "backend": model.backend,
-                  "model_hash": model.model_hash, "gallery": str(gallery.directory) if gallery else None,
-                  "gallery_size": len(gallery) if gallery else 0, "edits_need_token": bool(token)})  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    sock = bind_socket(host, port)
+    try:
+        port = int(sock.getsockname()[1])
+        model = open_model(run_dir, backend)
+        keep_freed_memory()  # a forward pass of a batch allocates large buffers: reuse them (siamkit.devices)
+        gallery = Gallery.open(gallery_dir) if gallery_dir else None
+        guard = Guard(default_hosts(host, allowed_hosts), token or None)
+        app = create_app(model, gallery, limits, guard, batching, request_timeout)
+        if announce is not None:
+            url_host = f"[{host}]" if ":" in host else host
+            announce({"url": f"http://{url_host}:{port}", "run_dir": model.run_dir, "backend": model.backend,
+                      "model_hash": model.model_hash, "gallery": str(gallery.directory) if gallery else None,
+                      "gallery_size": len(gallery) if gallery else 0, "edits_need_token": bool(token)})  # fmt: skip
+        http: Any = deadline_protocol(request_timeout) if request_timeout is not None else "auto"
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=KEEP_ALIVE,
+                                http=http)  # fmt: skip
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (as uvicorn binds it), or one ``ConfigError`` line naming the port and
+    the fix when it is taken or cannot be bound."""
+    from siamkit.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use (another service?): choose another with "
+                              "--port N, or stop what listens there") from None  # fmt: skip
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"port {port} on {host} needs privileges to bind: choose one above 1023 with --port N"
+                              ) from None  # fmt: skip
+        raise ConfigError(f"cannot listen on {host} port {port} ({exc.strerror or exc}): check --host, or choose "
+                          "another --port") from None  # fmt: skip
+    sock.set_inheritable(True)
+    return sock

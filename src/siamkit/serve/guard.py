@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -36,9 +37,9 @@ class Guard:
 def default_hosts(bind: str, extra: list[str] | None = None) -> frozenset[str]:
     """The names a service bound to ``bind`` answers to: the bind address, the loopback names, and ``extra``
     (``--allowed-host``). A wildcard bind (0.0.0.0, ::) is not a name: the machine's names go in ``extra``."""
-    hosts = {h.lower() for h in (*LOOPBACK_NAMES, *(extra or []))}
+    hosts = {_normal(h) for h in (*LOOPBACK_NAMES, *(extra or []))}
     if bind not in ("0.0.0.0", "::", ""):
-        hosts.add(bind.lower())
+        hosts.add(_normal(bind))
     return frozenset(hosts)
 
 
@@ -51,12 +52,31 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
-def _host_name(value: str) -> str:
-    """``example.com:8000`` → ``example.com``; ``[::1]:8000`` → ``::1``."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1:].partition("]")[0]
-    return value.rpartition(":")[0] if value.count(":") == 1 else value
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def _host_name(value: str) -> str | None:
+    """``example.com:8000`` → ``example.com``; ``[::1]:8000`` → ``::1``; None for anything that is not exactly a
+    name or a bracketed IPv6 address with an optional port: ``[::1]anything``, ``[::1``, a bare ``::1``,
+    ``a:1:2``, ``a@b``, ``host:99999``, spaces or other characters — refused like a foreign name."""
+    m = _HOST.fullmatch(value.strip().lower())
+    if m is None or (m["port"] is not None and int(m["port"]) > 65535):
+        return None
+    if m["v6"] is None:
+        return m["name"]
+    try:
+        return ipaddress.IPv6Address(m["v6"]).compressed
+    except ValueError:
+        return None
+
+
+def _normal(name: str) -> str:
+    """An allowed name as ``_host_name`` gives it: lower case, an IPv6 address without brackets, compressed."""
+    name = name.strip().lower().removeprefix("[").removesuffix("]")
+    try:
+        return ipaddress.IPv6Address(name).compressed
+    except ValueError:
+        return name
 
 
 def _is_edit(method: str, path: str) -> bool:
@@ -88,7 +108,8 @@ class GuardMiddleware:
     def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | None:
         g = self.guard
         host = headers.get("host", "")
-        if g.allowed_hosts is not None and _host_name(host) not in g.allowed_hosts:
+        name = _host_name(host)
+        if g.allowed_hosts is not None and (name is None or name not in g.allowed_hosts):
             return 400, "host not allowed; start the service with --allowed-host NAME to answer to this name"
         if method not in READS:
             origin = headers.get("origin")

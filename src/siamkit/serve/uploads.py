@@ -2,7 +2,8 @@
 
 Every refusal is an ``HTTPException`` whose detail is one sentence for the client: 413 (too large), 415 (not an
 accepted image format, or a content type that is neither multipart nor JSON), 422 (corrupt image, too many
-pixels, bad base64, missing field).
+pixels, a side below ``MIN_SIDE`` px or a long side over ``max_aspect`` times the short one, bad base64, missing
+field, a text field over ``MAX_FIELD_CHARS`` characters).
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from PIL import Image, UnidentifiedImageError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siamkit.data.images import upright
+from siamkit.data.readers import MIN_SIDE
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+MAX_FIELD_CHARS = 256
+"""The longest text field (``label``, ``k``) a request may carry: a label is a name, not a document."""
+MAX_ASPECT = 32.0
+"""An upload's long side may be at most this many times its short one: beyond, resizing it to the model's input
+leaves nothing of it (1×5000 → 8×8 is a smear)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,10 @@ class UploadLimits:
     """Images in one request, multipart parts and JSON list items alike."""
     max_request_pixels: int = 100_000_000
     """Decoded pixels in one request, all its images together (the work one request may ask for)."""
+    min_side: int = MIN_SIDE
+    """An image's shortest side may not be below this (training refuses such images too: ``MIN_SIDE``)."""
+    max_aspect: float = MAX_ASPECT
+    """Long side over short side, at most (``MAX_ASPECT``)."""
 
 
 class BodyLimitMiddleware:
@@ -109,6 +121,7 @@ def decode_image(
         try:
             img = Image.open(io.BytesIO(data), formats=list(limits.formats))
             pixels = img.width * img.height
+            check_shape(img.width, img.height, limits, name)
             if pixels > limits.max_pixels:
                 raise HTTPException(
                     422, f"{name}: {img.width}×{img.height} = {pixels:,} pixels is over the {limits.max_pixels:,} "
@@ -131,6 +144,22 @@ def decode_image(
         except (OSError, SyntaxError, ValueError) as exc:
             raise HTTPException(422, f"{name}: corrupt or truncated image ({exc})") from None
     return upright(img)  # as a file of it is read (EXIF orientation): the same photo, the same embedding
+
+
+def check_shape(width: int, height: int, limits: UploadLimits, name: str = "image") -> None:
+    """422 for an image with a side below ``limits.min_side`` px or a long side over ``limits.max_aspect`` times the
+    short one: resized to the model's input it would be a smear, answered as if it were an image of someone."""
+    short, long = min(width, height), max(width, height)
+    if short < limits.min_side:
+        raise HTTPException(
+            422, f"{name}: a {width}×{height} image is below the {limits.min_side}-px minimum side (training refuses "
+            "such images too); send a larger image",
+        )  # fmt: skip
+    if long > limits.max_aspect * short:
+        raise HTTPException(
+            422, f"{name}: a {width}×{height} image is over the {limits.max_aspect:g}:1 aspect-ratio limit; crop it "
+            "to the subject first",
+        )  # fmt: skip
 
 
 def _b64(value: Any, name: str) -> bytes:
@@ -161,15 +190,18 @@ async def read_payload(request: Request, image_fields: tuple[str, ...], max_file
     images: dict[str, list[bytes]] = {f: [] for f in image_fields}
     fields: dict[str, Any] = {}
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=max_files, max_fields=64)
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key in images:
-                    images[key].append(await value.read())
-            elif key in image_fields:
-                raise HTTPException(422, f"{key}: send the image as a file part, not a text field")
-            else:
-                fields[key] = value
+        form = await _read_form(request, max_files)
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key in images:
+                        images[key].append(await value.read())
+                elif key in image_fields:
+                    raise HTTPException(422, f"{key}: send the image as a file part, not a text field")
+                else:
+                    fields[key] = check_text(key, value)
+        finally:
+            await form.close()
     elif ctype == "application/json":
         try:
             body = await request.json()
@@ -186,7 +218,45 @@ async def read_payload(request: Request, image_fields: tuple[str, ...], max_file
                     raise HTTPException(413, f"more than {max_files} images in one request; send them in batches")
                 images[key] = [_b64(v, key) for v in values]
             else:
-                fields[key] = value
+                fields[key] = check_text(key, value) if isinstance(value, str) else value
     else:
         raise HTTPException(415, "send multipart/form-data (file parts) or application/json (base64 images)")
     return Payload(images, fields)
+
+
+def check_text(key: str, value: str) -> str:
+    """``value``, or 422 naming ``key`` when it is over ``MAX_FIELD_CHARS`` characters."""
+    if len(value) > MAX_FIELD_CHARS:
+        raise HTTPException(422, f"{key}: {len(value):,} characters is over the {MAX_FIELD_CHARS}-character limit "
+                            "for a text field")  # fmt: skip
+    return value
+
+
+class _FieldTooLong(Exception):
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _TextLimitedParser(MultiPartParser):
+    """Starlette's multipart parser, stopping at the first text (non-file) part over its ``max_part_size`` with
+    the part's name: a 5 MB label is refused as soon as it passes the limit, never buffered whole."""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        try:
+            super().on_part_data(data, start, end)
+        except MultiPartException:
+            part = getattr(self, "_current_part", None)
+            raise _FieldTooLong(str(getattr(part, "field_name", "") or "a text field")) from None
+
+
+async def _read_form(request: Request, max_files: int) -> FormData:
+    """The multipart form: at most ``max_files`` files and 64 text fields, each text field at most
+    ``MAX_FIELD_CHARS`` characters (UTF-8: 4 bytes each at most)."""
+    parser = _TextLimitedParser(request.headers, request.stream(), max_files=max_files, max_fields=64,
+                                max_part_size=4 * MAX_FIELD_CHARS)  # fmt: skip
+    try:
+        return await parser.parse()
+    except _FieldTooLong as exc:
+        raise HTTPException(422, f"{exc.name}: over the {MAX_FIELD_CHARS}-character limit for a text field") from None
+    except MultiPartException as exc:
+        raise HTTPException(400, str(exc.message)) from None

@@ -1,7 +1,13 @@
 """The web page served at ``/``: verify two images, search the gallery with one (the best match first), and browse,
 add to and remove from the gallery. Images come by drag-and-drop, paste (Ctrl+V into the focused drop zone) or a
 file picker. Plain HTML and a small script calling the JSON API: no external assets and no build step, so it works
-offline and under a strict CSP. Gallery edits send the service's token when one is entered (``--token``)."""
+offline and under a strict CSP. Gallery edits send the service's token when one is entered (``--token``).
+
+The page explains its verdicts: beside SAME/DIFFERENT, the threshold's rule and its false-accept rate (the
+answer's ``threshold_info.rule_text``) and the threshold's deployment warning when it has one; with the query's
+label (prefilled from its file name, editable), search hits within the threshold under another label carry a
+"false accept" badge. Search is disabled, with a note, while no gallery is loaded; a removal asks first (a
+dialog); an added item's label is prefilled from its file name (``alice_01.png`` → ``alice``) and editable."""
 
 PAGE_HTML = """<!doctype html>
 <html lang="en">
@@ -38,6 +44,14 @@ PAGE_HTML = """<!doctype html>
     border-radius: 50%; }
   input[type=text], input[type=password], input[type=number] { padding: .35rem .5rem; font-size: .95rem; }
   .pager { display: flex; gap: .6rem; align-items: center; margin-top: .6rem; }
+  .rule { color: #444; font-size: .92rem; margin-top: .3rem; }
+  .warning { color: #8a4b00; font-size: .88rem; margin-top: .3rem; }
+  .badge { display: inline-block; padding: 0 .35rem; border-radius: 4px; font-size: .72rem; font-weight: 600; }
+  .badge.fa { background: var(--bad); color: #fff; } .hit.false-accept img { border-color: var(--bad); }
+  button:disabled { cursor: not-allowed; opacity: .55; }
+  dialog { border: 1px solid #888; border-radius: 10px; padding: 1rem 1.2rem; max-width: 26rem; }
+  dialog .actions { display: flex; gap: .6rem; justify-content: flex-end; margin-top: .9rem; }
+  button.danger { background: var(--bad); color: #fff; border-color: var(--bad); }
 </style>
 </head>
 <body>
@@ -56,6 +70,8 @@ PAGE_HTML = """<!doctype html>
     <button id="verify-btn" class="primary" type="button">Verify</button>
   </div>
   <div id="verify-result" class="verdict" aria-live="polite"></div>
+  <div id="verify-rule" class="rule"></div>
+  <div id="verify-warning" class="warning"></div>
 </section>
 
 <section>
@@ -64,8 +80,11 @@ PAGE_HTML = """<!doctype html>
     <label class="drop" tabindex="0" data-input="search-file"><input type="file" id="search-file" accept="image/*">
       <img id="preview-q" alt="query"><span class="hint">Query image<br>drop, paste or click</span></label>
     <label>k <input type="number" id="search-k" value="10" min="1" max="100" style="width:5rem"></label>
-    <button id="search-btn" class="primary" type="button">Search</button>
+    <label>query label <input type="text" id="search-label" maxlength="256" placeholder="if known"
+      title="the query's identity: hits within the threshold under another label are marked false accepts"></label>
+    <button id="search-btn" class="primary" type="button" disabled>Search</button>
   </div>
+  <div id="search-note" class="muted">checking for a gallery…</div>
   <div id="search-best" class="best" aria-live="polite"></div>
   <div id="search-status" class="muted" aria-live="polite"></div>
   <div id="search-results" class="hits"></div>
@@ -76,7 +95,7 @@ PAGE_HTML = """<!doctype html>
   <div class="row">
     <label class="drop" tabindex="0" data-input="gallery-file"><input type="file" id="gallery-file" accept="image/*">
       <img id="preview-g" alt="new item"><span class="hint">New item<br>drop, paste or click</span></label>
-    <label>label <input type="text" id="gallery-label" placeholder="identity name"></label>
+    <label>label <input type="text" id="gallery-label" maxlength="256" placeholder="identity name"></label>
     <label>edit token <input type="password" id="token" placeholder="if the service has one"></label>
     <button id="gallery-add" type="button">Add to gallery</button>
   </div>
@@ -86,14 +105,33 @@ PAGE_HTML = """<!doctype html>
     <span id="gallery-page" class="muted"></span><button id="gallery-next" type="button">next ›</button></div>
 </section>
 
+<dialog id="confirm-remove">
+  <div id="confirm-text"></div>
+  <div class="actions"><button id="confirm-cancel" type="button">Cancel</button>
+    <button id="confirm-ok" class="danger" type="button">Remove</button></div>
+</dialog>
+
 <script>
 const $ = (id) => document.getElementById(id);
 const PAGE = 24;
 let galleryOffset = 0, gallerySize = 0, lastZone = null;
 
+const LABEL_FOR = { "search-file": "search-label", "gallery-file": "gallery-label" };
+const prefilled = {};
+// a label from a file name: alice_01.png → alice, bob smith-3.jpg → bob smith; 007.png → (none)
+function labelFromName(name) {
+  return name.replace(/\\.[^.]*$/, "").replace(/[\\s._-]*\\d+$/, "").replace(/[\\s._-]+$/, "").slice(0, 256);
+}
 function show(input) {
   const zone = input.closest(".drop"), img = zone.querySelector("img");
   if (input.files.length) { img.src = URL.createObjectURL(input.files[0]); zone.classList.add("filled"); }
+  const labelId = LABEL_FOR[input.id];
+  if (labelId && input.files.length) {
+    const field = $(labelId);  // prefilled unless the user typed a label of their own
+    if (!field.value || field.value === prefilled[labelId]) {
+      field.value = prefilled[labelId] = labelFromName(input.files[0].name);
+    }
+  }
 }
 function setFile(input, file) {
   const dt = new DataTransfer();
@@ -140,10 +178,18 @@ function health() {
     const gal = h.gallery ? (h.gallery.error ? h.gallery.error
       : h.gallery.size + " items (" + h.gallery.index.kind + ")") : "none loaded";
     gallerySize = h.gallery && !h.gallery.error ? h.gallery.size : 0;
+    const usable = !!(h.gallery && !h.gallery.error);
+    $("search-btn").disabled = !usable;
+    $("gallery-add").disabled = !usable;
+    $("search-note").textContent = usable ? "" : (h.gallery ? "search disabled: " + h.gallery.error
+      : "search disabled: no gallery loaded (start the service with --gallery DIR)");
     $("model-info").textContent = "model " + h.model_hash.slice(0, 12) + " on " + h.backend + " · " + h.distance
       + " distance · threshold " + thr + " · gallery: " + gal;
     return h;
-  }).catch(() => { $("model-info").textContent = "service unreachable"; });
+  }).catch(() => {
+    $("model-info").textContent = "service unreachable";
+    $("search-note").textContent = "search disabled: the service is unreachable";
+  });
 }
 
 $("verify-btn").addEventListener("click", async () => {
@@ -154,6 +200,7 @@ $("verify-btn").addEventListener("click", async () => {
   form.append("image_a", a);
   form.append("image_b", b);
   out.className = "verdict"; out.textContent = "…";
+  $("verify-rule").textContent = ""; $("verify-warning").textContent = "";
   try {
     const r = await call("POST", "/verify", form);
     const verdict = r.same === null ? "no threshold saved" : (r.same ? "same" : "different");
@@ -162,6 +209,10 @@ $("verify-btn").addEventListener("click", async () => {
     const cmp = r.threshold === null ? "" : (r.distance <= r.threshold ? " ≤ " : " > ");
     out.textContent = verdict.toUpperCase() + " · distance " + r.distance.toFixed(4)
       + (r.threshold === null ? " · threshold none" : cmp + "threshold " + r.threshold.toFixed(4));
+    const info = r.threshold_info || {};
+    $("verify-rule").textContent = r.threshold === null ? "the run saved no threshold (it had no validation data)"
+      : (info.rule_text || "same if distance ≤ " + r.threshold.toFixed(4) + "; false-accept rate not recorded");
+    $("verify-warning").textContent = info.warning ? "⚠ " + info.warning : "";
   } catch (e) { fail(out, e); }
 });
 
@@ -186,20 +237,35 @@ $("search-btn").addEventListener("click", async () => {
   const form = new FormData();
   form.append("image", q);
   form.append("k", $("search-k").value);
+  const queryLabel = $("search-label").value.trim();
+  if (queryLabel) form.append("label", queryLabel);
   status.className = "muted"; status.textContent = "searching…";
   try {
     const r = await call("POST", "/search", form);
-    status.textContent = r.results.length + " nearest (" + r.metric + " distance; ✓ = within the threshold)";
+    const rule = r.threshold_info && r.threshold_info.rule_text ? "; " + r.threshold_info.rule_text : "";
+    const wrong = r.results.filter((h) => h.false_accept).length;
+    status.textContent = r.results.length + " nearest (" + r.metric + " distance; ✓ = within the threshold"
+      + rule + ")" + (r.query_label ? " · " + wrong + " false accept" + (wrong === 1 ? "" : "s")
+      + " (within the threshold, not " + r.query_label + ")" : "");
     if (r.results.length) {
       const top = r.results[0];
-      best.className = "best " + (top.match ? "same" : "");
+      best.className = "best " + (top.false_accept ? "different" : (top.match ? "same" : ""));
       best.textContent = (top.match ? "best match: " : "nearest (not within the threshold): ")
-        + (top.label || "item " + top.id) + ", distance " + top.distance.toFixed(4);
+        + (top.label || "item " + top.id) + ", distance " + top.distance.toFixed(4)
+        + (top.false_accept ? " — a false accept: the query is " + r.query_label : "");
     }
     for (const hit of r.results) {
-      const el = card("hit" + (hit.match ? " match" : ""), hit, "#" + hit.rank + " · " + hit.distance.toFixed(4)
+      const cls = "hit" + (hit.match ? " match" : "") + (hit.false_accept ? " false-accept" : "");
+      const el = card(cls, hit, "#" + hit.rank + " · " + hit.distance.toFixed(4)
         + (hit.label ? " · " + hit.label : "") + (hit.match ? " ✓ match" : ""));
       if (hit.match) el.title = "within the verification threshold: the model takes it for the same identity";
+      if (hit.false_accept) {
+        const badge = document.createElement("span");
+        badge.className = "badge fa"; badge.textContent = "false accept";
+        el.title = "within the threshold, but labelled " + hit.label + ", not " + r.query_label
+          + ": the model would take another identity for the query's";
+        el.append(badge);
+      }
       list.append(el);
     }
   } catch (e) { fail(status, e); }
@@ -215,7 +281,7 @@ async function loadGallery() {
       const el = card("item", item, "#" + item.id + (item.label ? " · " + item.label : ""));
       const rm = document.createElement("button");
       rm.className = "remove"; rm.type = "button"; rm.textContent = "×"; rm.title = "remove item " + item.id;
-      rm.addEventListener("click", () => removeItem(item.id));
+      rm.addEventListener("click", () => confirmRemove(item));
       el.append(rm);
       list.append(el);
     }
@@ -225,6 +291,25 @@ async function loadGallery() {
     $("gallery-next").disabled = last >= r.size;
   } catch (e) { fail(status, e); }
 }
+let pendingRemoval = null;
+function confirmRemove(item) {  // a removal cannot be undone: ask first
+  pendingRemoval = item.id;
+  $("confirm-text").textContent = "Remove item #" + item.id + (item.label ? " (" + item.label + ")" : "")
+    + " from the gallery? This cannot be undone.";
+  $("confirm-remove").showModal();
+  $("confirm-cancel").focus();
+}
+$("confirm-cancel").addEventListener("click", () => {
+  const id = pendingRemoval;
+  pendingRemoval = null; $("confirm-remove").close();
+  if (id !== null) { $("gallery-status").className = "muted"; $("gallery-status").textContent = "kept item " + id; }
+});
+$("confirm-ok").addEventListener("click", () => {
+  const id = pendingRemoval;
+  pendingRemoval = null; $("confirm-remove").close();
+  if (id !== null) removeItem(id);
+});
+$("confirm-remove").addEventListener("close", () => { pendingRemoval = null; });
 async function removeItem(id) {
   const status = $("gallery-status");
   try {
@@ -242,6 +327,7 @@ $("gallery-add").addEventListener("click", async () => {
   if ($("gallery-label").value.trim()) form.append("label", $("gallery-label").value.trim());
   try {
     const r = await call("POST", "/gallery", form, auth());
+    $("gallery-label").value = prefilled["gallery-label"] = "";
     status.className = "muted";
     status.textContent = "added item " + r.id + (r.label ? " (" + r.label + ")" : "") + "; " + r.size + " items";
     galleryOffset = Math.max(0, Math.floor((r.size - 1) / PAGE) * PAGE);  // the page holding the new item

@@ -243,3 +243,47 @@ def test_serve_refuses_a_request_timeout_out_of_range(small_run, capsys):
         assert main(["serve", str(small_run), "--request-timeout", value]) == 2
         err = capsys.readouterr().err
         assert "--request-timeout" in err and err.strip().count("\n") == 0
+
+
+def test_siamkit_serve_binds_first_then_says_where_and_cuts_slow_clients(small_run, gallery_dir, tmp_path, capsys):
+    """The command as a user runs it: port 0 is announced as the port really bound; a second service on that port
+    is refused in one line, exit 2, before "serving"; a client trickling its headers is cut off."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    g = tmp_path / "g"
+    shutil.copytree(gallery_dir, g)
+    argv = [sys.executable, "-m", "siamkit", "serve", str(small_run), "--gallery", str(g), "--port", "0", "--format",
+            "json", "--request-timeout", "1"]  # fmt: skip
+    env = {**os.environ, "SIAMKIT_TOKEN": ""}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        info = json.loads(line)
+        port = int(info["url"].rsplit(":", 1)[1])
+        assert port > 0 and info["gallery_size"] == 200
+        with httpx.Client(base_url=info["url"]) as c:
+            deadline = time.time() + 20
+            while True:
+                try:
+                    assert c.get("/health").json()["gallery"]["size"] == 200
+                    break
+                except httpx.TransportError:
+                    assert time.time() < deadline, "the service did not answer"
+                    time.sleep(0.1)
+        capsys.readouterr()
+        assert main(["serve", str(small_run), "--port", str(port)]) == 2  # the port it holds: taken
+        out, err = capsys.readouterr()
+        assert out == "" and err.strip().count("\n") == 0 and f"port {port}" in err and "--port" in err
+        out: dict = {}
+        _trickle(port, b"", f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), 0.1, out)
+        assert out["answer"] == b"" and 0.9 < out["seconds"] < 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

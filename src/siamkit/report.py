@@ -6,6 +6,11 @@ A training run's page: config, metrics table (per split: AUC, EER, TPR at FPR 0.
 verification and similarity accuracy), loss curves, ROC with annotations, distance box plot and histogram,
 nearest neighbours of 5 random test queries, and the t-SNE map of the test embeddings. A study's page: its
 tables and plots, with links to each trial's own report. A classification run's page: its metrics and figures.
+An evaluation's page (``siamkit eval``'s folder inside the run: ``RUN/eval/`` or ``RUN/eval-<data>/`` of
+``--as-test``): what was scored and with which threshold, its metrics table, ROC, distances, neighbours and t-SNE.
+
+TPR figures resting on fewer than 3 distinct impostor pairs carry a ``*`` in every table, as on the terminal,
+with the footnote :data:`SMALL_SAMPLE_NOTE` under the table.
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ RUN_SECTIONS = (
     ("Nearest neighbours of 5 random test queries", "neighbours.png"),
     ("t-SNE map of test embeddings", "tsne.png"),
 )
+EVAL_SECTIONS = (
+    ("ROC (TPR at FPR annotated)", "roc.png"),
+    ("Distance distributions", "distances.png"),
+    ("Nearest neighbours of 5 random queries", "neighbours.png"),
+    ("t-SNE map of the scored embeddings", "tsne.png"),
+)
+SMALL_SAMPLE_MARK = "*"
+SMALL_SAMPLE_NOTE = "* = fewer than 3 distinct impostor pairs behind that FPR: not meaningful"
+"""The footnote of a TPR figure marked ``*`` (``TprAtFpr.reliable`` false), in the report as on the terminal."""
 CLASSIFY_SECTIONS = (
     ("Accuracy and loss curves", "curves.png"),
     ("Confusion matrix", "confusion.png"),
@@ -131,18 +145,38 @@ def baseline_name(metrics: dict[str, Any], key: str) -> str:
     return BASELINE_NAMES.get(key, key)
 
 
-def metrics_rows(metrics: dict[str, Any], baselines: bool = True) -> list[list[Any]]:
+def _tpr_marked(m: dict[str, Any]) -> dict[str, Any]:
+    """TPR at each FPR, a small-sample one as text with its ``*`` (``1.0000*``), the others as numbers."""
+    out: dict[str, Any] = {}
+    for t in m.get("tpr_at_fpr", []):
+        v = t["tpr_interpolated"]
+        small = t.get("reliable") is False and v is not None
+        out[str(t["fpr"])] = f"{_fmt(float(v))}{SMALL_SAMPLE_MARK}" if small else v
+    return out
+
+
+def metrics_rows(metrics: dict[str, Any], baselines: bool = True, marks: bool = False) -> list[list[Any]]:
     """One row per split (and baseline): AUC, EER, TPR at the four FPRs, P@1, MAP@R, verification and similarity
-    accuracy."""
+    accuracy. ``marks``: a TPR resting on fewer than 3 distinct impostor pairs is shown with its ``*`` (text), as on
+    the terminal; without, every cell is a number (a CSV's)."""
     rows = []
     for split, m in split_entries(metrics, baselines):
-        tpr = _tpr(m)
+        tpr = _tpr_marked(m) if marks else _tpr(m)
         rows.append([split, m.get("auc"), m.get("eer"), *(tpr.get(f) for f in FPRS), m.get("precision_at_1"),
                      m.get("map_at_r"), m.get("verification_accuracy"), m.get("similarity_accuracy")])  # fmt: skip
     return rows
 
 
 METRIC_COLUMNS = ["split", "AUC", "EER", *(f"TPR@{f}" for f in FPRS), "P@1", "MAP@R", "VerAcc", "SimAcc"]
+
+
+def metrics_section(metrics: dict[str, Any]) -> str:
+    """The metrics table of a run or an evaluation, small-sample TPR figures marked ``*`` and, when any is, the
+    footnote saying what the mark means."""
+    rows = metrics_rows(metrics, marks=True)
+    starred = any(isinstance(v, str) and v.endswith(SMALL_SAMPLE_MARK) for r in rows for v in r[3:7])
+    note = f'<p class="small-sample">{html.escape(SMALL_SAMPLE_NOTE)}.</p>' if starred else ""
+    return "<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, rows) + note
 
 
 def test_decision_rows(test: dict[str, Any], rates: bool = True) -> list[tuple[str, Any]]:
@@ -228,7 +262,11 @@ def threshold_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, An
     info = run_threshold_info(run_dir)
     if info is None:
         return [("threshold (validation)", metrics.get("threshold")), ("threshold rule", metrics.get("threshold_rule"))]
-    calibrated = (run_dir / "threshold.json").is_file()
+    return threshold_info_rows(info, (run_dir / "threshold.json").is_file())
+
+
+def threshold_info_rows(info: dict[str, Any], calibrated: bool = False) -> list[tuple[str, Any]]:
+    """:func:`threshold_rows` of a threshold's provenance ``info`` (``siamkit.thresholds``)."""
     n_ids = info.get("identities")
     ids = f" ({n_ids} identities)" if n_ids and f"{n_ids} " not in str(info.get("set_on")) else ""
     rows: list[tuple[str, Any]] = [
@@ -271,21 +309,14 @@ def run_report(run_dir: Path) -> str:
     if warning:
         parts.append(f'<p class="note"><b>{html.escape(warning[0].upper() + warning[1:])}.</b></p>')
     parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
-    parts.append("<h2>Metrics</h2>" + html_table(METRIC_COLUMNS, metrics_rows(metrics)))
+    parts.append(metrics_section(metrics))
     if (run_dir / "threshold.json").is_file():
         parts.append(
             '<p class="note">VerAcc is at the training threshold (metrics.json); the calibrated threshold '
             "in use and its rates are in the summary above, and the ROC marks its operating point.</p>"
         )
-    parts.append(
-        "<p>TPR at FPR is interpolated on the ROC; retrieval is leave-one-out on each split. The baselines are scored "
-        "on the same test pairs: raw pixels (flattened, L2-normalised) and the network before training — a model "
-        "that does not beat them has not learned a similarity for this data.</p>"
-    )
-    columns, rows_e, note = episode_rows(metrics)
-    if rows_e:
-        parts.append("<h2>N-way K-shot episodes (test)</h2>" + html_table(columns, rows_e)
-                     + f"<p>{html.escape(note)}.</p>")  # fmt: skip
+    parts.append(PROTOCOL)
+    parts.append(_episodes_section(metrics))
     identities = metrics.get("identities")
     if identities:
         rows = [[part, len(ids), name_list(ids, 100)] for part, ids in identities.items()]  # all: metrics.json
@@ -302,6 +333,68 @@ def run_report(run_dir: Path) -> str:
     if config.is_file():
         parts.append(f"<h2>Config</h2><pre>{html.escape(config.read_text())}</pre>")
     return _page(f"siamkit run: {run_dir.name}", parts)
+
+
+PROTOCOL = (
+    "<p>TPR at FPR is interpolated on the ROC; retrieval is leave-one-out on each split. The baselines are scored "
+    "on the same test pairs: raw pixels (flattened, L2-normalised) and the network before training — a model "
+    "that does not beat them has not learned a similarity for this data.</p>"
+)
+
+
+def _episodes_section(metrics: dict[str, Any]) -> str:
+    columns, rows_e, note = episode_rows(metrics)
+    if not rows_e:
+        return ""
+    return f"<h2>N-way K-shot episodes (test)</h2>{html_table(columns, rows_e)}<p>{html.escape(note)}.</p>"
+
+
+def is_eval_folder(directory: Path) -> bool:
+    """A ``siamkit eval`` folder: its ``metrics.json`` inside a run folder (``RUN/eval/``, ``RUN/eval-<data>/``),
+    with no config of its own."""
+    d = Path(directory)
+    named = d.name == "eval" or d.name.startswith("eval-")
+    return (d / "metrics.json").is_file() and not (d / "config.yaml").is_file() and named \
+        and (d.parent / "config.yaml").is_file()  # fmt: skip
+
+
+def eval_report(eval_dir: Path) -> str:
+    """The page of an evaluation (``siamkit eval``, ``--as-test`` or not): which run scored what with which
+    threshold, the verdict against the baselines, the metrics (small samples marked) and the figures."""
+    metrics = _read_json(eval_dir / "metrics.json")
+    run_dir = eval_dir.parent
+    info = metrics.get("threshold_info")
+    calibrated = (run_dir / "threshold.json").is_file()
+    how = ("all of it as held-out test data (--as-test): no split, the run's threshold" if metrics.get("as_test")
+           else "split as the run's data is, with the run's threshold")  # fmt: skip
+    if not isinstance(info, dict) or info.get("threshold") is None:
+        info = None
+    saved = metrics.get("threshold")
+    threshold = threshold_info_rows(info, calibrated) if info else [
+        ("threshold (the run's)", "none saved with the run" if saved is None else saved)]  # fmt: skip
+    summary = [
+        ("run", str(run_dir.resolve())), ("data", metrics.get("data")), ("dataset", metrics.get("dataset")),
+        ("scored", how),
+        *((f"{split} images", n) for split, n in (metrics.get("split_sizes") or {}).items()),
+        ("split", metrics.get("split")), *threshold,
+        *test_decision_rows(metrics.get("test") or {}, rates=info is None),
+    ]  # fmt: skip
+    parts = []
+    said = verdict(metrics)
+    if said:
+        parts.append(f"<p><b>{html.escape(said)}</b></p>")
+    warning = (info or {}).get("warning")
+    if warning:
+        parts.append(f'<p class="note"><b>{html.escape(warning[0].upper() + warning[1:])}.</b></p>')
+    parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
+    parts.append(metrics_section(metrics))
+    parts.append(PROTOCOL)
+    parts.append(_episodes_section(metrics))
+    for title, name in EVAL_SECTIONS:
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img(eval_dir / name)}")
+    if (run_dir / REPORT).is_file():
+        parts.append(f'<p>The run\'s own report (training, config, history): <a href="../{REPORT}">../{REPORT}</a></p>')
+    return _page(f"siamkit eval: {run_dir.name} on {metrics.get('dataset') or eval_dir.name}", parts)
 
 
 def use_section(run_dir: Path) -> str:
@@ -365,16 +458,20 @@ def study_report(study_dir: Path) -> str:
 
 
 def write_report(directory: str | Path) -> Path:
-    """(Re)write ``report.html`` for the run, classification run or study in ``directory``."""
+    """(Re)write ``report.html`` for the run, classification run, evaluation (``RUN/eval-<data>/``) or study in
+    ``directory``."""
     d = Path(directory)
     if (d / STUDY_FILE).is_file():
         text = study_report(d)
     elif (d / "metrics.json").is_file() and (d / "config.yaml").is_file():
         is_classify = "blocks" in _read_json(d / "metrics.json")
         text = classify_report(d) if is_classify else run_report(d)
+    elif is_eval_folder(d):
+        text = eval_report(d)
     else:
         raise DataError(
-            f"{d}: neither a run (metrics.json + config.yaml) nor a study ({STUDY_FILE}); give such a folder"
+            f"{d}: neither a run (metrics.json + config.yaml), an evaluation (RUN/eval-<data>/ with metrics.json) "
+            f"nor a study ({STUDY_FILE}); give such a folder"
         )
     atomic_write_text(d / REPORT, text)
     return d / REPORT

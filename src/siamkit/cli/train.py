@@ -57,7 +57,7 @@ def register(sub: Subparsers) -> None:
     e.add_argument("--data", help="evaluate on this source instead of the run's own")
     e.add_argument("--as-test", action="store_true",
                    help="all of --data is held-out test data: no split, scored with the run's threshold into "
-                   "RUN_DIR/eval-<name>/ (a new folder each time)")  # fmt: skip
+                   "RUN_DIR/eval-<name>/ (a new folder each time, with its report.html)")  # fmt: skip
     e.add_argument("--episodes", type=int, help="N-way K-shot episodes per setting on the test identities "
                    "(default 1000; 0: none)")  # fmt: skip
     e.add_argument("--way", help="classes per episode, e.g. 5 or 5,20 (default 5,20)")
@@ -95,9 +95,11 @@ def register(sub: Subparsers) -> None:
     model_flags(ca)
     output_flags(ca)
 
-    rp = command(sub, "report", _report, "(re)write report.html of a run or study folder",
-                 ["siamkit report runs/default"])  # fmt: skip
-    rp.add_argument("directory", metavar="RUN_OR_STUDY_DIR")
+    rp = command(sub, "report", _report, "(re)write report.html of a run, evaluation or study folder",
+                 ["siamkit report runs/default", "siamkit report runs/default/eval-new_people"])  # fmt: skip
+    rp.add_argument("directory", metavar="RUN_EVAL_OR_STUDY_DIR",
+                    help="a run folder, an evaluation's (RUN/eval/, RUN/eval-<data>/ of eval --as-test) or a "
+                    "study's")  # fmt: skip
     output_flags(rp)
 
 
@@ -125,6 +127,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from siamkit.report import write_report
     from siamkit.training.pipeline import evaluate_run
 
     overrides = list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else [])
@@ -134,7 +137,8 @@ def _eval(args: argparse.Namespace) -> None:
             value = f"[{value}]" if flag in ("way", "shot") else value
             overrides.append(f"eval.{key}={str(value).lower() if isinstance(value, bool) else value}")
     result = evaluate_run(args.run_dir, args.data, overrides, args.as_test, trust_code=args.trust_code)
-    emit(result, args.format, summary_table(result) + f"\nwritten: {result['eval_dir']}")
+    result["report"] = str(write_report(result["eval_dir"]))  # the evaluation's own page, in its folder
+    emit(result, args.format, summary_table(result) + f"\nwritten: {result['eval_dir']}\nreport: {result['report']}")
 
 
 EPISODE_FLAGS = {"episodes": "episodes", "way": "way", "shot": "shot", "query": "query", "seed": "episode_seed",

@@ -67,9 +67,9 @@ code{background:#f3f3f3;padding:0 .2em}
 """
 
 
-def _img(path: Path) -> str:
+def _img(path: Path, what: str = "run") -> str:
     if not path.is_file():
-        return f'<p class="note">{html.escape(path.name)} was not produced for this run.</p>'
+        return f'<p class="note">{html.escape(path.name)} was not produced for this {what}.</p>'
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
@@ -391,7 +391,7 @@ def eval_report(eval_dir: Path) -> str:
     parts.append(PROTOCOL)
     parts.append(_episodes_section(metrics))
     for title, name in EVAL_SECTIONS:
-        parts.append(f"<h2>{html.escape(title)}</h2>{_img(eval_dir / name)}")
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img(eval_dir / name, 'evaluation')}")
     if (run_dir / REPORT).is_file():
         parts.append(f'<p>The run\'s own report (training, config, history): <a href="../{REPORT}">../{REPORT}</a></p>')
     return _page(f"siamkit eval: {run_dir.name} on {metrics.get('dataset') or eval_dir.name}", parts)

@@ -68,10 +68,13 @@ def test_verify_and_search_answers_carry_the_rule_and_its_false_accept_rate(clie
 
 def test_a_threshold_given_at_start_is_described_as_given(small_run):
     model = open_model(str(small_run), ModelSource(threshold=0.5))
-    info = TestClient(create_app(model)).get("/health").json()["threshold_info"]
+    client = TestClient(create_app(model))
+    info = client.get("/health").json()["threshold_info"]
     assert info["rule"] == "given (--threshold)" and info["threshold"] == 0.5
     assert info["rule_text"] == ("same if distance ≤ 0.5000 (rule given (--threshold), set on nothing the run "
                                  "recorded); false-accept rate not measured")  # fmt: skip
+    model.threshold = 0.25  # changed in Python after the app was made: the answers follow
+    assert client.get("/health").json()["threshold_info"]["rule_text"].startswith("same if distance ≤ 0.2500 ")
 
 
 def test_search_hits_under_another_label_within_the_threshold_are_false_accepts(client, digits_images):

@@ -300,7 +300,15 @@ def create_app(
     app = FastAPI(title="siamkit", version=__version__,
                   description="Embed, verify and search images with a trained Siamese model.")  # fmt: skip
     app.state.service = svc
-    threshold_info = served_threshold_info(model)  # read once: the threshold is the one loaded at start
+    described: dict[float | None, dict[str, Any] | None] = {}
+
+    def threshold_info() -> dict[str, Any] | None:
+        """The served threshold's provenance, read once per threshold value (``Model.threshold`` may be set)."""
+        if model.threshold not in described:
+            described.clear()
+            described[model.threshold] = served_threshold_info(model)
+        return described[model.threshold]
+
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
     app.add_middleware(RequestDeadlineMiddleware, timeout=request_timeout)
     app.add_middleware(GuardMiddleware, guard=guard or Guard())  # outermost: refuses before anything is read
@@ -332,7 +340,7 @@ def create_app(
     async def health() -> dict[str, Any]:
         """Model and gallery in use (no server paths)."""
         info = {k: v for k, v in model.describe().items() if k != "run_dir"}
-        info["threshold_info"] = threshold_info
+        info["threshold_info"] = threshold_info()
         try:
             g = svc.current()
             gal = None if g is None else {"size": len(g), "index": g.meta["index"], "metric": g.metric}
@@ -356,7 +364,7 @@ def create_app(
         arrays = await svc.images(payload, "image_a") + await svc.images(payload, "image_b")
         vectors = await svc.embed(arrays)
         decision = model.decisions(vectors[:1], vectors[1:])[0]
-        return {**decision.to_dict(), "metric": model.distance, "threshold_info": threshold_info}
+        return {**decision.to_dict(), "metric": model.distance, "threshold_info": threshold_info()}
 
     label_text = f"identity / class name (optional, at most {MAX_FIELD_CHARS} characters)"
     label_schema = {"label": {"type": "string", "maxLength": MAX_FIELD_CHARS, "description": label_text}}
@@ -374,7 +382,7 @@ def create_app(
         label = _label_field(payload)
         vectors = await svc.embed(await svc.images(payload, "image"))
         results = await run_in_threadpool(svc.search, vectors, k, label)
-        return {"k": k, "metric": model.distance, "query_label": label, "threshold_info": threshold_info,
+        return {"k": k, "metric": model.distance, "query_label": label, "threshold_info": threshold_info(),
                 "results": results[0]}  # fmt: skip
 
     @app.post("/gallery", status_code=201, openapi_extra=_image_body("image", extra=label_schema))

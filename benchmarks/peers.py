@@ -32,7 +32,7 @@ from siamkit.config import RunConfig, load_config
 from siamkit.devices import resolve_device
 from siamkit.errors import SiamkitError
 from siamkit.models.siamese import build_model, count_parameters
-from siamkit.training.loop import build_optimizer, build_scheduler
+from siamkit.training.optim import build_optimizer, build_scheduler
 from siamkit.training.pipeline import evaluate_prepared, prepare_data, retrieval_monitor, train_run
 
 RUNS = ("pml", "siamkit-triplet", "siamkit-default")

@@ -34,7 +34,8 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bars_only_on_a_terminal(small_run, digits_images, monkeypatch):
-    from siamkit.index.ops import collect_images, embed_paths
+    from siamkit.data.sources import collect_images
+    from siamkit.index.ops import embed_paths
     from siamkit.runs import load
 
     embedder = load(small_run)

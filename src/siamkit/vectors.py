@@ -29,7 +29,8 @@ def embed_images(
 ) -> tuple[np.ndarray, list[tuple[str, str | None]], list[str], Any]:  # fmt: skip
     """``(vectors (N, D) float32, [(path, label)], skipped paths, model)`` for ``images`` (``index build``'s
     sources) under the run's model."""
-    from siamkit.index.ops import collect_images, embed_paths
+    from siamkit.data.sources import collect_images
+    from siamkit.index.ops import embed_paths
     from siamkit.runs.model import open_model
 
     if batch_size < 1:

@@ -46,7 +46,7 @@ def register(sub: Subparsers) -> None:
     t.add_argument("--force", action="store_true",
                    help="with --resume: retrain a finished run that has no last.pt, overwriting its model")  # fmt: skip
     t.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable images (counted and listed) instead of stopping; as data.skip_bad=true")  # fmt: skip
+                   help="skip unreadable images (counted, listed) instead of stopping: data.skip_bad=true")  # fmt: skip
     output_flags(t)
 
     e = command(sub, "eval", _eval, "evaluate a trained run (optionally on other data)", [

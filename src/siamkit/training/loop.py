@@ -1,4 +1,4 @@
-"""The fit loop (SPEC §5): optimiser, scheduler, best-validation checkpoint, early stopping, resume.
+"""The fit loop (SPEC §5): best-validation checkpoint, early stopping, resume (optimisers and schedules: ``optim``).
 
 No global state: everything arrives as arguments, so the same loop can run per process under DDP.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from siamkit.config import TrainConfig
 from siamkit.data.batch import LabelBatch
@@ -36,9 +35,9 @@ from siamkit.losses.base import SiameseLoss
 from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
 from siamkit.models.transfer import param_groups
-from siamkit.registry import Registry
 from siamkit.training.batches import BatchSource, ClassBatches, ShardedBatches, make_batch
 from siamkit.training.checkpoint import load_state, save_state
+from siamkit.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 MONITORS = ("auto", "val_loss", "map_at_r", "precision_at_1")
@@ -56,65 +55,6 @@ def resolve_monitor(name: str, has_metrics: bool) -> str:
             f"train.monitor={name} needs class labels on the validation images (this data has none); use val_loss"
         )
     return name
-
-
-OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("train.optimizer")
-"""``train.optimizer``: factories ``(params, cfg: TrainConfig) → Optimizer`` (``lr``, ``weight_decay``,
-``momentum`` from the config)."""
-SCHEDULERS: Registry[torch.optim.lr_scheduler.LRScheduler | None] = Registry("train.scheduler")
-"""``train.scheduler``: factories ``(optimizer, cfg: TrainConfig) → LRScheduler | None``, stepped once per epoch."""
-
-
-@OPTIMIZERS.register("adam")
-def _adam(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (Kingma & Ba, 2015) with L2 weight decay. Every optimiser here uses PyTorch's multi-tensor
-    (``foreach``) update on every device — one call per step over all parameters, the default only on CUDA."""
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-
-
-@OPTIMIZERS.register("adamw")
-def _adamw(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter, 2019): decoupled weight decay."""
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-
-
-@OPTIMIZERS.register("sgd")
-def _sgd(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with (heavy-ball) momentum ``train.momentum``."""
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
-
-
-@SCHEDULERS.register("none")
-def _constant(opt: torch.optim.Optimizer, cfg: TrainConfig) -> None:
-    return None
-
-
-@SCHEDULERS.register("step")
-def _step(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """lr_t = lr_0·γ^⌊t / step_size⌋."""
-    return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-
-
-@SCHEDULERS.register("exponential")
-def _exponential(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """lr_t = lr_0·γ^t."""
-    return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
-
-
-@SCHEDULERS.register("cosine")
-def _cosine(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine annealing to 0 over ``train.epochs`` (Loshchilov & Hutter, 2017, without restarts)."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-
-
-def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser ``cfg.optimizer`` (registered in ``OPTIMIZERS``) over ``params``."""
-    return OPTIMIZERS.get(cfg.optimizer)(params, cfg)
-
-
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The learning-rate schedule ``cfg.scheduler`` (registered in ``SCHEDULERS``), or None for a constant rate."""
-    return SCHEDULERS.get(cfg.scheduler)(opt, cfg)
 
 
 @dataclass
@@ -201,170 +141,255 @@ def fit(
     rank on its share of every global batch, and the loss sees the rows of all ranks; only rank 0 writes
     ``state_path`` and calls ``on_best``. ``on_epoch(row)`` sees every epoch's history row (a study's pruner
     raises from it to stop a hopeless trial)."""
+    info, hooks = dist_info or SINGLE, hooks or FitHooks()
+    state = TrainState.start(model, loss_fn, cfg, device, info, hooks)
+    train_source = _shard(data.train_source, info)
+    if resume and state_path is not None and state_path.is_file():
+        state.restore(load_state(state_path), data.preprocess, info)
+        log.info("resumed from %s at epoch %d", state_path, state.epoch + 1)
+    if loss_fn.self_supervised is not None and data.preprocess.augment is None:
+        raise ConfigError("loss.ssl_weight needs two different views of each image: set data.augment.enabled=true")
+    if hooks.val_metrics is not None and state.epoch == 0 and state.result.monitor != "val_loss":
+        state.score_initial(hooks.val_metrics)  # the initial weights are a candidate too (said at the end)
+    state.model.train()
+    train_model: Any = wrap_model(state.model, info, device) if info.enabled else state.model
+    first = state.epoch + 1
+    for epoch in range(first, cfg.epochs + 1):
+        if cfg.patience and state.bad_epochs >= cfg.patience:
+            state.result.stopped_early = True
+            break
+        if _unfreezes(cfg, epoch, first):
+            train_model = _unfreeze(state.model, train_model, stages=cfg.unfreeze_stages, epoch=epoch, device=device,
+                                    info=info)  # fmt: skip
+        row = _train_epoch(state, train_model, data, train_source, epoch=epoch, device=device,
+                           progress=cfg.progress and info.is_main)  # fmt: skip
+        row = _validate(state, row, data, hooks.val_metrics, device)
+        state.end_epoch(row, hooks.on_best if info.is_main else None)
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(row)
+        rng = gather_objects(_rng_state(data.preprocess))  # every rank's draws, so that a resume continues them
+        if state_path is not None and info.is_main:
+            save_state(state_path, state.checkpoint(rng))
+    return state.finish()
+
+
+@dataclass
+class TrainState:
+    """A fit in progress: what it trains, how, and everything a resumed run continues from (its checkpoint,
+    written after every epoch, is :meth:`checkpoint`)."""
+
+    model: SiameseNet
+    loss_fn: SiameseLoss
+    cfg: TrainConfig
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None
+    result: FitResult
+    best_state: dict[str, Any]
+    bad_epochs: int = 0
+    epoch: int = 0
+    """The last finished epoch."""
+
+    @classmethod
+    def start(
+        cls, model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, device: torch.device, info: DistInfo,
+        hooks: FitHooks,
+    ) -> TrainState:  # fmt: skip
+        """The model on ``device`` (frozen backbone, synchronised BatchNorm as configured) with a new optimiser,
+        schedule and gradient scaler; the checks that need the built model."""
+        if cfg.keep_freed_memory and device.type == "cpu":
+            keep_freed_memory()
+        model.to(device)
+        model.to(memory_format=_memory_format(cfg))
+        loss_fn.to(device)
+        if cfg.unfreeze_epoch and not cfg.freeze_backbone:
+            raise ConfigError("train.unfreeze_epoch is set but train.freeze_backbone is false; set both or neither")
+        if cfg.sync_batchnorm and info.enabled:
+            model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
+        if cfg.freeze_backbone:
+            model.freeze_backbone()
+        if not any(p.requires_grad for p in [*model.parameters(), *loss_fn.parameters()]):
+            raise ConfigError(
+                "the model has nothing to train (model.embedding_dim=0 and a backbone without trainable "
+                "parameters): set model.embedding_dim above 0 for a trained head, or train the backbone "
+                "(train.freeze_backbone=false; for hog, backbone_args residual: true)"
+            )
+        opt = build_optimizer(param_groups(model, cfg.lr, cfg.backbone_lr, list(loss_fn.parameters())), cfg)
+        if info.enabled:
+            loss_fn.gather = Gatherer(info)
+        # mixed precision (train.amp): float16 with a gradient scaler on a GPU, bfloat16 on the CPU; evaluation
+        # stays in float32
+        scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+        result = FitResult(monitor=resolve_monitor(cfg.monitor, hooks.val_metrics is not None))
+        return cls(model, loss_fn, cfg, opt, build_scheduler(opt, cfg), scaler, result,
+                   copy.deepcopy(model.state_dict()))  # fmt: skip
+
+    def restore(self, st: dict[str, Any], preprocess: Preprocess, info: DistInfo) -> None:
+        """Continue from checkpoint ``st`` (written by :meth:`checkpoint`), random state included."""
+        self.model.load_state_dict(st["model"])
+        self.loss_fn.load_state_dict(st["loss"])
+        self.opt.load_state_dict(st["optimizer"])
+        if self.sched is not None and st.get("scheduler"):
+            self.sched.load_state_dict(st["scheduler"])
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        self.best_state = st["best_model"]
+        r = self.result
+        r.history = list(st["history"])
+        r.best_epoch, r.best_val_loss = int(st["best_epoch"]), float(st["best_val_loss"])
+        r.best_score = float(st.get("best_score", r.best_val_loss))
+        r.train_seconds, r.images_seen = float(st["train_seconds"]), int(st["images_seen"])
+        self.bad_epochs, self.epoch = int(st["bad_epochs"]), int(st["epoch"])
+        _restore_rng(st.get("rng"), preprocess, info)
+
+    def checkpoint(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """What :meth:`restore` continues from (``rng``: every rank's random state)."""
+        r = self.result
+        return {
+            "rng": rng,
+            "model": self.model.state_dict(), "loss": self.loss_fn.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else {}, "best_model": self.best_state,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "history": r.history, "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss,
+            "best_score": r.best_score, "train_seconds": r.train_seconds, "images_seen": r.images_seen,
+            "bad_epochs": self.bad_epochs, "epoch": self.epoch,
+        }  # fmt: skip
+
+    def score_initial(self, val_metrics: ValMetrics) -> None:
+        """Epoch 0: the initial weights' monitored score, the one to beat. On identities never trained on,
+        training can make things worse, and then the honest choice is the model before it."""
+        r = self.result
+        r.initial_score = r.best_score = -val_metrics(self.model)[r.monitor]
+        log.info("epoch 0 (initial weights): val %s %.4f", r.monitor, -r.initial_score)
+
+    def end_epoch(self, row: dict[str, float], on_best: Callable[[SiameseNet, int, float], None] | None) -> None:
+        """Log the epoch's row, keep its weights when its monitored score is the best yet (and call
+        ``on_best``), count it towards early stopping otherwise."""
+        r, epoch = self.result, int(row["epoch"])
+        r.history.append(row)
+        score = row["val_loss"] if r.monitor == "val_loss" else -row[f"val_{r.monitor}"]
+        shown = "" if r.monitor == "val_loss" else f"  val {r.monitor} {-score:.4f}"
+        log.info("epoch %d: train %.4f  val %.4f%s  (%.1fs)", epoch, row["train_loss"], row["val_loss"], shown,
+                 row["seconds"])  # fmt: skip
+        if score < r.best_score:
+            r.best_score, r.best_val_loss, r.best_epoch, self.bad_epochs = score, row["val_loss"], epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            if on_best is not None:
+                on_best(self.model, epoch, row["val_loss"])
+        else:
+            self.bad_epochs += 1
+        self.epoch = epoch
+
+    def finish(self) -> FitResult:
+        """The kept epoch's weights put back, and what the fit ended with said."""
+        r, cfg = self.result, self.cfg
+        if cfg.patience and self.bad_epochs >= cfg.patience and not r.stopped_early and len(r.history) < cfg.epochs:
+            r.stopped_early = True
+        if r.stopped_early and r.history:
+            log.info("stopped early at epoch %d: no gain in %d epochs on validation %s (best: epoch %d; "
+                     "train.patience=%d, 0 turns this off)", r.history[-1]["epoch"], cfg.patience,
+                     _monitor_name(r.monitor), r.best_epoch, cfg.patience)  # fmt: skip
+        if r.best_epoch == 0 and r.history:
+            log.warning("no epoch beat the initial weights on validation %s: keeping the untrained network — "
+                        "training did not generalise to the validation identities (try fewer epochs, a lower "
+                        "train.lr, augmentation or loss.ssl_weight)", r.monitor)  # fmt: skip
+        self.model.load_state_dict(self.best_state)
+        # as a reloaded checkpoint is (runs.artifact.load_run): identical evaluation numbers
+        self.model.to(memory_format=_memory_format(cfg))
+        return r
+
+
+def _memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def _shard(source: BatchSource, info: DistInfo) -> BatchSource:
+    """This rank's share of every global batch (the source itself on one process)."""
+    if not info.enabled:
+        return source
+    if isinstance(source, ClassBatches) and source.sampler.p % info.world_size:
+        log.warning("sampling.p=%d is not divisible by the world size %d: ranks share classes in a batch",
+                    source.sampler.p, info.world_size)  # fmt: skip
+    return ShardedBatches(source, info.rank, info.world_size)
+
+
+def _unfreezes(cfg: TrainConfig, epoch: int, first: int) -> bool:
+    """Whether the frozen backbone starts training at ``epoch``: ``train.unfreeze_epoch``, or the ``first``
+    epoch of a run resumed past it."""
+    return bool(cfg.freeze_backbone and cfg.unfreeze_epoch and epoch >= cfg.unfreeze_epoch
+                and epoch in (cfg.unfreeze_epoch, first))  # fmt: skip
+
+
+def _unfreeze(
+    model: SiameseNet, train_model: Any, *, stages: int, epoch: int, device: torch.device, info: DistInfo
+) -> Any:  # fmt: skip
+    """The backbone's last ``stages`` stages (0: all) train too from now; under DDP the wrapper is rebuilt (it
+    synchronises the parameters that trained when it was built)."""
+    model.unfreeze_backbone(stages)
+    log.info("epoch %d: backbone unfrozen (%s)", epoch,
+             f"last {stages} stages" if stages else "all stages")  # fmt: skip
+    return wrap_model(model, info, device) if info.enabled else train_model
+
+
+def _train_epoch(
+    state: TrainState, train_model: Any, data: FitData, source: BatchSource, *, epoch: int, device: torch.device,
+    progress: bool,
+) -> dict[str, float]:  # fmt: skip
+    """One pass over the epoch's batch plan: forward, loss (plus the self-supervised term), backward, step; the
+    schedule steps after it. The row of the epoch's history so far (mean training loss, rate, seconds)."""
     from tqdm import tqdm
 
-    preprocess, train_images, train_source = data.preprocess, data.train_images, data.train_source
-    val_images, val_source = data.val_images, data.val_source
-    hooks = hooks or FitHooks()
-    val_metrics, on_best, on_epoch = hooks.val_metrics, hooks.on_best, hooks.on_epoch
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    if cfg.keep_freed_memory and device.type == "cpu":
-        keep_freed_memory()
-    model.to(device)
-    model.to(memory_format=fmt)
-    loss_fn.to(device)
-    if cfg.unfreeze_epoch and not cfg.freeze_backbone:
-        raise ConfigError("train.unfreeze_epoch is set but train.freeze_backbone is false; set both or neither")
-    info = dist_info or SINGLE
-    if cfg.sync_batchnorm and info.enabled:
-        model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
-    if cfg.freeze_backbone:
-        model.freeze_backbone()
-    if not any(p.requires_grad for p in [*model.parameters(), *loss_fn.parameters()]):
-        raise ConfigError(
-            "the model has nothing to train (model.embedding_dim=0 and a backbone without trainable "
-            "parameters): set model.embedding_dim above 0 for a trained head, or train the backbone "
-            "(train.freeze_backbone=false; for hog, backbone_args residual: true)"
-        )
-    opt = build_optimizer(param_groups(model, cfg.lr, cfg.backbone_lr, list(loss_fn.parameters())), cfg)
-    if info.enabled:
-        loss_fn.gather = Gatherer(info)
-        if isinstance(train_source, ClassBatches) and train_source.sampler.p % info.world_size:
-            log.warning("sampling.p=%d is not divisible by the world size %d: ranks share classes in a batch",
-                        train_source.sampler.p, info.world_size)  # fmt: skip
-        train_source = ShardedBatches(train_source, info.rank, info.world_size)
-    sched = build_scheduler(opt, cfg)
-    # mixed precision (train.amp): float16 with a gradient scaler on a GPU, bfloat16 on the CPU; evaluation stays
-    # in float32
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-    result = FitResult(monitor=resolve_monitor(cfg.monitor, val_metrics is not None))
-    best_state = copy.deepcopy(model.state_dict())
-    bad_epochs, start_epoch = 0, 1
-    if resume and state_path is not None and state_path.is_file():
-        st = load_state(state_path)
-        model.load_state_dict(st["model"])
-        loss_fn.load_state_dict(st["loss"])
-        opt.load_state_dict(st["optimizer"])
-        if sched is not None and st.get("scheduler"):
-            sched.load_state_dict(st["scheduler"])
-        if scaler is not None and st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        best_state = st["best_model"]
-        result.history = list(st["history"])
-        result.best_epoch, result.best_val_loss = int(st["best_epoch"]), float(st["best_val_loss"])
-        result.best_score = float(st.get("best_score", result.best_val_loss))
-        result.train_seconds, result.images_seen = float(st["train_seconds"]), int(st["images_seen"])
-        bad_epochs, start_epoch = int(st["bad_epochs"]), int(st["epoch"]) + 1
-        _restore_rng(st.get("rng"), preprocess, info)
-        log.info("resumed from %s at epoch %d", state_path, start_epoch)
+    cfg, loss_fn, opt, scaler = state.cfg, state.loss_fn, state.opt, state.scaler
     ssl = loss_fn.self_supervised
-    if ssl is not None and preprocess.augment is None:
-        raise ConfigError("loss.ssl_weight needs two different views of each image: set data.augment.enabled=true")
-    if val_metrics is not None and start_epoch == 1 and result.monitor != "val_loss":
-        # the initial weights are a candidate too: on identities never trained on, training can make things
-        # worse, and then the honest choice is the model before it (said at the end)
-        result.initial_score = -val_metrics(model)[result.monitor]
-        result.best_score = result.initial_score
-        log.info("epoch 0 (initial weights): val %s %.4f", result.monitor, -result.initial_score)
-    model.train()
-    train_model: Any = wrap_model(model, info, device) if info.enabled else model
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if cfg.patience and bad_epochs >= cfg.patience:
-            result.stopped_early = True
-            break
-        if (
-            cfg.freeze_backbone
-            and cfg.unfreeze_epoch
-            and epoch >= cfg.unfreeze_epoch
-            and epoch in (cfg.unfreeze_epoch, start_epoch)
-        ):
-            model.unfreeze_backbone(cfg.unfreeze_stages)
-            if info.enabled:  # DDP synchronises the parameters that trained when it was built: build it anew
-                train_model = wrap_model(model, info, device)
-            log.info("epoch %d: backbone unfrozen (%s)", epoch,
-                     f"last {cfg.unfreeze_stages} stages" if cfg.unfreeze_stages else "all stages")  # fmt: skip
-        t0 = time.perf_counter()
-        plan = train_source.plan(epoch)
-        total, n, n_images = torch.zeros((), device=device), 0, 0
-        bar = tqdm(
-            plan, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-            disable=None if cfg.progress and info.is_main else True,
-        )  # fmt: skip
-        for b in bar:
-            batch = make_batch(train_images, b, preprocess, device, train=True, channels_last=cfg.channels_last,
-                               second_view=ssl is not None)  # fmt: skip
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-                loss = loss_fn(train_model, batch)
-                if ssl is not None and isinstance(batch, LabelBatch) and batch.view is not None:
-                    loss = loss + ssl(train_model, batch.x, batch.view)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {float(loss)} at epoch {epoch}: training diverged; lower "
-                                    f"train.lr (now {cfg.lr:g})")  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:  # float16 gradients: scaled against underflow, unscaled before the step
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            total += loss.detach() * len(b.index)  # summed on the device: no sync per step
-            n += len(b.index)
-            n_images += b.n_images
-            if bar.n % 20 == 0:
-                bar.set_postfix(loss=f"{float(total) / n:.4f}")
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
-        train_seconds = time.perf_counter() - t0
-        result.train_seconds += train_seconds
-        result.images_seen += int(all_reduce_sum(n_images, device))  # every rank's images
-        val = validation_loss(model, loss_fn, val_images, val_source, preprocess, device, cfg.channels_last)
-        row = {"epoch": epoch, "train_loss": float(total) / max(n, 1), "val_loss": val}
-        if val_metrics is not None:
-            row.update({f"val_{k}": v for k, v in val_metrics(model).items()})
-            model.train()
-        row.update({"lr": lr, "seconds": train_seconds})
-        result.history.append(row)
-        score = val if result.monitor == "val_loss" else -row[f"val_{result.monitor}"]
-        shown = "" if result.monitor == "val_loss" else f"  val {result.monitor} {-score:.4f}"
-        log.info("epoch %d: train %.4f  val %.4f%s  (%.1fs)", epoch, row["train_loss"], val, shown, train_seconds)
-        if score < result.best_score:
-            result.best_score, result.best_val_loss, result.best_epoch, bad_epochs = score, val, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-            if on_best is not None and info.is_main:
-                on_best(model, epoch, val)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    t0 = time.perf_counter()
+    total, n, n_images = torch.zeros((), device=device), 0, 0
+    bar = tqdm(source.plan(epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+               disable=None if progress else True)  # fmt: skip
+    for b in bar:
+        batch = make_batch(data.train_images, b, data.preprocess, device, train=True,
+                           channels_last=cfg.channels_last, second_view=ssl is not None)  # fmt: skip
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+            loss = loss_fn(train_model, batch)
+            if ssl is not None and isinstance(batch, LabelBatch) and batch.view is not None:
+                loss = loss + ssl(train_model, batch.x, batch.view)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {float(loss)} at epoch {epoch}: training diverged; lower "
+                                f"train.lr (now {cfg.lr:g})")  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:  # float16 gradients: scaled against underflow, unscaled before the step
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         else:
-            bad_epochs += 1
-        if on_epoch is not None:
-            on_epoch(row)
-        rng = gather_objects(_rng_state(preprocess))  # every rank's draws, so that a resumed run continues them
-        if state_path is not None and info.is_main:
-            save_state(state_path, {
-                "rng": rng,
-                "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else {}, "best_model": best_state,
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "history": result.history, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                "best_score": result.best_score,
-                "train_seconds": result.train_seconds, "images_seen": result.images_seen,
-                "bad_epochs": bad_epochs, "epoch": epoch,
-            })  # fmt: skip
-    if cfg.patience and bad_epochs >= cfg.patience and not result.stopped_early and len(result.history) < cfg.epochs:
-        result.stopped_early = True
-    if result.stopped_early and result.history:
-        log.info("stopped early at epoch %d: no gain in %d epochs on validation %s (best: epoch %d; "
-                 "train.patience=%d, 0 turns this off)", result.history[-1]["epoch"], cfg.patience,
-                 _monitor_name(result.monitor),
-                 result.best_epoch, cfg.patience)  # fmt: skip
-    if result.best_epoch == 0 and result.history:
-        log.warning("no epoch beat the initial weights on validation %s: keeping the untrained network — training "
-                    "did not generalise to the validation identities (try fewer epochs, a lower train.lr, "
-                    "augmentation or loss.ssl_weight)", result.monitor)  # fmt: skip
-    model.load_state_dict(best_state)
-    model.to(memory_format=fmt)  # as a reloaded checkpoint is (runs.artifact.load_run): identical evaluation numbers
-    return result
+            loss.backward()
+            opt.step()
+        total += loss.detach() * len(b.index)  # summed on the device: no sync per step
+        n += len(b.index)
+        n_images += b.n_images
+        if bar.n % 20 == 0:
+            bar.set_postfix(loss=f"{float(total) / n:.4f}")
+    lr = opt.param_groups[0]["lr"]
+    if state.sched is not None:
+        state.sched.step()
+    seconds = time.perf_counter() - t0
+    state.result.train_seconds += seconds
+    state.result.images_seen += int(all_reduce_sum(n_images, device))  # every rank's images
+    return {"epoch": epoch, "train_loss": float(total) / max(n, 1), "lr": lr, "seconds": seconds}
+
+
+def _validate(
+    state: TrainState, row: dict[str, float], data: FitData, val_metrics: ValMetrics | None, device: torch.device
+) -> dict[str, float]:  # fmt: skip
+    """The epoch's row with its validation loss and (``val_metrics``) retrieval metrics, in the history's
+    column order."""
+    val = validation_loss(state.model, state.loss_fn, data.val_images, data.val_source, data.preprocess, device,
+                          state.cfg.channels_last)  # fmt: skip
+    out = {"epoch": row["epoch"], "train_loss": row["train_loss"], "val_loss": val}
+    if val_metrics is not None:
+        out.update({f"val_{k}": v for k, v in val_metrics(state.model).items()})
+        state.model.train()
+    return {**out, "lr": row["lr"], "seconds": row["seconds"]}
 
 
 def _rng_state(preprocess: Preprocess) -> dict[str, Any]:
@@ -392,10 +417,6 @@ def _restore_rng(states: list[dict[str, Any]] | None, preprocess: Preprocess, in
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
     preprocess.set_rng_state(st["augment"])
-
-
-def count_trainable(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def _monitor_name(monitor: str) -> str:

@@ -93,3 +93,17 @@ def test_mixed_precision_steps_learn(tmp_path):
         torch.autocast.__init__ = real  # type: ignore[method-assign]
     assert ("cpu", torch.bfloat16, True) in seen
     assert r["test"]["map_at_r"] > r["baselines"]["untrained"]["test"]["map_at_r"] + 0.05
+
+
+def test_the_history_keeps_the_self_supervised_term_apart(tmp_path):
+    r = train_run(_cfg(tmp_path, "train.epochs=1", "train.patience=0", "loss.ssl_weight=0.5",
+                       "data.augment.enabled=true"))  # fmt: skip
+    import csv
+
+    rows = list(csv.DictReader((Path(r["run_dir"]) / "history.csv").open()))
+    assert len(rows) == 1
+    for row in rows:
+        sup, ssl, total = (float(row[k]) for k in ("train_supervised_loss", "train_self_supervised_loss",
+                                                    "train_loss"))  # fmt: skip
+        assert ssl > 0 and sup > 0 and abs(sup + ssl - total) < 1e-5
+    assert (Path(r["run_dir"]) / "loss_curve.png").stat().st_size > 0

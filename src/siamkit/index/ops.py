@@ -154,7 +154,7 @@ def search(
     if figure is not None:
         from siamkit.index.figures import neighbours_figure
 
-        out["figure"] = str(neighbours_figure(gallery, kept, hits, Path(figure), figure_style))
+        out["figure"] = str(neighbours_figure(gallery, kept, hits, Path(figure), figure_style, model.threshold))
     return out
 
 

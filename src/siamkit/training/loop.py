@@ -344,6 +344,7 @@ def _train_epoch(
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     t0 = time.perf_counter()
     total, n, n_images = torch.zeros((), device=device), 0, 0
+    ssl_total = torch.zeros((), device=device)  # the weighted self-supervised term's part of ``total``
     bar = tqdm(source.plan(epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                disable=None if progress else True)  # fmt: skip
     for b in bar:
@@ -352,7 +353,9 @@ def _train_epoch(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
             loss = loss_fn(train_model, batch)
             if ssl is not None and isinstance(batch, LabelBatch) and batch.view is not None:
-                loss = loss + ssl(train_model, batch.x, batch.view)
+                extra = ssl(train_model, batch.x, batch.view)
+                ssl_total += extra.detach() * len(b.index)
+                loss = loss + extra
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {float(loss)} at epoch {epoch}: training diverged; lower "
                                 f"train.lr (now {cfg.lr:g})")  # fmt: skip
@@ -375,7 +378,11 @@ def _train_epoch(
     seconds = time.perf_counter() - t0
     state.result.train_seconds += seconds
     state.result.images_seen += int(all_reduce_sum(n_images, device))  # every rank's images
-    return {"epoch": epoch, "train_loss": float(total) / max(n, 1), "lr": lr, "seconds": seconds}
+    row = {"epoch": epoch, "train_loss": float(total) / max(n, 1)}
+    if ssl is not None:  # the two terms apart: train_loss is their sum
+        row["train_self_supervised_loss"] = float(ssl_total) / max(n, 1)
+        row["train_supervised_loss"] = row["train_loss"] - row["train_self_supervised_loss"]
+    return {**row, "lr": lr, "seconds": seconds}
 
 
 def _validate(
@@ -385,7 +392,7 @@ def _validate(
     column order."""
     val = validation_loss(state.model, state.loss_fn, data.val_images, data.val_source, data.preprocess, device,
                           state.cfg.channels_last)  # fmt: skip
-    out = {"epoch": row["epoch"], "train_loss": row["train_loss"], "val_loss": val}
+    out = {k: v for k, v in row.items() if k not in ("lr", "seconds")} | {"val_loss": val}
     if val_metrics is not None:
         out.update({f"val_{k}": v for k, v in val_metrics(state.model).items()})
         state.model.train()

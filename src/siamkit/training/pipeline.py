@@ -305,7 +305,8 @@ def _train_and_evaluate(
         _write_metrics(metrics, out)
         from siamkit.evaluate import plots
 
-        plots.plot_history(result.history, out / "loss_curve.png", result.best_epoch, result.monitor)
+        plots.plot_history(result.history, out / "loss_curve.png", result.best_epoch, result.monitor,
+                           ssl_weight=cfg.loss.ssl_weight)  # fmt: skip
         from siamkit.report import write_report
 
         log.info("report: %s", write_report(out))
@@ -554,7 +555,7 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_ima
     images = test_images.images[torch.from_numpy(needed)].numpy()
     plots.plot_neighbours(images, test_images.labels[needed], np.searchsorted(needed, queries),
                           np.searchsorted(needed, indices), near.values.numpy(), out / "neighbours.png",
-                          names)  # fmt: skip
+                          names, threshold=threshold)  # fmt: skip
     if cfg.eval.tsne_points > 0:
         pick = np.sort(rng.permutation(len(emb))[: cfg.eval.tsne_points])
         pts = plots.tsne_2d(emb[pick].numpy(), cfg.train.seed)

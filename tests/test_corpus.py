@@ -16,6 +16,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -730,6 +731,287 @@ def _(d, w):
     return ["search", str(g), str(w["image"])], "gallery.db"
 
 
+# the second round's data and config cases (issue 30): IDX, CIFAR-10, CSV, YAML, normalisation, weights, devices
+def _idx_file(path: Path, arr: np.ndarray, gz: bool = False, dims: tuple[int, ...] | None = None) -> None:
+    shape = arr.shape if dims is None else dims
+    payload = bytes([0, 0, 0x08, len(shape)]) + struct.pack(f">{len(shape)}I", *shape) + arr.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_gzip(payload) if gz else payload)
+
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
+
+
+def _idx_set(root: Path, images: np.ndarray, gz: bool = False, dims: tuple[int, ...] | None = None) -> Path:
+    ext = ".gz" if gz else ""
+    _idx_file(root / f"train-images-idx3-ubyte{ext}", images, gz, dims)
+    _idx_file(root / f"train-labels-idx1-ubyte{ext}", np.arange(len(images)) % 10, gz)
+    return root
+
+
+def _idx_train(d: Path, root: Path) -> list[str]:
+    return _train(d, "--data", str(root), "--set", "data.layout=idx")
+
+
+@case("data/idx-one-pixel-images")
+def _(d, w):
+    return _idx_train(d, _idx_set(d / "idx", np.zeros((20, 1, 1), np.uint8))), "train-images-idx3-ubyte"
+
+
+@case("data/idx-1x5000-images")
+def _(d, w):
+    return _idx_train(d, _idx_set(d / "idx", np.zeros((20, 1, 5000), np.uint8))), "5000×1 images"
+
+
+@case("data/idx-empty-set")
+def _(d, w):
+    return _idx_train(d, _idx_set(d / "idx", np.zeros((0, 28, 28), np.uint8))), "train-images-idx3-ubyte"
+
+
+@case("data/idx-empty-set-gz")
+def _(d, w):
+    return _idx_train(d, _idx_set(d / "idx", np.zeros((0, 28, 28), np.uint8), gz=True)), "holds no images"
+
+
+@case("data/idx-header-asks-for-exabytes")
+def _(d, w):
+    root = _idx_set(d / "idx", np.zeros((2, 28, 28), np.uint8), dims=(2**32 - 1, 2**32 - 1, 2**32 - 1))
+    return _idx_train(d, root), "train-images-idx3-ubyte"
+
+
+@case("data/idx-gz-header-asks-for-terabytes")
+def _(d, w):
+    root = _idx_set(d / "idx", np.zeros((2, 28, 28), np.uint8), gz=True, dims=(1_000_000_000, 28, 28))
+    return _idx_train(d, root), "train-images-idx3-ubyte.gz"
+
+
+@case("data/idx-header-cut-in-the-dims")
+def _(d, w):
+    (d / "idx").mkdir()
+    (d / "idx" / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + b"\x00\x00")
+    _idx_file(d / "idx" / "train-labels-idx1-ubyte", np.zeros(2, np.uint8))
+    return _idx_train(d, d / "idx"), "truncated IDX header"
+
+
+class _HugeArray:
+    """Unpickles as numpy's ``_reconstruct(ndarray, (10**12,), 'b')``: a 1 TB array from a few bytes."""
+
+    def __reduce__(self):
+        return (np.zeros(1).__reduce__()[0], (np.ndarray, (10**12,), b"b"))  # numpy's own _reconstruct
+
+
+def _cifar(root: Path, bad: dict[str, bytes] | None = None, labels: list[int] | None = None) -> Path:
+    """A CIFAR-10 folder of 2-image batches as it ships (protocol-2 pickles, bytes keys); ``bad`` replaces files."""
+    from siamkit.data.cifar import TEST_BATCH, TRAIN_BATCHES
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate((*TRAIN_BATCHES, TEST_BATCH)):
+        batch = {b"batch_label": name.encode(), b"labels": list(labels or [i % 10, (i + 1) % 10]),
+                 b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8)}  # fmt: skip
+        (root / name).write_bytes((bad or {}).get(name) or pickle.dumps(batch, protocol=2))
+    return root
+
+
+def _cifar_train(d: Path, root: Path) -> list[str]:
+    return _train(d, "--data", str(root))
+
+
+@case("cifar/labels-outside-0-9")
+def _(d, w):
+    return _cifar_train(d, _cifar(d / "cifar", labels=[3, 12])), "data_batch_1"
+
+
+@case("cifar/labels-negative")
+def _(d, w):
+    return _cifar_train(d, _cifar(d / "cifar", labels=[-1, 2])), "outside 0–9"
+
+
+@case("cifar/batch-allocates-a-terabyte")
+def _(d, w):
+    bomb = pickle.dumps({b"data": _HugeArray(), b"labels": [0]}, protocol=2)
+    return _cifar_train(d, _cifar(d / "cifar", {"data_batch_3": bomb})), "data_batch_3"
+
+
+@case("cifar/batch-declares-a-terabyte-bytes8")
+def _(d, w):
+    bomb = b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"tiny"
+    return _cifar_train(d, _cifar(d / "cifar", {"test_batch": bomb})), "test_batch"
+
+
+@case("cifar/batch-calls-ndarray-directly")
+def _(d, w):
+    class Direct:
+        def __reduce__(self):
+            return (np.ndarray, ((10**6, 10**6),))
+
+    bomb = pickle.dumps({b"data": Direct(), b"labels": [0]}, protocol=2)
+    return _cifar_train(d, _cifar(d / "cifar", {"data_batch_2": bomb})), "data_batch_2"
+
+
+@case("cifar/labels-not-numbers")
+def _(d, w):
+    odd = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["cat", "dog"]}, protocol=2)
+    return _cifar_train(d, _cifar(d / "cifar", {"data_batch_5": odd})), "data_batch_5"
+
+
+@case("data/pairs-nul-byte")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows[1] = rows[1].replace(".png", ".png\x00", 1)
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "p.csv:3"
+
+
+@case("data/pairs-huge-field")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows[4] = "x" * 300_000 + "," + rows[4].split(",", 1)[1]
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "p.csv:6"
+
+
+@case("data/pairs-unclosed-quote-runs-to-the-end")
+def _(d, w):
+    rows = _good_pairs(d)
+    rows[2] = '"' + rows[2] + "y" * 200_000
+    return _train(d, "--data", str(_pairs_csv(d / "p.csv", rows))), "p.csv"
+
+
+@case("data/triplets-nul-byte")
+def _(d, w):
+    (d / "t.csv").write_bytes(b"anchor,positive,negative\na.png,b.png,c\x00.png\n")
+    return _train(d, "--data", str(d / "t.csv")), "t.csv:2"
+
+
+@case("data/labels-csv-huge-field")
+def _(d, w):
+    (d / "l.csv").write_text("path,label\na.png," + "z" * 200_000 + "\n")
+    return _train(d, "--data", str(d / "l.csv"), "--set", "data.layout=labels-csv"), "l.csv:2"
+
+
+@case("data/labels-csv-nul-in-header")
+def _(d, w):
+    (d / "l.csv").write_bytes(b"path,la\x00bel\na.png,x\n")
+    return _train(d, "--data", str(d / "l.csv")), "l.csv:1"
+
+
+def _yaml_train(d: Path, text: str | bytes) -> list[str]:
+    path = d / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return ["train", str(path), "--runs-dir", str(d / "runs")]
+
+
+LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+
+
+@case("config/file-not-utf8")
+def _(d, w):
+    return _yaml_train(d, b"train:\n  lr: 0.1\n  name: caf\xe9\n"), "c.yaml"
+
+
+@case("config/file-5000-deep")
+def _(d, w):
+    return _yaml_train(d, "model:\n  backbone_args:\n    x: " + "[" * 5000 + "]" * 5000 + "\n"), "c.yaml"
+
+
+@case("config/file-5000-deep-mappings")
+def _(d, w):
+    return _yaml_train(d, "loss:\n  params:\n    a: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n"), "nested"
+
+
+@case("config/file-alias-bomb-in-loss-params")
+def _(d, w):
+    text = "loss:\n  name: contrastive\n  params:\n    margin: 0.5\n    l0: &l0 [lol]\n" + _indent(LAUGHS, 4)
+    return _yaml_train(d, text), "c.yaml"
+
+
+@case("config/file-alias-bomb-in-backbone-args")
+def _(d, w):
+    text = "model:\n  backbone_args:\n    l0: &l0 [lol]\n" + _indent(LAUGHS, 4)
+    return _yaml_train(d, text), "aliases expand"
+
+
+@case("config/file-alias-to-itself")
+def _(d, w):
+    return _yaml_train(d, "model:\n  backbone_args: &a {widths: [8], me: *a}\n"), "c.yaml"
+
+
+@case("config/override-alias-bomb")
+def _(d, w):
+    laughs = ", ".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9))
+    return _set(d, f"model.backbone_args={{l0: &l0 [lol], {laughs}}}"), "model.backbone_args"
+
+
+@case("config/override-5000-deep")
+def _(d, w):
+    return _set(d, "model.backbone_args={x: " + "[" * 5000 + "]" * 5000 + "}"), "model.backbone_args"
+
+
+def _indent(text: str, n: int = 2) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())
+
+
+CONFIG_ROUND_2 = {
+    "std-tiny": (["data.std=[1e-12]"], "data.std"),
+    "std-below-a-grey-level": (["data.std=[0.0001]"], "data.std"),
+    "std-one-of-three-tiny": (["data.channels=3", "data.std=[0.2, 1e-9, 0.2]"], "data.std"),
+    "std-nan": (["data.std=[.nan]"], "data.std"),
+    "std-inf": (["data.std=[.inf]"], "data.std"),
+    "device-nonsense": (["train.device=gpu9"], "train.device"),
+    "device-cuda-minus-one": (["train.device=cuda:-1"], "train.device"),
+    "mean-std-lengths-differ": (["data.channels=3", "data.mean=[0.5, 0.5, 0.5]", "data.std=[0.2]"], "data.std"),
+    "margin-negative-in-miner": (["loss.miner=hard-pairs", "loss.miner_params={neg_margin: -1}"], "neg_margin"),
+}
+if not (getattr(__import__("torch").backends, "mps", None) and __import__("torch").backends.mps.is_available()):
+    CONFIG_ROUND_2["device-mps-without-mps"] = (["train.device=mps"], "mps")
+for _name, (_assignments, _fragment) in CONFIG_ROUND_2.items():
+    CASES[f"config/{_name}"] = (lambda a, f: lambda d, w: (_set(d, *a), f))(_assignments, _fragment)
+
+
+def _run_with_weights(d: Path, w: dict[str, Path], value: float) -> Path:
+    """A copy of the shared run whose first floating tensor holds ``value`` (NaN, inf) at one entry."""
+    from safetensors.torch import save_file
+
+    from siamkit.runs.artifact import read_weights
+
+    run = d / "run"
+    shutil.copytree(w["run"], run)
+    state, meta = read_weights(run / "model.safetensors")
+    name = next(k for k, t in state.items() if t.is_floating_point() and t.numel() > 1)
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = value
+    save_file(state, str(run / "model.safetensors"), metadata=meta)
+    return run
+
+
+@case("run/weights-hold-nan-verify")
+def _(d, w):
+    return ["verify", str(_run_with_weights(d, w, float("nan"))), str(w["image"]), str(w["image"])], \
+        "model.safetensors"  # fmt: skip
+
+
+@case("run/weights-hold-inf-index-build")
+def _(d, w):
+    run = _run_with_weights(d, w, float("inf"))
+    return ["index", "build", str(run), str(w["image"]), "--out", str(d / "g")], "NaN or infinite"
+
+
+@case("run/weights-hold-nan-eval")
+def _(d, w):
+    return ["eval", str(_run_with_weights(d, w, float("-inf")))], "model.safetensors"
+
+
+@case("run/metadata-std-zero")
+def _(d, w):
+    from siamkit.runs.artifact import read_weights
+
+    cfg = json.loads(read_weights(w["run"] / "model.safetensors")[1]["config"])
+    cfg["data"]["std"] = [0.0]
+    return ["verify", str(_run_copy(d, w, config=json.dumps(cfg))), str(w["image"]), str(w["image"])], "data.std"
+
+
 @pytest.fixture(scope="module")
 def world(small_run, digits_images, tmp_path_factory):
     from siamkit.index.ops import build
@@ -744,25 +1026,187 @@ def _snapshot(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
 
 
+Runner = Callable[[list[str]], tuple[int, str, str]]
+"""Runs the CLI on argv in-process: (exit code, stdout, stderr)."""
+
+
+def classify_case(name: str, d: Path, world: dict[str, Path], run: Runner) -> tuple[str, str]:
+    """Build corpus case ``name`` in the empty folder ``d``, run it, and say how it ended: ``clean`` (exit 2, one
+    ``siamkit: error:`` line holding the case's fragment, nothing left behind), or what went wrong first —
+    ``security`` (a payload's marker file appeared), ``traceback``, ``silent`` (exit 0: accepted), ``left_behind``
+    (the case folder or the shared run changed), ``messy`` (another exit code, several lines, or a line without
+    the fragment). The second item says why."""
+    argv, fragment = CASES[name](d, world)
+    before, run_before = _snapshot(d), _snapshot(world["run"])
+    try:
+        code, out, err = run(argv)
+    except Exception as exc:  # an exception out of main is a traceback the user would see
+        import traceback
+
+        code, out, err = -1, "", "".join(traceback.format_exception(exc))
+    lines = err.strip().splitlines()
+    if (d / MARKER).exists():
+        return "security", "a payload ran: the marker file exists"
+    if "Traceback" in err or "Traceback" in out:
+        return "traceback", err[-2000:]
+    if code == 0:
+        return "silent", f"exit 0, accepted: {out[-300:]!r}"
+    after = _snapshot(d)
+    if after != before or _snapshot(world["run"]) != run_before:
+        changed = sorted(set(after) ^ set(before)) or ["the shared run"]
+        return "left_behind", "left behind: " + ", ".join(changed)
+    if code != 2 or len(lines) != 1 or not lines[0].startswith("siamkit: error: ") or fragment not in lines[0]:
+        return "messy", f"exit {code}, expected one line holding {fragment!r}: {err.strip()!r}"
+    return "clean", lines[0]
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_line_and_leaves_nothing(name, world, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("SIAMKIT_TOKEN", raising=False)
-    argv, fragment = CASES[name](tmp_path, world)
-    before = _snapshot(tmp_path)
-    run_before = _snapshot(world["run"])
-    code = main(argv)
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert code == 2, (code, err, out)
-    assert len(lines) == 1 and lines[0].startswith("siamkit: error: "), err
-    assert "Traceback" not in err and fragment in lines[0], (fragment, lines[0])
-    assert _snapshot(tmp_path) == before, "left behind: " + ", ".join(sorted(set(_snapshot(tmp_path)) - set(before)))
-    assert _snapshot(world["run"]) == run_before  # the shared run is never touched
-    assert not (tmp_path / MARKER).exists(), "a pickle payload ran"
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    outcome, detail = classify_case(name, tmp_path, world, run)
+    assert outcome == "clean", (outcome, detail)
 
 
 def test_the_corpus_is_large():
     assert len(CASES) >= 100
+
+
+# ---- inputs handled correctly: accepted and right (the other side of every refusal above) -----------------------
+Check = Callable[[int, str, str, Path], str | None]
+"""(exit code, stdout, stderr, case folder) → None when the output is right, else what is wrong."""
+HandledBuilder = Callable[[Path, dict[str, Path]], tuple[list[str], Check]]
+HANDLED: dict[str, HandledBuilder] = {}
+
+
+def handled(name: str) -> Callable[[HandledBuilder], HandledBuilder]:
+    def register(fn: HandledBuilder) -> HandledBuilder:
+        HANDLED[name] = fn
+        return fn
+
+    return register
+
+
+def _trained(run: str) -> Check:
+    def check(code: int, out: str, err: str, d: Path) -> str | None:
+        if code != 0:
+            return f"exit {code}: {err.strip()[-300:]!r}"
+        return None if (d / "runs" / run / "model.safetensors").is_file() else f"no runs/{run}/model.safetensors"
+
+    return check
+
+
+@handled("config/ordinary-aliases-train")
+def _(d, w):
+    (d / "c.yaml").write_text("train:\n  epochs: 1\n  lr: &lr 0.002\n  backbone_lr: *lr\n  seed: 0\n"
+                              "data:\n  limit: 300\n")  # fmt: skip
+    return ["train", str(d / "c.yaml"), "--runs-dir", str(d / "runs"), "--name", "a", "-q"], _trained("a")
+
+
+@handled("data/idx-8-px-images-train")
+def _(d, w):
+    images = np.random.default_rng(0).integers(0, 256, (60, 8, 8), dtype=np.uint8)
+    root = _idx_set(d / "idx", images)
+    return [*_idx_train(d, root), "--name", "i", "-q"], _trained("i")
+
+
+@handled("data/pairs-csv-with-bom-train")
+def _(d, w):
+    csv = _pairs_csv(d / "p.csv", _good_pairs(d, 60))
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
+    return [*_train(d, "--data", str(csv)), "--name", "p", "-q"], _trained("p")
+
+
+@handled("config/small-valid-std-trains")
+def _(d, w):
+    return [*_set(d, "data.std=[0.01]", "data.limit=300"), "--name", "s", "-q"], _trained("s")
+
+
+@handled("run/verify-an-image-against-itself")
+def _(d, w):
+    def check(code: int, out: str, err: str, d: Path) -> str | None:
+        return None if code == 0 and "SAME" in out.upper() else f"exit {code}: {out.strip()!r} {err.strip()!r}"
+
+    return ["verify", str(w["run"]), str(w["image"]), str(w["image"])], check
+
+
+def classify_handled(name: str, d: Path, world: dict[str, Path], run: Runner) -> tuple[str, str]:
+    """Run the handled case ``name`` in ``d``: ``handled`` (exit 0 and its check passes), else ``traceback``,
+    ``security`` or ``wrong`` (refused, or accepted with a wrong output), with why."""
+    argv, check = HANDLED[name](d, world)
+    run_before = _snapshot(world["run"])
+    try:
+        code, out, err = run(argv)
+    except Exception as exc:
+        import traceback
+
+        code, out, err = -1, "", "".join(traceback.format_exception(exc))
+    if (d / MARKER).exists():
+        return "security", "a payload ran"
+    if "Traceback" in err or "Traceback" in out:
+        return "traceback", err[-2000:]
+    if _snapshot(world["run"]) != run_before:
+        return "left_behind", "the shared run changed"
+    problem = check(code, out, err, d)
+    return ("wrong", problem) if problem else ("handled", "")
+
+
+@pytest.mark.parametrize("name", sorted(HANDLED))
+def test_good_input_next_to_the_bad_is_handled(name, world, tmp_path, capsys):
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    outcome, detail = classify_handled(name, tmp_path, world, run)
+    assert outcome == "handled", (outcome, detail)
+
+
+# ---- refuse before working: a config error is found before any data is read -----------------------------------
+NEEDS_THE_DATA = {"config/class-list-unknown", "config/ssl-without-augmentation"}
+"""Config cases whose error depends on the data: a class name the folder does not have; augmentation that
+``recipe: auto`` turns on for an identity split (which the split decides)."""
+DEVICE_CASES = {"config/missing-gpu", "config/unknown-device", "config/device-nonsense", "config/device-cuda-minus-one",
+                "config/device-mps-without-mps"}  # fmt: skip
+
+
+def _early_cases() -> list[Any]:
+    cases = []
+    for name in sorted(CASES):
+        if not name.startswith("config/") or name in NEEDS_THE_DATA:
+            continue
+        if name in DEVICE_CASES and not _train_checks_the_device_first():
+            hook = "training.pipeline.train_run must call siamkit.config.check_device(cfg) first"
+            cases.append(pytest.param(name, marks=pytest.mark.xfail(reason=hook, strict=False)))
+            continue
+        cases.append(name)
+    return cases
+
+
+def _train_checks_the_device_first() -> bool:
+    import inspect
+
+    from siamkit.training import pipeline
+
+    source = inspect.getsource(pipeline.train_run)
+    return "check_device" in source.split("prepare_data")[0]
+
+
+@pytest.mark.parametrize("name", _early_cases())
+def test_config_errors_are_found_before_any_data_is_read(name, tmp_path, capsys, monkeypatch):
+    import siamkit.training.pipeline as pipeline
+
+    read: list[str] = []
+    monkeypatch.setattr(pipeline, "load_dataset", lambda cfg: read.append(cfg.source) or pytest.fail("data read"))
+    argv, fragment = CASES[name](tmp_path, {})
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and not read, (code, err)
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------------------------
@@ -773,19 +1217,24 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@pytest.fixture(scope="module")
-def http(world, tmp_path_factory):
+def http_client(world: dict[str, Path], folder: Path) -> TestClient:
+    """A test client of the service over a copy (in ``folder``) of the world's gallery, token ``tok``."""
     from siamkit.index import Gallery
     from siamkit.runs.embedders import TorchEmbedder
     from siamkit.serve.app import create_app
     from siamkit.serve.guard import Guard, default_hosts
     from siamkit.serve.uploads import UploadLimits
 
-    g = tmp_path_factory.mktemp("http_corpus") / "g"
+    g = folder / "g"
     shutil.copytree(world["gallery"], g)
     app = create_app(TorchEmbedder(world["run"]), Gallery.open(g), UploadLimits(max_request_bytes=300_000),
                      Guard(default_hosts("127.0.0.1"), token="tok"))  # fmt: skip
-    with TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False) as c:
+    return TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def http(world, tmp_path_factory):
+    with http_client(world, tmp_path_factory.mktemp("http_corpus")) as c:
         yield c
 
 
@@ -862,15 +1311,31 @@ def _requests(image: bytes) -> dict[str, tuple[str, str, dict, int, str]]:
     }
 
 
-def test_http_corpus(http, world):
+def classify_http(client: TestClient, world: dict[str, Path]) -> dict[str, tuple[str, str]]:
+    """Send every HTTP case; each ends ``clean`` (its status and a one-line ``detail`` holding its fragment, no
+    traceback or server path, the gallery's size unchanged) or ``traceback`` / ``left_behind`` / ``messy``."""
     image = world["image"].read_bytes()
-    cases = _requests(image)
-    size = http.get("/health").json()["gallery"]["size"]
-    for name, (method, url, kwargs, status, fragment) in cases.items():
-        r = http.request(method, url, **kwargs)
-        assert r.status_code == status, (name, r.status_code, r.text[:200])
-        detail = r.json()["detail"]
-        assert isinstance(detail, str) and "\n" not in detail and fragment in detail, (name, detail)
-        assert "Traceback" not in r.text and str(world["run"]) not in r.text, name
-    assert http.get("/health").json()["gallery"]["size"] == size  # no refused request changed the gallery
-    assert len(CASES) + len(cases) >= 125
+    results: dict[str, tuple[str, str]] = {}
+    size = client.get("/health").json()["gallery"]["size"]
+    for name, (method, url, kwargs, status, fragment) in _requests(image).items():
+        r = client.request(method, url, **kwargs)
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = None
+        if "Traceback" in r.text or r.status_code >= 500:
+            results[name] = ("traceback", f"{r.status_code}: {r.text[:300]}")
+        elif client.get("/health").json()["gallery"]["size"] != size:
+            results[name] = ("left_behind", "the gallery's size changed")
+        elif r.status_code != status or not isinstance(detail, str) or "\n" in detail or fragment not in detail \
+                or str(world["run"]) in r.text:  # fmt: skip
+            results[name] = ("messy", f"{r.status_code} (expected {status}): {r.text[:300]}")
+        else:
+            results[name] = ("clean", detail)
+    return results
+
+
+def test_http_corpus(http, world):
+    results = classify_http(http, world)
+    assert {name: r for name, r in results.items() if r[0] != "clean"} == {}
+    assert len(CASES) + len(results) >= 125

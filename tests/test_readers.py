@@ -223,14 +223,14 @@ def _write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
 def test_idx_reader(tmp_path, gz):
     ext = ".gz" if gz else ""
     rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    imgs = rng.integers(0, 256, (5, 8, 9), dtype=np.uint8)
     _write_idx(tmp_path / f"train-images-idx3-ubyte{ext}", imgs, gz)
     _write_idx(tmp_path / f"train-labels-idx1-ubyte{ext}", np.array([0, 1, 2, 1, 0]), gz)
     _write_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}", imgs[:2], gz)
     _write_idx(tmp_path / f"t10k-labels-idx1-ubyte{ext}", np.array([1, 0]), gz)
     assert np.array_equal(read_idx(tmp_path / f"train-images-idx3-ubyte{ext}"), imgs)
     train, test = read_idx_dir(tmp_path)
-    assert train.images.shape == (5, 1, 4, 3) and train.labels.tolist() == [0, 1, 2, 1, 0]
+    assert train.images.shape == (5, 1, 8, 9) and train.labels.tolist() == [0, 1, 2, 1, 0]
     assert test is not None and len(test) == 2
     assert detect_layout(str(tmp_path)) == "idx"
 
@@ -241,8 +241,54 @@ def test_idx_bad_magic_and_size(tmp_path):
         read_idx(tmp_path / "x-images-idx3-ubyte")
     _write_idx(tmp_path / "y-images-idx3-ubyte", np.zeros((2, 2, 2)), False)
     (tmp_path / "y-images-idx3-ubyte").write_bytes((tmp_path / "y-images-idx3-ubyte").read_bytes()[:-1])
-    with pytest.raises(DataError, match="header says 8"):
+    with pytest.raises(DataError, match="= 8 bytes, but the 23-byte file holds at most 7"):
         read_idx(tmp_path / "y-images-idx3-ubyte")
+
+
+def _idx_set(root: Path, images: np.ndarray, gz: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    _write_idx(root / f"train-images-idx3-ubyte{ext}", images, gz)
+    _write_idx(root / f"train-labels-idx1-ubyte{ext}", np.arange(len(images)) % 2, gz)
+    return root
+
+
+@pytest.mark.parametrize("side", [1, 7])
+def test_idx_images_below_8_px_are_refused_as_other_readers_refuse_them(tmp_path, side):
+    from siamkit.data.readers import MIN_SIDE
+
+    root = _idx_set(tmp_path / "idx", np.zeros((4, side, 28), np.uint8))
+    with pytest.raises(DataError, match=f"28×{side} images are below the {MIN_SIDE}-px minimum") as info:
+        read_idx_dir(root)
+    assert "train-images-idx3-ubyte" in str(info.value) and "\n" not in str(info.value)
+    assert len(read_idx_dir(_idx_set(tmp_path / "ok", np.zeros((4, MIN_SIDE, MIN_SIDE), np.uint8)))[0]) == 4
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_an_empty_idx_set_is_refused(tmp_path, gz):
+    root = _idx_set(tmp_path / "idx", np.zeros((0, 28, 28), np.uint8), gz)
+    with pytest.raises(DataError, match="holds no images"):
+        read_idx_dir(root)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_header_dims_beyond_the_file_are_refused_before_reading(tmp_path, gz, monkeypatch):
+    """A header asking for 4,294,967,295³ bytes (or any payload the file cannot hold, even decompressed) is refused
+    from the file's size: the payload is never read (the gzip stream is not inflated)."""
+    path = tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1)
+    payload = header + b"\x00" * 64
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    reads: list[int] = []
+    real_read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, n=-1: reads.append(n) or real_read(self, n))
+    with pytest.raises(DataError, match="bytes, but the .*-byte file holds at most") as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+    assert all(0 <= n <= 12 for n in reads)  # the magic and the dims, nothing more
+    path.write_bytes(gzip.compress(header[:9]) if gz else header[:9])  # cut inside the dims
+    with pytest.raises(DataError, match="truncated IDX header"):
+        read_idx(path)
 
 
 def test_missing_source_is_one_line():
@@ -344,3 +390,55 @@ def test_a_csv_column_named_twice_is_refused(tmp_path):
     (tmp_path / "l.csv").write_text("path,label,path\na.png,x,a.png\n")
     with pytest.raises(DataError, match="names the column 'path' twice"):
         read_labels_csv(tmp_path / "l.csv")
+
+
+@pytest.mark.parametrize("kind", ["nul", "huge", "unclosed"])
+def test_csv_nul_bytes_and_huge_fields_are_one_line_naming_file_and_line(tmp_path, kind):
+    from siamkit.data.readers import csv_text
+
+    p = tmp_path / "p.csv"
+    body = {"nul": "a.png,b\x00.png,1\n", "huge": "a.png," + "b" * 200_000 + ",1\n",
+            "unclosed": '"a.png' + "b" * 200_000 + "\n"}[kind]  # fmt: skip
+    p.write_text("path_a,path_b,label\nx.png,y.png,0\n" + body)
+    with pytest.raises(DataError, match=f"{p}:3: ") as info:
+        read_tuples_csv(p, "pairs")
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="p.csv:3"):
+        csv_text(p)  # every CSV reader (galleries' lists too) reads through it
+
+
+def _cifar_batch(path: Path, labels: list[int] | None = None) -> Path:
+    import pickle
+
+    path.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels or [0, 9]}, protocol=2))
+    return path
+
+
+def test_cifar_labels_outside_0_9_are_refused_naming_the_file(tmp_path):
+    from siamkit.data.cifar import read_cifar_batch
+
+    assert read_cifar_batch(_cifar_batch(tmp_path / "ok"))[1].tolist() == [0, 9]
+    for labels in ([0, 10], [-1, 3]):
+        with pytest.raises(DataError, match="outside 0–9") as info:
+            read_cifar_batch(_cifar_batch(tmp_path / "data_batch_1", labels))
+        assert "data_batch_1" in str(info.value)
+
+
+def test_cifar_sizes_beyond_the_file_are_refused_before_allocating(tmp_path):
+    """An array of 10¹² bytes declared by a 200-byte batch, and a bytes8 length of 2⁴⁰: refused from the file's
+    size, nothing allocated (a MemoryError, or a 1 TB allocation where overcommit allows it, before)."""
+    import pickle
+
+    from siamkit.data.cifar import read_cifar_batch
+
+    class Huge:
+        def __reduce__(self):
+            return (np.zeros(1).__reduce__()[0], (np.ndarray, (10**12,), b"b"))
+
+    path = tmp_path / "data_batch_2"
+    path.write_bytes(pickle.dumps({b"data": Huge(), b"labels": [0]}, protocol=2))
+    with pytest.raises(DataError, match=r"data_batch_2: .*\(1000000000000,\) would need more memory"):
+        read_cifar_batch(path)
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"tiny")
+    with pytest.raises(DataError, match="data_batch_2: .*1099511627776 bytes"):
+        read_cifar_batch(path)

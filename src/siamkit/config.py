@@ -339,6 +339,11 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
             ok = (v > low or (low_in and v == low)) and (v < high or (high_in and v == high))
             if not ok or v != v:  # NaN is never in range
                 raise ConfigError(f"config key {key!r} must be {_interval(*bounds)}, got {v!r}")
+    if prefix == "data." and cfg.std is not None and any(0 < v < MIN_STD for v in cfg.std):
+        tiny = next(v for v in cfg.std if 0 < v < MIN_STD)
+        raise ConfigError(f"config key 'data.std' must be ≥ {MIN_STD:g} (one grey level is 1/255 ≈ 0.004; a "
+                          f"smaller std blows pixel noise up past 1000×), got {tiny!r}; leave it unset to compute "
+                          "it")  # fmt: skip
     if prefix == "data." and cfg.channels not in (None, 1, 3):
         raise ConfigError(f"config key 'data.channels' must be 1 (grayscale) or 3 (RGB), got {cfg.channels!r}")
     if prefix == "data.augment." and cfg.scale_min > cfg.scale_max:
@@ -379,8 +384,77 @@ class DuplicateKey(Exception):
     """A YAML mapping names one key twice (YAML's last-one-wins would drop the first silently)."""
 
 
+class UnboundedYAML(Exception):
+    """A YAML document nested deeper than ``MAX_YAML_DEPTH`` or whose aliases expand past ``MAX_YAML_NODES``."""
+
+
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of collections a config may have (the schema needs 4; 5,000 exhausted Python's stack)."""
+MAX_YAML_NODES = 100_000
+"""Most values a config may hold once its aliases are expanded: a few kB of ``&a [*b, *b, …]`` lines otherwise
+expand to billions of values ("billion laughs") that every later copy of the config (overrides, the run's
+metadata) would materialise; a real config holds a few hundred."""
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (a real one is a few kB)."""
+
+
 class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no tags that build objects) that refuses a key given twice in one mapping."""
+    """``yaml.SafeLoader`` (no tags that build objects) that refuses a key given twice in one mapping, nesting
+    deeper than ``MAX_YAML_DEPTH`` (before Python's stack runs out) and aliases that expand past
+    ``MAX_YAML_NODES`` values or refer to their own collection (checked on the composed node graph, before any
+    value is built)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise UnboundedYAML(f"line {mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None:
+            expanded_size(node)
+        return node
+
+
+def expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES, depth: int = MAX_YAML_DEPTH) -> int:
+    """How many values the node graph ``root`` holds with every alias expanded (each shared node counted once per
+    reference, memoised: linear in the graph); ``UnboundedYAML`` past ``limit`` values, past ``depth`` levels
+    (aliases nest too) or for a collection that contains itself through an alias."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node, level: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        line = node.start_mark.line + 1
+        if key in active:
+            raise UnboundedYAML(f"line {line}: an alias refers to the collection that holds it")
+        if level > depth:
+            raise UnboundedYAML(f"line {line}: nested more than {depth} levels deep (counting what aliases hold)")
+        total = 1
+        if isinstance(node, yaml.CollectionNode):
+            active.add(key)
+            children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+            for child in children:
+                total += size(child, level + 1)
+                if total > limit:
+                    raise UnboundedYAML(f"line {line}: its aliases expand to more than {limit:,} values (a config "
+                                        "holds a few hundred); write the values out instead")  # fmt: skip
+            active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root, 1)
 
 
 def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -398,15 +472,32 @@ def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = F
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
 
 
+def parse_yaml(text: str) -> Any:
+    """``text`` parsed by ``StrictLoader``; raises ``yaml.YAMLError``, ``DuplicateKey`` or ``UnboundedYAML``."""
+    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader: no object-building tags
+
+
 def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML config file's top-level mapping (errors name the file)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; give the path of a YAML file")
     try:
-        loaded = yaml.load(p.read_text(), Loader=StrictLoader) or {}  # a SafeLoader: no object-building tags
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {p.stat().st_size:,} bytes is no config file (at most {MAX_CONFIG_BYTES:,}); "
+                              "give the YAML file of the run's settings")  # fmt: skip
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start} cannot be decoded); save the config as UTF-8") \
+            from None  # fmt: skip
+    try:
+        loaded = parse_yaml(text) or {}
     except DuplicateKey as exc:
         raise ConfigError(f"{p}: {exc}; keep one of them") from None
+    except UnboundedYAML as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
@@ -439,8 +530,120 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             loss.setdefault("miner_params", {})  # likewise another miner (or none)
     cfg = typing.cast(RunConfig, from_dict(RunConfig, data))
     check_ranges(cfg)
-    object.__setattr__(cfg, "explicit_keys", frozenset(_dotted_keys(data)))
+    explicit = frozenset(_dotted_keys(data))
+    object.__setattr__(cfg, "explicit_keys", explicit)
+    check_names(cfg, explicit)
     return cfg
+
+
+def _plugin(name: str | None) -> bool:
+    """A ``package.module:Object`` name: imported (or refused) when the component is built, never here."""
+    return name is not None and ":" in name
+
+
+def check_names(cfg: RunConfig, explicit: frozenset[str] | None = None) -> None:
+    """Refuse, before any data is read, every name and combination the config alone decides is wrong: the recipe,
+    split, distance, monitor, optimizer and schedule; the loss, miner and backbone when the config names them
+    (``explicit``: a recipe may otherwise choose them after the split) and their keyword arguments; ``data.mean``
+    of a length no image has. Registered names only: a plugin name is left to the component's builder."""
+    from siamkit.data.splits import SPLIT_METHODS
+    from siamkit.recipes import RECIPE_NAMES, RECIPES
+    from siamkit.registry import check_kwargs
+
+    given = explicit if explicit is not None else frozenset(_dotted_keys(to_dict(cfg)))
+    if cfg.recipe not in RECIPE_NAMES:
+        raise ConfigError(f"unknown recipe {cfg.recipe!r}; choose one of: {', '.join(RECIPE_NAMES)}")
+    if cfg.data.split not in SPLIT_METHODS:
+        raise ConfigError(f"unknown data.split {cfg.data.split!r}; choose one of: {', '.join(SPLIT_METHODS)}")
+    _check_lengths(cfg.data)
+    stays_off = "data.augment.enabled" in given or (cfg.recipe != "auto" and not RECIPES.get(cfg.recipe, {}).get(
+        "data.augment.enabled"))  # fmt: skip
+    if cfg.loss.ssl_weight and not cfg.data.augment.enabled and stays_off:
+        raise ConfigError("loss.ssl_weight needs two different views of each image: set data.augment.enabled=true")
+    if cfg.train.unfreeze_epoch and not cfg.train.freeze_backbone:
+        raise ConfigError("train.unfreeze_epoch is set but train.freeze_backbone is false; set both or neither")
+    from siamkit.distances import DISTANCES
+
+    if not _plugin(cfg.eval.distance):
+        DISTANCES.get(cfg.eval.distance)
+    monitors, optimizers, schedulers = _training_registries()
+    if cfg.train.monitor not in monitors:
+        raise ConfigError(f"unknown train.monitor {cfg.train.monitor!r}; choose one of: {', '.join(monitors)}")
+    for registry, name in ((optimizers, cfg.train.optimizer), (schedulers, cfg.train.scheduler)):
+        if registry is not None and not _plugin(name):
+            registry.get(name)
+    from siamkit.losses.base import LOSSES, _check_margins
+    from siamkit.losses.miners import MINERS
+
+    _check_margins("loss.params", cfg.loss.params)
+    _check_margins("loss.miner_params", cfg.loss.miner_params)
+    if "loss.name" in given and not _plugin(cfg.loss.name):
+        check_kwargs(LOSSES.get(cfg.loss.name), cfg.loss.params, f"loss {cfg.loss.name!r}")
+    elif "loss.params" in given and not _plugin(cfg.loss.name):  # the default loss or one a recipe names
+        candidates = [cfg.loss.name, *(r["loss.name"] for r in RECIPES.values() if "loss.name" in r)]
+        errors = []
+        for name in candidates:
+            try:
+                check_kwargs(LOSSES.get(name), cfg.loss.params, f"loss {name!r}")
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == len(candidates):
+            raise errors[0]
+    if "loss.miner" in given:
+        if cfg.loss.miner is None and cfg.loss.miner_params:
+            raise ConfigError("loss.miner_params is set but loss.miner is not; name a miner or drop the params")
+        if cfg.loss.miner is not None and not _plugin(cfg.loss.miner):
+            check_kwargs(MINERS.get(cfg.loss.miner), cfg.loss.miner_params, f"miner {cfg.loss.miner!r}")
+    if "model.backbone" in given and not _plugin(cfg.model.backbone):
+        from siamkit.models.registry import BACKBONES
+
+        BACKBONES.get(cfg.model.backbone)
+
+
+def _training_registries() -> tuple[tuple[str, ...], Any, Any]:
+    """``train.monitor``'s names and the optimizer and schedule registries (None: not found in this version)."""
+    import importlib
+
+    loop = importlib.import_module("siamkit.training.loop")
+    registries = []
+    for name in ("OPTIMIZERS", "SCHEDULERS"):
+        found = getattr(loop, name, None)
+        if found is None:
+            try:
+                found = getattr(importlib.import_module("siamkit.training.optim"), name, None)
+            except ImportError:
+                found = None
+        registries.append(found)
+    return tuple(loop.MONITORS), registries[0], registries[1]
+
+
+MIN_STD = 1e-3
+"""Smallest ``data.std`` a config may give: one grey level is 1/255 ≈ 0.004 of the [0, 1] range; dividing by less
+than a quarter of it blows pixel noise up more than a thousandfold (and 1e-12 overflows float16)."""
+
+
+def _check_lengths(data: DataConfig) -> None:
+    """``data.mean`` / ``data.std``: one value per channel (1 or 3, ``data.channels`` when set), as many of each."""
+    for key, values in (("data.mean", data.mean), ("data.std", data.std)):
+        if values is None:
+            continue
+        allowed = (data.channels,) if data.channels else (1, 3)
+        if len(values) not in allowed:
+            raise ConfigError(f"config key {key!r} needs {' or '.join(map(str, allowed))} values (one per channel), "
+                              f"got {len(values)}")  # fmt: skip
+    if data.mean is not None and data.std is not None and len(data.mean) != len(data.std):
+        raise ConfigError(f"data.mean has {len(data.mean)} values and data.std {len(data.std)}; give one per channel "
+                          "in both")  # fmt: skip
+
+
+def check_device(cfg: RunConfig | str) -> None:
+    """Refuse (one line naming ``train.device``) a device this machine does not have — ``cuda:7`` with fewer GPUs,
+    ``cuda`` or ``mps`` where there is none, a name torch does not know (``gpu9``). Call it when training starts,
+    before any data is read; not part of ``load_config``, which also reads saved runs' configs (resumed elsewhere
+    with another ``--set train.device``)."""
+    from siamkit.devices import resolve_device
+
+    resolve_device(cfg if isinstance(cfg, str) else cfg.train.device)
 
 
 def _dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> list[str]:
@@ -466,7 +669,9 @@ def set_key(data: dict[str, Any], assignment: str, schema: Any = None) -> None:
     parts = key.strip().split(".")
     check_key(parts, schema)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
+    except (DuplicateKey, UnboundedYAML) as exc:
+        raise ConfigError(f"override {key.strip()}: its value {_short(raw)}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     node = data
@@ -477,6 +682,10 @@ def set_key(data: dict[str, Any], assignment: str, schema: Any = None) -> None:
             raise ConfigError(f"config key {where!r} is a section, but it was given a value ({node!r}); set its keys "
                               f"instead, e.g. {where}.KEY=VALUE")  # fmt: skip
     node[parts[-1]] = value
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def check_key(parts: list[str], schema: Any = None) -> None:

@@ -9,9 +9,12 @@ tampered file is refused, never executed.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import math
 import os
 import pickle
+import pickletools
 import shutil
 import tarfile
 import tempfile
@@ -45,33 +48,99 @@ _ALLOWED_GLOBALS = {
 }  # fmt: skip
 
 
+MAX_BATCH_BYTES = 1 << 29
+"""Largest batch file read (512 MiB; CIFAR-10's are 31 MB each)."""
+
+
 class _BatchUnpickler(pickle.Unpickler):
+    """Admits only the numpy array reconstruction a batch needs, and no array larger than the file (``budget``
+    bytes) that holds it: a tampered file is refused, never executed, and cannot ask for terabytes."""
+
+    def __init__(self, file: Any, budget: int) -> None:
+        super().__init__(file, encoding="bytes")
+        self.budget = budget
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if name == "ndarray":  # only ever the subtype handed to _reconstruct, never called
+            return _NdarrayName
+        if name == "_reconstruct":
+            return self._reconstruct(found)
+        return found
+
+    def _reconstruct(self, real: Any) -> Any:
+        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+            if subtype is not _NdarrayName:
+                raise pickle.UnpicklingError("an array of another type than numpy.ndarray")
+            try:
+                dims = [int(v) for v in (shape if isinstance(shape, tuple | list) else (shape,))]
+                itemsize = np.dtype(dtype).itemsize
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise pickle.UnpicklingError(f"an array of shape {shape!r}, dtype {dtype!r} ({exc})") from None
+            if min(dims, default=0) < 0 or math.prod(dims) * itemsize > self.budget:
+                raise pickle.UnpicklingError(f"an array of shape {tuple(dims)} would need more memory than the "
+                                             f"{self.budget:,}-byte file holds")  # fmt: skip
+            return real(np.ndarray, shape, dtype)
+
+        return reconstruct
+
+
+def _NdarrayName(*args: Any, **kwargs: Any) -> Any:
+    """What ``numpy.ndarray`` unpickles to in a batch: its name for ``_reconstruct``; calling it is refused (a
+    direct ``ndarray(shape)`` would allocate any shape the file asks for)."""
+    raise pickle.UnpicklingError("numpy.ndarray called directly: not how a CIFAR-10 batch builds its arrays")
+
+
+def _load_batch(path: Path) -> Any:
+    """The batch file's object: its opcodes first walked without building anything (``pickletools.genops``: a
+    length beyond the file's end — which the unpickler would allocate before reading — is refused), then unpickled
+    by ``_BatchUnpickler``."""
+    size = path.stat().st_size
+    if size > MAX_BATCH_BYTES:
+        raise DataError(f"{path}: {size:,} bytes is no CIFAR-10 batch (each is about 31 MB); re-download it")
+    raw = path.read_bytes()
+    for _ in pickletools.genops(io.BytesIO(raw)):
+        pass
+    return _BatchUnpickler(io.BytesIO(raw), size).load()
 
 
 def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[torch.Tensor, np.ndarray]:
-    """One python batch file → uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)``."""
+    """One python batch file → uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)`` in 0–9."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            raw = _BatchUnpickler(f, encoding="bytes").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR-10 batch ({exc}); re-download it") from None
+        raw = _load_batch(path)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            MemoryError, OverflowError, RecursionError) as exc:  # fmt: skip
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({reason}); re-download it") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path}: not a CIFAR-10 batch (a {type(raw).__name__}, expected a dict)")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    batch = {k.decode(errors="replace") if isinstance(k, bytes) else k: v for k, v in raw.items()}
     labels = batch.get("labels", batch.get("fine_labels"))
     data = batch.get("data")
     if data is None or labels is None:
-        raise DataError(f"{path}: a CIFAR-10 batch needs 'data' and 'labels'; found {sorted(batch)}")
-    data = np.asarray(data)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise DataError(f"{path}: 'data' must be uint8 N×3072 with one label per row, got {data.dtype} {data.shape}")
+        raise DataError(f"{path}: a CIFAR-10 batch needs 'data' and 'labels'; found {sorted(map(str, batch))}")
+    try:
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path}: 'data' or 'labels' is no array ({exc}); re-download it") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
+        raise DataError(f"{path}: 'data' must be uint8 N×3072 with one label per row, got {data.dtype} {data.shape} "
+                        f"and {labels.shape} labels")  # fmt: skip
+    if len(data) == 0:
+        raise DataError(f"{path}: the batch holds no images; re-download it")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be whole numbers 0–9, got {labels.dtype} values; re-download it")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CIFAR10_CLASSES)))
+    if len(bad):
+        raise DataError(f"{path}: label {int(labels[bad[0]])} on row {int(bad[0])} is outside 0–9 (CIFAR-10's "
+                        f"{len(CIFAR10_CLASSES)} classes; {len(bad):,} of {len(labels):,} rows); is it another "
+                        "dataset's batch?")  # fmt: skip
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    return images, np.asarray(labels, dtype=np.int64)
+    return images, labels.astype(np.int64)
 
 
 def find_cifar10(root: str | os.PathLike[str]) -> Path | None:

@@ -14,9 +14,11 @@ import functools
 import gzip
 import io
 import logging
+import math
 import os
 import re
 import struct
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -206,31 +208,54 @@ def read_digits() -> ImageSet:
     return ImageSet(torch.from_numpy(images), digits.target.astype(np.int64), [str(i) for i in range(10)])
 
 
+MAX_DEFLATE_RATIO = 1032
+"""Deflate's largest expansion (a run of one byte): a ``.gz`` file of n bytes holds at most about 1032·n."""
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Parse one IDX file (``.gz`` or raw): magic 0x00000803 → (N, H, W) images, 0x00000801 → (N,) labels."""
+    """Parse one IDX file (``.gz`` or raw): magic 0x00000803 → (N, H, W) images, 0x00000801 → (N,) labels. The
+    header's dimensions are checked against the file's size before the payload is read (a damaged header cannot
+    ask for more memory than the file can hold), and a ``.gz`` is read no further than they say."""
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read IDX file ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX payload has {len(raw) - header} bytes, header says {expected}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number); re-download it")
+            ndim = head[3]
+            packed = f.read(4 * ndim)
+            if ndim == 0 or len(packed) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header ({ndim} dimensions); re-download it")
+            dims = struct.unpack(f">{ndim}I", packed)
+            expected = math.prod(dims)  # Python ints: no overflow
+            size = path.stat().st_size
+            most = size * MAX_DEFLATE_RATIO if path.suffix == ".gz" else size - 4 - 4 * ndim
+            if expected > most:
+                raise DataError(f"{path}: the IDX header says {' × '.join(map(str, dims))} = {expected:,} bytes, "
+                                f"but the {size:,}-byte file holds at most {max(most, 0):,}: a damaged or truncated "
+                                "file; re-download it")  # fmt: skip
+            payload = f.read(expected + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read IDX file ({exc}); re-download it") from None
+    if len(payload) != expected:
+        raise DataError(f"{path}: IDX payload has {len(payload) if len(payload) <= expected else 'more'} bytes, header "
+                        f"says {expected}; re-download it")  # fmt: skip
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def read_idx_pair(images_path: Path, labels_path: Path) -> ImageSet:
+    """An IDX images file ``(N, H, W)`` and its labels ``(N,)``: at least one image, each at least ``MIN_SIDE`` px a
+    side (as every reader of image files refuses smaller ones)."""
     images = read_idx(images_path)
     labels = read_idx(labels_path).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{images_path}: {images.shape} images do not match {labels.shape} labels in {labels_path}")
+    if len(images) == 0:
+        raise DataError(f"{images_path}: the IDX set holds no images (its header says 0); give a set with images")
+    h, w = int(images.shape[1]), int(images.shape[2])
+    if min(h, w) < MIN_SIDE:
+        raise DataError(f"{images_path}: its {w}×{h} images are below the {MIN_SIDE}-px minimum a side; nothing to "
+                        "learn from at that size")  # fmt: skip
     names = [str(i) for i in range(int(labels.max()) + 1)]
     return ImageSet(torch.from_numpy(images[:, None].copy()), labels, names)
 
@@ -620,10 +645,24 @@ def csv_text(path: str | os.PathLike[str]) -> io.StringIO:
     if not path.is_file():
         raise DataError(f"{path}: CSV file not found")
     try:
-        return io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text CSV (byte {exc.start} cannot be decoded); save it as UTF-8 CSV") \
             from None  # fmt: skip
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the CSV file ({exc.strerror or exc})") from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise DataError(f"{path}:{text.count(chr(10), 0, nul) + 1}: a NUL byte; a CSV is text (is it a binary file, "
+                        "or saved as UTF-16?): save it as UTF-8 CSV")  # fmt: skip
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:  # parsed once here, so that no reader of the text meets a csv.Error (a field over csv's size limit, ...)
+        for _ in reader:
+            pass
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not a readable CSV row ({exc}; a cell holds a path or a "
+                        "label): fix that line") from None  # fmt: skip
+    return io.StringIO(text, newline="")
 
 
 def csv_columns(path: Path, fieldnames: Sequence[str] | None) -> dict[str, str]:

@@ -79,6 +79,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", trust_code
         raise CheckpointError(f"{run_dir / WEIGHTS}: no siamkit metadata; it was not written by siamkit train")
     raw, shape = _metadata(run_dir / WEIGHTS, meta)
     source = str(run_dir / WEIGHTS)
+    check_finite(state, source)
     refuse_code_in(raw, source, trust_code)
     with code_from_files(source, trust_code):
         cfg: RunConfig = from_dict(RunConfig, raw)
@@ -93,8 +94,28 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", trust_code
     # as trained: channels-last convolutions run about 1.5× faster on a CPU (the input may stay contiguous)
     model.to(memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
     assert cfg.data.mean is not None and cfg.data.std is not None
+    _check_normalisation(source, cfg.data.mean, cfg.data.std)
     thr = read_threshold(run_dir, _saved_threshold(source, meta))
     return LoadedRun(cfg, model, thr, shape, Preprocess(cfg.data.mean, cfg.data.std))
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse (one line naming the file and the first tensor) weights holding NaN or infinite values: a run whose
+    training diverged would answer every comparison with NaN distances ("different" for an image and itself)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} holds {bad:,} NaN or infinite value"
+                                  f"{'' if bad == 1 else 's'} (its training diverged); re-train the run, e.g. with a "
+                                  "lower train.lr")  # fmt: skip
+
+
+def _check_normalisation(source: str, mean: list[float], std: list[float]) -> None:
+    """The saved ``data.mean``/``data.std``: finite numbers and a positive std (images are divided by it)."""
+    values = [*mean, *std]
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in values) or not all(v > 0 for v in std):
+        raise CheckpointError(f"{source}: damaged run metadata (data.mean {mean!r}, data.std {std!r}: finite "
+                              "numbers and a std above 0 expected); re-train the run")  # fmt: skip
 
 
 def _metadata(path: Path, meta: dict[str, str]) -> tuple[dict[str, object], tuple[int, int, int]]:

@@ -77,7 +77,7 @@ def test_random_search_resumes_up_to_the_requested_trials(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         studies.search("r", params, TINY, strategy="random", n_trials=3, runs_dir=str(tmp_path), train=first)
     # a hard kill leaves a trial RUNNING in the database: resuming marks it failed
-    storage = studies._storage(None, tmp_path / "r")
+    storage = studies.tuning.open_storage(None, tmp_path / "r")
     dangling = optuna.load_study(study_name="r", storage=storage).ask()
     second = Interrupting()
     studies.search("r", params, TINY, strategy="random", n_trials=3, runs_dir=str(tmp_path), train=second)
@@ -138,6 +138,8 @@ def test_search_with_the_cli_and_tpe_ranges(tmp_path, capsys):
     assert r["best"] and 1e-4 <= r["best"]["train.lr"] <= 1e-2 and len(r["tables"][0]["rows"]) == 2
     cfg = (tmp_path / "t" / "trial-000" / "config.yaml").read_text()
     assert "monitor: map_at_r" in cfg
+    assert r["command"] == "siamkit " + " ".join(argv)  # the command line given, not the test runner's
+    assert "siamkit study search --param" in (tmp_path / "t" / "tables.md").read_text()
 
 
 def test_bad_search_settings_are_one_line_errors(tmp_path):

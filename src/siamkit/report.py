@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from siamkit.errors import DataError
+from siamkit.evaluate.fprs import FPR_LABELS
 from siamkit.files import atomic_write_text
 from siamkit.text import name_list
 
 REPORT = "report.html"
 STUDY_FILE = "study.json"
-FPRS = ("0.5", "0.1", "0.01", "0.001")
 RUN_SECTIONS = (
     ("Loss curves", "loss_curve.png"),
     ("ROC (TPR at FPR annotated)", "roc.png"),
@@ -162,12 +162,12 @@ def metrics_rows(metrics: dict[str, Any], baselines: bool = True, marks: bool = 
     rows = []
     for split, m in split_entries(metrics, baselines):
         tpr = _tpr_marked(m) if marks else _tpr(m)
-        rows.append([split, m.get("auc"), m.get("eer"), *(tpr.get(f) for f in FPRS), m.get("precision_at_1"),
+        rows.append([split, m.get("auc"), m.get("eer"), *(tpr.get(f) for f in FPR_LABELS), m.get("precision_at_1"),
                      m.get("map_at_r"), m.get("verification_accuracy"), m.get("similarity_accuracy")])  # fmt: skip
     return rows
 
 
-METRIC_COLUMNS = ["split", "AUC", "EER", *(f"TPR@{f}" for f in FPRS), "P@1", "MAP@R", "VerAcc", "SimAcc"]
+METRIC_COLUMNS = ["split", "AUC", "EER", *(f"TPR@{f}" for f in FPR_LABELS), "P@1", "MAP@R", "VerAcc", "SimAcc"]
 
 
 def metrics_section(metrics: dict[str, Any]) -> str:

@@ -295,7 +295,7 @@ def compare(cfg: ClassifyConfig, block_list: list[str]) -> dict[str, Any]:
 
 
 def compare_table(result: dict[str, Any], markdown: bool = False) -> str:
-    from siamkit.studies import markdown_table, text_table
+    from siamkit.tables import markdown_table, text_table
 
     head = ["block", "params", "time (s)", "epochs", "best val acc", "most confused pair"]
     rows = [[r["block"], f"{r['params']:,}", f"{r['train_seconds']:.1f}", str(r["epochs"]),

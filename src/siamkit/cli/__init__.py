@@ -39,6 +39,7 @@ def _setup_logging(quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --version and --help end here, before torch is imported
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, as a study records it
     from siamkit.distributed import cleanup, env_info
 
     _setup_logging(args.quiet or getattr(args, "format", "table") == "json" or not env_info().is_main)

@@ -4,6 +4,7 @@ figures and a report."""
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from siamkit.cli.common import Subparsers, command, emit, fmt, output_flags, overrides_flag
 
@@ -54,14 +55,15 @@ def _study(args: argparse.Namespace) -> None:
     if args.epochs:
         base.insert(0, f"train.epochs={args.epochs}")
     name = args.name or args.study_command
+    made_by = "siamkit " + shlex.join(args.argv)  # recorded in the study folder
     if args.study_command == "search":
         params = [studies.parse_param(p) for p in args.params]
         r = studies.search(name, params, base, args.config, args.strategy, args.trials, args.objective,
-                           args.storage, args.seed, args.pruner, args.runs_dir)  # fmt: skip
+                           args.storage, args.seed, args.pruner, args.runs_dir, command=made_by)  # fmt: skip
     elif args.study_command == "margins":
-        r = studies.margins(name, args.losses, args.margins, base, args.config, args.runs_dir)
+        r = studies.margins(name, args.losses, args.margins, base, args.config, args.runs_dir, command=made_by)
     else:
-        r = studies.compare(name, args.losses, base, args.config, args.runs_dir)
+        r = studies.compare(name, args.losses, base, args.config, args.runs_dir, command=made_by)
     lines = [f"study: {r['study_dir']}"]
     if r.get("best"):
         lines.append("best: " + ", ".join(f"{k}={fmt(v)}" for k, v in r["best"].items()))

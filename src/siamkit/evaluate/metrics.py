@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from siamkit.distances import Distance, SquaredEuclidean, as_dissimilarity, verification_accuracy
-
-DEFAULT_FPRS = (0.5, 0.1, 0.01, 0.001)
+from siamkit.evaluate.fprs import DEFAULT_FPRS
 
 
 @dataclass

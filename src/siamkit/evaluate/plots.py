@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from siamkit.evaluate import metrics as M
+from siamkit.evaluate.fprs import DEFAULT_FPRS
 from siamkit.files import atomic_write_bytes
 
 
@@ -432,7 +433,7 @@ def plot_roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
         scores = -np.asarray(distances)
         fpr, tpr, _ = M.roc(labels, scores)
         ax.plot(np.clip(fpr, 1e-5, 1), tpr, label=f"{name} (AUC {M.auc(labels, scores):.3f})")
-    for t in M.DEFAULT_FPRS:
+    for t in DEFAULT_FPRS:
         ax.axvline(t, color="grey", lw=0.6, ls=":")
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)

@@ -16,7 +16,6 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -1171,30 +1170,10 @@ def test_good_input_next_to_the_bad_is_handled(name, world, tmp_path, capsys):
 NEEDS_THE_DATA = {"config/class-list-unknown", "config/ssl-without-augmentation"}
 """Config cases whose error depends on the data: a class name the folder does not have; augmentation that
 ``recipe: auto`` turns on for an identity split (which the split decides)."""
-DEVICE_CASES = {"config/missing-gpu", "config/unknown-device", "config/device-nonsense", "config/device-cuda-minus-one",
-                "config/device-mps-without-mps"}  # fmt: skip
 
 
-def _early_cases() -> list[Any]:
-    cases = []
-    for name in sorted(CASES):
-        if not name.startswith("config/") or name in NEEDS_THE_DATA:
-            continue
-        if name in DEVICE_CASES and not _train_checks_the_device_first():
-            hook = "training.pipeline.train_run must call siamkit.config.check_device(cfg) first"
-            cases.append(pytest.param(name, marks=pytest.mark.xfail(reason=hook, strict=False)))
-            continue
-        cases.append(name)
-    return cases
-
-
-def _train_checks_the_device_first() -> bool:
-    import inspect
-
-    from siamkit.training import pipeline
-
-    source = inspect.getsource(pipeline.train_run)
-    return "check_device" in source.split("prepare_data")[0]
+def _early_cases() -> list[str]:
+    return [name for name in sorted(CASES) if name.startswith("config/") and name not in NEEDS_THE_DATA]
 
 
 @pytest.mark.parametrize("name", _early_cases())

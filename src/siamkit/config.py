@@ -530,91 +530,9 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             loss.setdefault("miner_params", {})  # likewise another miner (or none)
     cfg = typing.cast(RunConfig, from_dict(RunConfig, data))
     check_ranges(cfg)
-    explicit = frozenset(_dotted_keys(data))
-    object.__setattr__(cfg, "explicit_keys", explicit)
-    check_names(cfg, explicit)
-    return cfg
-
-
-def _plugin(name: str | None) -> bool:
-    """A ``package.module:Object`` name: imported (or refused) when the component is built, never here."""
-    return name is not None and ":" in name
-
-
-def check_names(cfg: RunConfig, explicit: frozenset[str] | None = None) -> None:
-    """Refuse, before any data is read, every name and combination the config alone decides is wrong: the recipe,
-    split, distance, monitor, optimizer and schedule; the loss, miner and backbone when the config names them
-    (``explicit``: a recipe may otherwise choose them after the split) and their keyword arguments; ``data.mean``
-    of a length no image has. Registered names only: a plugin name is left to the component's builder."""
-    from siamkit.data.splits import SPLIT_METHODS
-    from siamkit.recipes import RECIPE_NAMES, RECIPES
-    from siamkit.registry import check_kwargs
-
-    given = explicit if explicit is not None else frozenset(_dotted_keys(to_dict(cfg)))
-    if cfg.recipe not in RECIPE_NAMES:
-        raise ConfigError(f"unknown recipe {cfg.recipe!r}; choose one of: {', '.join(RECIPE_NAMES)}")
-    if cfg.data.split not in SPLIT_METHODS:
-        raise ConfigError(f"unknown data.split {cfg.data.split!r}; choose one of: {', '.join(SPLIT_METHODS)}")
     _check_lengths(cfg.data)
-    stays_off = "data.augment.enabled" in given or (cfg.recipe != "auto" and not RECIPES.get(cfg.recipe, {}).get(
-        "data.augment.enabled"))  # fmt: skip
-    if cfg.loss.ssl_weight and not cfg.data.augment.enabled and stays_off:
-        raise ConfigError("loss.ssl_weight needs two different views of each image: set data.augment.enabled=true")
-    if cfg.train.unfreeze_epoch and not cfg.train.freeze_backbone:
-        raise ConfigError("train.unfreeze_epoch is set but train.freeze_backbone is false; set both or neither")
-    from siamkit.distances import DISTANCES
-
-    if not _plugin(cfg.eval.distance):
-        DISTANCES.get(cfg.eval.distance)
-    monitors, optimizers, schedulers = _training_registries()
-    if cfg.train.monitor not in monitors:
-        raise ConfigError(f"unknown train.monitor {cfg.train.monitor!r}; choose one of: {', '.join(monitors)}")
-    for registry, name in ((optimizers, cfg.train.optimizer), (schedulers, cfg.train.scheduler)):
-        if registry is not None and not _plugin(name):
-            registry.get(name)
-    from siamkit.losses.base import LOSSES, _check_margins
-    from siamkit.losses.miners import MINERS
-
-    _check_margins("loss.params", cfg.loss.params)
-    _check_margins("loss.miner_params", cfg.loss.miner_params)
-    if "loss.name" in given and not _plugin(cfg.loss.name):
-        check_kwargs(LOSSES.get(cfg.loss.name), cfg.loss.params, f"loss {cfg.loss.name!r}")
-    elif "loss.params" in given and not _plugin(cfg.loss.name):  # the default loss or one a recipe names
-        candidates = [cfg.loss.name, *(r["loss.name"] for r in RECIPES.values() if "loss.name" in r)]
-        errors = []
-        for name in candidates:
-            try:
-                check_kwargs(LOSSES.get(name), cfg.loss.params, f"loss {name!r}")
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == len(candidates):
-            raise errors[0]
-    if "loss.miner" in given:
-        if cfg.loss.miner is None and cfg.loss.miner_params:
-            raise ConfigError("loss.miner_params is set but loss.miner is not; name a miner or drop the params")
-        if cfg.loss.miner is not None and not _plugin(cfg.loss.miner):
-            check_kwargs(MINERS.get(cfg.loss.miner), cfg.loss.miner_params, f"miner {cfg.loss.miner!r}")
-    if "model.backbone" in given and not _plugin(cfg.model.backbone):
-        from siamkit.models.registry import BACKBONES
-
-        BACKBONES.get(cfg.model.backbone)
-
-
-def _training_registries() -> tuple[tuple[str, ...], Any, Any]:
-    """``train.monitor``'s names and the optimizer and schedule registries (None: not found in this version)."""
-    import importlib
-
-    loop = importlib.import_module("siamkit.training.loop")
-    registries = []
-    for name in ("OPTIMIZERS", "SCHEDULERS"):
-        found = getattr(loop, name, None)
-        if found is None:
-            try:
-                found = getattr(importlib.import_module("siamkit.training.optim"), name, None)
-            except ImportError:
-                found = None
-        registries.append(found)
-    return tuple(loop.MONITORS), registries[0], registries[1]
+    object.__setattr__(cfg, "explicit_keys", frozenset(dotted_keys(data)))
+    return cfg
 
 
 MIN_STD = 1e-3
@@ -636,17 +554,7 @@ def _check_lengths(data: DataConfig) -> None:
                           "in both")  # fmt: skip
 
 
-def check_device(cfg: RunConfig | str) -> None:
-    """Refuse (one line naming ``train.device``) a device this machine does not have — ``cuda:7`` with fewer GPUs,
-    ``cuda`` or ``mps`` where there is none, a name torch does not know (``gpu9``). Call it when training starts,
-    before any data is read; not part of ``load_config``, which also reads saved runs' configs (resumed elsewhere
-    with another ``--set train.device``)."""
-    from siamkit.devices import resolve_device
-
-    resolve_device(cfg if isinstance(cfg, str) else cfg.train.device)
-
-
-def _dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> list[str]:
+def dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> list[str]:
     """The ``a.b`` keys set in a nested config dict (a ``dict``-typed field such as ``loss.params`` is one key)."""
     cls = cls or RunConfig
     hints = typing.get_type_hints(cls)
@@ -654,7 +562,7 @@ def _dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> lis
     for key, value in data.items():
         hint = hints.get(key)
         if isinstance(value, dict) and hint is not None and dataclasses.is_dataclass(hint):
-            keys += _dotted_keys(value, f"{prefix}{key}.", hint)
+            keys += dotted_keys(value, f"{prefix}{key}.", hint)
         else:
             keys.append(f"{prefix}{key}")
     return keys

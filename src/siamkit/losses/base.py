@@ -88,8 +88,8 @@ def create_loss(
     values (``num_classes``, ``embedding_dim``) passed to a loss whose signature asks for them and whose
     ``params`` do not set them."""
     params = dict(params or {})
-    _check_margins("loss.params", params)
-    _check_margins("loss.miner_params", miner_params or {})
+    check_margins("loss.params", params)
+    check_margins("loss.miner_params", miner_params or {})
     if context:
         accepted = inspect.signature(LOSSES.get(name)).parameters
         params.update({k: v for k, v in context.items() if k in accepted and k not in params})
@@ -106,7 +106,7 @@ def create_loss(
 MARGIN_KEYS = ("margin", "neg_margin", "pos_margin")
 
 
-def _check_margins(section: str, params: dict[str, object]) -> None:
+def check_margins(section: str, params: dict[str, object]) -> None:
     """A margin is a distance: a number ≥ 0 (a negative one turns a hinge inside out and trains nothing sensible)."""
     for key in MARGIN_KEYS:
         if key not in params or params[key] is None:

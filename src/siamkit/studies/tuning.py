@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from siamkit.checks import check_names
 from siamkit.config import load_config
 from siamkit.errors import ConfigError
 from siamkit.studies.folder import write_study
@@ -51,7 +52,7 @@ def search(
         raise ConfigError("give at least one --param KEY=v1,v2,... to search over")
     if strategy in ("random", "grid") and any(p.choices is None for p in params):
         raise ConfigError(f"--strategy {strategy} draws from lists: give every --param as KEY=v1,v2,... (ranges: tpe)")
-    load_config(config, base)  # a bad base config fails now, not in every trial
+    check_names(load_config(config, base))  # a bad base config fails now, not in every trial
     objective = resolve_objective(objective, config, base)
     train = train or train_run
     study_dir = Path(runs_dir) / name

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from siamkit import distributed
+from siamkit.checks import check_run
 from siamkit.config import RunConfig, dump_config, from_dict, to_dict
 from siamkit.data.cache import ImageArray, as_tensor
 from siamkit.data.faces import CHIP_SIZE, face_alignment, resolve_mode
@@ -224,6 +225,7 @@ def train_run(
     (retraining would overwrite its model). A run that fails leaves nothing behind when no epoch finished (its new
     folder is removed); after one, the folder stays, resumable, with ``FAILED`` saying why and no ``metrics.json``,
     so that ``siamkit train`` never takes it for a finished run."""
+    check_run(cfg)  # names, combinations and the device, before any data is read
     info, dist_device = distributed.setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     cfg.data.source = absolute_source(cfg.data.source)  # the saved config works from any folder

@@ -105,10 +105,10 @@ def test_missing_onnx_file_is_one_line(small_run, tmp_path, capsys):
 def test_every_backbone_family_exports_with_parity(backbone, shape, extra, tmp_path):
     """Untrained weights written as a run directory; the export must match PyTorch and the embeddings must vary
     with the input (a constant graph would match trivially)."""
-    from siamkit.config import load_config
+    from siamkit.config import load_config, to_dict
     from siamkit.models.siamese import build_model
+    from siamkit.rundir import weights_metadata
     from siamkit.training.checkpoint import save_weights
-    from siamkit.training.pipeline import _metadata
 
     c = shape[0]
     cfg = load_config(None, [f"model.backbone={backbone}", f"data.mean={[0.5] * c}", f"data.std={[0.25] * c}", *extra])
@@ -119,7 +119,7 @@ def test_every_backbone_family_exports_with_parity(backbone, shape, extra, tmp_p
             m.momentum = None
     with torch.no_grad():
         model.train()(torch.randn(8, *shape), mode="embed")
-    save_weights(model.eval(), tmp_path / "model.safetensors", _metadata(cfg, shape, 0.5))
+    save_weights(model.eval(), tmp_path / "model.safetensors", weights_metadata(to_dict(cfg), shape, 0.5))
     r = export_onnx(tmp_path)
     assert r["max_abs_diff"] <= 1e-4
     x = torch.randint(0, 256, (4, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)

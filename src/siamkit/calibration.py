@@ -23,7 +23,8 @@ import numpy as np
 
 from siamkit.errors import CheckpointError, ConfigError
 from siamkit.files import atomic_write_text
-from siamkit.runs.artifact import CALIBRATION, WEIGHTS, read_weights
+from siamkit.rundir import RunDir
+from siamkit.runs.artifact import read_weights
 from siamkit.text import name_list
 from siamkit.thresholds import too_few_impostors, with_warning
 
@@ -71,7 +72,7 @@ def calibrate_run(
                               "(a new folder) to write the calibrated run there")  # fmt: skip
     run_dir = resolve_run_dir(run_dir)
     model = open_model(run_dir, backend)
-    meta = read_weights(run_dir / WEIGHTS)[1]  # the training threshold and config, read once
+    meta = read_weights(RunDir(run_dir).weights)[1]  # the training threshold and config, read once
     run_cfg = json.loads(meta["config"])
     data_cfg, n_pairs = _read_settings(run_cfg, data, model.input_shape, skip_bad, n_pairs, overrides)
     with face_alignment(model.faces):
@@ -92,20 +93,20 @@ def calibrate_run(
     if out is None:
         entry = with_warning({**entry, "warnings": warnings}, str(run_dir))
         previous = _previous(run_dir, meta, default_rule)
-        atomic_write_text(run_dir / CALIBRATION, json.dumps({**entry, "history": previous}, indent=2) + "\n")
+        atomic_write_text(RunDir(run_dir).threshold, json.dumps({**entry, "history": previous}, indent=2) + "\n")
         _refresh_report(run_dir, threshold)
     else:  # only now, with the threshold chosen: a failure above leaves no folder behind
         out_dir = Path(out)
         entry = with_warning({**entry, "warnings": warnings}, str(out_dir))
         staged = copy_run(run_dir, _staging(out_dir))  # calibrated whole, then moved into place with one rename
         previous = _previous(staged, meta, default_rule)
-        atomic_write_text(staged / CALIBRATION, json.dumps({**entry, "history": previous}, indent=2) + "\n")
+        atomic_write_text(RunDir(staged).threshold, json.dumps({**entry, "history": previous}, indent=2) + "\n")
         _refresh_report(staged, threshold)
         if out_dir.exists():
             out_dir.rmdir()  # _staging checked that it is empty
         os.rename(staged, out_dir)
         run_dir = out_dir
-    return {"run_dir": str(run_dir), "file": str(run_dir / CALIBRATION), **entry,
+    return {"run_dir": str(run_dir), "file": str(RunDir(run_dir).threshold), **entry,
             "previous_threshold": previous[-1]["threshold"] if previous else None}  # fmt: skip
 
 
@@ -114,7 +115,7 @@ def _staging(target: Path) -> Path:
     import shutil
     import uuid
 
-    if (target / WEIGHTS).exists():
+    if RunDir(target).weights.exists():
         raise CheckpointError(f"{target} already holds a run; give a new folder to --out, or calibrate {target} "
                               "itself")  # fmt: skip
     if target.exists() and any(target.iterdir()):
@@ -196,7 +197,7 @@ DATA_KEYS_KEPT = ("faces", "cache", "cache_dir", "workers", "memory_limit_mb", "
 def _previous(run_dir: Path, meta: dict[str, str], rule: str) -> list[dict[str, Any]]:
     """The history to keep: the current calibration's own history and entry, or the training threshold (from the
     weights' metadata ``meta``, chosen by ``rule``)."""
-    path = run_dir / CALIBRATION
+    path = RunDir(run_dir).threshold
     if path.is_file():
         old = json.loads(path.read_text())
         history = list(old.pop("history", []))
@@ -301,9 +302,7 @@ def _warnings(
 def training_overlap(run_dir: Path, run_cfg: dict[str, Any], data: str, names: list[str] | None) -> str | None:
     """One line when the calibration data shares identities with the run's training or validation identities
     (``metrics.json``), or is the run's own data source (a closed-set run names no identities); else None."""
-    from siamkit.thresholds import read_json_object
-
-    metrics = read_json_object(run_dir / "metrics.json") or {}
+    metrics = RunDir(run_dir).read_metrics() or {}
     known = {part: set(ids) for part, ids in (metrics.get("identities") or {}).items() if part != "test"}
     hint = "calibrate on people the model never saw (new ones, or the run's test identities)"
     if known and names:
@@ -325,7 +324,7 @@ def _run_test_rates(run_dir: Path, threshold: float) -> dict[str, Any] | None:
     """The rates of ``threshold`` on the run's test pairs (``scores.npz``, written by training); None without it."""
     from siamkit.evaluate.metrics import rates_at
 
-    path = run_dir / "scores.npz"
+    path = RunDir(run_dir).scores
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as z:
@@ -335,9 +334,7 @@ def _run_test_rates(run_dir: Path, threshold: float) -> dict[str, Any] | None:
     if not ((y == 1).any() and (y == 0).any()):
         return None
     far, frr = rates_at(d, y, threshold)
-    from siamkit.thresholds import read_json_object
-
-    test_ids = ((read_json_object(run_dir / "metrics.json") or {}).get("identities") or {}).get("test")
+    test_ids = ((RunDir(run_dir).read_metrics() or {}).get("identities") or {}).get("test")
     on = f"the run's {len(test_ids)} test identities" if test_ids else "the run's test images"
     return {"on": f"{on} (its test pairs, scores.npz)", "false_accept_rate": far, "false_reject_rate": frr,
             "impostor_pairs": int((y == 0).sum())}  # fmt: skip
@@ -348,7 +345,7 @@ def _refresh_report(run_dir: Path, threshold: float) -> None:
     that it shows the threshold in use; a folder without them (a pretrained name's copy) is left as it is."""
     from siamkit.report import write_report
 
-    path = run_dir / "scores.npz"
+    path = RunDir(run_dir).scores
     if path.is_file():
         from siamkit.evaluate import plots
 
@@ -359,7 +356,7 @@ def _refresh_report(run_dir: Path, threshold: float) -> None:
             plots.plot_roc(curves, run_dir / "roc.png", threshold)
         if "test" in curves:
             plots.plot_distances(*curves["test"], threshold, run_dir / "distances.png", "test")
-    if (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file():
+    if RunDir(run_dir).is_finished():
         write_report(run_dir)
 
 

@@ -26,12 +26,13 @@ from typing import Any
 from siamkit.errors import DataError
 from siamkit.evaluate.fprs import FPR_LABELS
 from siamkit.files import atomic_write_text
+from siamkit.rundir import RunDir
 from siamkit.text import name_list
 
-REPORT = "report.html"
+REPORT = RunDir.REPORT
 STUDY_FILE = "study.json"
 RUN_SECTIONS = (
-    ("Loss curves", "loss_curve.png"),
+    ("Loss curves", RunDir.LOSS_CURVE),
     ("ROC (TPR at FPR annotated)", "roc.png"),
     ("Distance distributions", "distances.png"),
     ("Nearest neighbours of 5 random test queries", "neighbours.png"),
@@ -262,7 +263,7 @@ def threshold_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, An
     info = run_threshold_info(run_dir)
     if info is None:
         return [("threshold (validation)", metrics.get("threshold")), ("threshold rule", metrics.get("threshold_rule"))]
-    return threshold_info_rows(info, (run_dir / "threshold.json").is_file())
+    return threshold_info_rows(info, RunDir(run_dir).is_calibrated())
 
 
 def threshold_info_rows(info: dict[str, Any], calibrated: bool = False) -> list[tuple[str, Any]]:
@@ -290,7 +291,7 @@ def _pair(d: dict[str, Any]) -> str | None:
 def run_report(run_dir: Path) -> str:
     from siamkit.thresholds import run_threshold_info
 
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = _read_json(RunDir(run_dir).metrics)
     parts = []
     summary = [
         ("dataset", metrics.get("dataset")), ("trainable parameters", metrics.get("trainable_parameters")),
@@ -310,7 +311,7 @@ def run_report(run_dir: Path) -> str:
         parts.append(f'<p class="note"><b>{html.escape(warning[0].upper() + warning[1:])}.</b></p>')
     parts.append("<h2>Summary</h2>" + html_table(["", "value"], [[k, v] for k, v in summary if v is not None]))
     parts.append(metrics_section(metrics))
-    if (run_dir / "threshold.json").is_file():
+    if RunDir(run_dir).is_calibrated():
         parts.append(
             '<p class="note">VerAcc is at the training threshold (metrics.json); the calibrated threshold '
             "in use and its rates are in the summary above, and the ROC marks its operating point.</p>"
@@ -325,11 +326,11 @@ def run_report(run_dir: Path) -> str:
     parts.append(use_section(run_dir))
     for title, name in RUN_SECTIONS:
         parts.append(f"<h2>{html.escape(title)}</h2>{_img(run_dir / name)}")
-    history = run_dir / "history.csv"
+    history = RunDir(run_dir).history
     if history.is_file():
         rows = list(csv.reader(history.open()))
         parts.append("<h2>History</h2>" + html_table(rows[0], [[_num(v) for v in r] for r in rows[1:]]))
-    config = run_dir / "config.yaml"
+    config = RunDir(run_dir).config
     if config.is_file():
         parts.append(f"<h2>Config</h2><pre>{html.escape(config.read_text())}</pre>")
     return _page(f"siamkit run: {run_dir.name}", parts)
@@ -354,17 +355,18 @@ def is_eval_folder(directory: Path) -> bool:
     with no config of its own."""
     d = Path(directory)
     named = d.name == "eval" or d.name.startswith("eval-")
-    return (d / "metrics.json").is_file() and not (d / "config.yaml").is_file() and named \
-        and (d.parent / "config.yaml").is_file()  # fmt: skip
+    return (
+        RunDir(d).metrics.is_file() and not RunDir(d).config.is_file() and named and RunDir(d.parent).config.is_file()
+    )
 
 
 def eval_report(eval_dir: Path) -> str:
     """The page of an evaluation (``siamkit eval``, ``--as-test`` or not): which run scored what with which
     threshold, the verdict against the baselines, the metrics (small samples marked) and the figures."""
-    metrics = _read_json(eval_dir / "metrics.json")
+    metrics = _read_json(RunDir(eval_dir).metrics)
     run_dir = eval_dir.parent
     info = metrics.get("threshold_info")
-    calibrated = (run_dir / "threshold.json").is_file()
+    calibrated = RunDir(run_dir).is_calibrated()
     how = ("all of it as held-out test data (--as-test): no split, the run's threshold" if metrics.get("as_test")
            else "split as the run's data is, with the run's threshold")  # fmt: skip
     if not isinstance(info, dict) or info.get("threshold") is None:
@@ -423,7 +425,7 @@ def _num(v: str) -> Any:
 
 
 def classify_report(run_dir: Path) -> str:
-    m = _read_json(run_dir / "metrics.json")
+    m = _read_json(RunDir(run_dir).metrics)
     keys = ("blocks", "dataset", "note", "trainable_parameters", "train_seconds", "epochs_run", "best_epoch",
             "best_val_accuracy", "test_accuracy")  # fmt: skip
     parts = ["<h2>Summary</h2>" + html_table(["", "value"], [[k, m.get(k)] for k in keys if m.get(k) is not None])]
@@ -463,8 +465,8 @@ def write_report(directory: str | Path) -> Path:
     d = Path(directory)
     if (d / STUDY_FILE).is_file():
         text = study_report(d)
-    elif (d / "metrics.json").is_file() and (d / "config.yaml").is_file():
-        is_classify = "blocks" in _read_json(d / "metrics.json")
+    elif RunDir(d).is_finished():
+        is_classify = "blocks" in _read_json(RunDir(d).metrics)
         text = classify_report(d) if is_classify else run_report(d)
     elif is_eval_folder(d):
         text = eval_report(d)

@@ -16,10 +16,11 @@ code: ``verify``, ``serve`` and the report read it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from siamkit.rundir import RunDir
 
 DEPLOY_MAX_FAR = 0.05
 """A threshold accepting more than this share of impostors of new people is flagged."""
@@ -115,25 +116,16 @@ def run_threshold_info(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None
     """The provenance of the threshold ``run_dir`` uses: the calibration (``threshold.json``) when there is one,
     else the training threshold's ``threshold_info`` in ``metrics.json``; None when neither says."""
     run = Path(run_dir)
-    cal = read_json_object(run / "threshold.json")
+    cal = RunDir(run).read_calibration()
     if cal is not None and "threshold" in cal:
         info = {k: v for k, v in cal.items() if k != "history"}
         info.setdefault("set_on", info.get("data"))
         return with_warning(info, str(run))
-    metrics = read_json_object(run / "metrics.json")
+    metrics = RunDir(run).read_metrics()
     if metrics is None:
         return None
     saved = metrics.get("threshold_info")
     return with_warning(saved, str(run)) if isinstance(saved, dict) else None
-
-
-def read_json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON object file, or None when missing or unreadable (provenance is information, never a failure)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def decision_info(run_dir: str | os.PathLike[str] | None, given: float | None = None) -> dict[str, Any] | None:

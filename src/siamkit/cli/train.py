@@ -299,12 +299,13 @@ def resume_config(config: str | None, overrides: list[str]) -> tuple[str, list[s
 
     from siamkit.config import load_config, set_key, to_dict
     from siamkit.errors import CheckpointError, ConfigError
+    from siamkit.rundir import RunDir
 
     if config is not None:
         raise ConfigError(f"--resume continues a run with its own saved config; drop {config}")
     probe = load_config(None, overrides)
     run_dir = Path(probe.runs_dir) / probe.name
-    saved = run_dir / "config.yaml"
+    saved = RunDir(run_dir).config
     if not saved.is_file():
         raise CheckpointError(f"nothing to resume: {saved} not found; check --name and --runs-dir")
     base = to_dict(load_config(saved))

@@ -88,8 +88,10 @@ def _ssl_weight_beside(path: Path) -> float:
     """``loss.ssl_weight`` of the run config saved beside a figure (``config.yaml``); 0 without one."""
     import yaml
 
+    from siamkit.rundir import RunDir
+
     try:
-        cfg = yaml.safe_load((Path(path).parent / "config.yaml").read_text())
+        cfg = yaml.safe_load(RunDir(Path(path).parent).config.read_text())
         return float(((cfg or {}).get("loss") or {}).get("ssl_weight") or 0.0)
     except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
         return 0.0

@@ -20,11 +20,10 @@ from siamkit.data.transforms import Preprocess
 from siamkit.errors import CheckpointError
 from siamkit.models.siamese import SiameseNet, build_model
 from siamkit.registry import code_from_files, refuse_code_in
+from siamkit.rundir import FORMAT, RunDir
 
-WEIGHTS = "model.safetensors"
-FORMAT = "siamkit-siamese-v1"
-"""The ``format`` entry of the weights' metadata."""
-CALIBRATION = "threshold.json"
+WEIGHTS = RunDir.WEIGHTS
+CALIBRATION = RunDir.THRESHOLD
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

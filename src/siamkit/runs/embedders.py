@@ -29,9 +29,10 @@ from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError, ConfigError
 from siamkit.files import file_sha256
 from siamkit.registry import refuse_code_in
+from siamkit.rundir import RunDir
 from siamkit.runs.artifact import WEIGHTS, load_run, read_threshold, read_weights
 
-ONNX_FILE = "model.onnx"
+ONNX_FILE = RunDir.ONNX
 ONNX_META_KEY = "siamkit"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from siamkit.errors import CheckpointError
+from siamkit.rundir import RunDir, weights_metadata
 
 PRETRAINED_NAMES = ("dlib-face",)
 PUBLISHED_RULE = "dlib's published threshold"
@@ -49,7 +50,7 @@ def materialise(name: str) -> Path:
     digest = file_sha256(source)
     root = cache_root() / "pretrained"
     target = root / f"{name}-{digest[:12]}"
-    if (target / "config.yaml").is_file():  # written last: a folder with it is complete
+    if RunDir(target).config.is_file():  # written last: a folder with it is complete
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
@@ -58,7 +59,7 @@ def materialise(name: str) -> Path:
         try:
             os.rename(tmp, target)
         except OSError:  # another process got there first: use its folder
-            if not (target / "config.yaml").is_file():
+            if not RunDir(target).config.is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -92,19 +93,17 @@ def _write_dlib_face(folder: Path, source: Path, digest: str) -> None:
     from siamkit.files import atomic_write_bytes, atomic_write_text
     from siamkit.models.dlib_face import DLIB_THRESHOLD, load_dlib_face
     from siamkit.models.siamese import SiameseNet
-    from siamkit.runs.artifact import CALIBRATION, FORMAT, WEIGHTS
 
     cfg = dlib_face_config()
     model = SiameseNet(load_dlib_face(source), embedding_dim=0, normalize=False)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     shape = [3, cfg.data.image_size, cfg.data.image_size]
-    meta = {"format": FORMAT, "config": json.dumps(to_dict(cfg)), "input_shape": json.dumps(shape),
-            "threshold": repr(DLIB_THRESHOLD)}  # fmt: skip
-    atomic_write_bytes(folder / WEIGHTS, st_save(state, metadata=meta))
+    meta = weights_metadata(to_dict(cfg), shape, DLIB_THRESHOLD)
+    atomic_write_bytes(RunDir(folder).weights, st_save(state, metadata=meta))
     calibration = {"threshold": DLIB_THRESHOLD, "rule": PUBLISHED_RULE,
                    "data": "dlib's own report (dlib-models README): the same person when the Euclidean distance is "
                    "below 0.6 (99.38 % on LFW with 100 jitters, 99.13 % without)", "history": []}  # fmt: skip
-    atomic_write_text(folder / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
+    atomic_write_text(RunDir(folder).threshold, json.dumps(calibration, indent=2) + "\n")
     provenance = {
         "name": "dlib-face", "weights": str(source), "sha256": digest,
         "model": "dlib_face_recognition_resnet_model_v1 (Davis King; ResNet, 29 convolutions, 128-d)",
@@ -112,17 +111,15 @@ def _write_dlib_face(folder: Path, source: Path, digest: str) -> None:
                    "data (VGG, FaceScrub, scraped faces) has its own terms",
         "converted_by": "siamkit.models.dlib_face (pure-Python reader of dlib's serialisation)",
     }  # fmt: skip
-    atomic_write_text(folder / "pretrained.json", json.dumps(provenance, indent=2) + "\n")
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(RunDir(folder).pretrained, json.dumps(provenance, indent=2) + "\n")
+    atomic_write_text(RunDir(folder).config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def copy_run(run_dir: Path, out: str | os.PathLike[str]) -> Path:
     """A copy of run folder ``run_dir`` at ``out`` (which must not hold a run yet), for a calibration of its own;
     written beside ``out`` and renamed into place."""
-    from siamkit.runs.artifact import WEIGHTS
-
     target = Path(out)
-    if (target / WEIGHTS).exists():
+    if RunDir(target).weights.exists():
         raise CheckpointError(f"{target} already holds a run; give a new folder to --out, or calibrate {target} "
                               "itself")  # fmt: skip
     if target.exists() and any(target.iterdir()):
@@ -130,7 +127,7 @@ def copy_run(run_dir: Path, out: str | os.PathLike[str]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        for item in ("config.yaml", WEIGHTS, "threshold.json", "pretrained.json", "metrics.json"):
+        for item in RunDir.PORTABLE:
             if (run_dir / item).is_file():
                 shutil.copy2(run_dir / item, tmp / item)
         if target.exists():

@@ -49,7 +49,8 @@ from siamkit.losses.selfsup import SelfSupervised
 from siamkit.models.pretrained import backbone_preset
 from siamkit.models.siamese import SiameseNet, build_model, count_parameters
 from siamkit.recipes import apply_recipe, loss_trait
-from siamkit.runs.artifact import FORMAT, WEIGHTS, LoadedRun, load_run
+from siamkit.rundir import RunDir, weights_metadata
+from siamkit.runs.artifact import LoadedRun, load_run
 from siamkit.thresholds import run_threshold_info, with_warning
 from siamkit.training.batches import BatchSource, ClassBatches, FixedBatches, TupleBatches, table_plan
 from siamkit.training.checkpoint import save_weights
@@ -57,6 +58,7 @@ from siamkit.training.loop import FitData, FitHooks, FitResult, fit
 from siamkit.training.pretrained_start import apply_pretrained_defaults, init_identity_head
 
 log = logging.getLogger(__name__)
+SCORES = RunDir.SCORES  # studies.settings reads it from here (to move to RunDir)
 MAX_TRAIN_EVAL = 10000  # training-set verification metrics use at most this many images
 MAX_MONITOR_IMAGES = 4000  # the per-epoch validation retrieval monitor uses at most this many images
 
@@ -198,20 +200,9 @@ def batch_sources(cfg: RunConfig, loss: SiameseLoss, splits: Splits) -> tuple[Ba
 
 def unique_run_dir(runs_dir: str, name: str) -> Path:
     base = Path(runs_dir) / name
-    if not (base / WEIGHTS).exists() and not (base / "last.pt").exists():
+    if not RunDir(base).weights.exists() and not RunDir(base).state.exists():
         return base
     return next_free(base)
-
-
-def _metadata(cfg: RunConfig, input_shape: tuple[int, int, int], threshold: float | None) -> dict[str, str]:
-    meta = {
-        "format": FORMAT,
-        "config": json.dumps(to_dict(cfg)),
-        "input_shape": json.dumps(input_shape),
-    }
-    if threshold is not None:
-        meta["threshold"] = repr(float(threshold))
-    return meta
 
 
 def train_run(
@@ -242,38 +233,36 @@ def train_run(
     device = dist_device or resolve_device(cfg.train.device)
     out = run_dir or (Path(cfg.runs_dir) / cfg.name if resume else unique_run_dir(cfg.runs_dir, cfg.name))
     out = Path(distributed.broadcast_object(str(out)))  # rank 0's choice: one run directory for all ranks
-    if resume and (out / "last.pt").is_file():
+    run = RunDir(out)
+    if resume and run.state.is_file():
         from siamkit.training.checkpoint import load_state
 
-        load_state(out / "last.pt")  # an unreadable state fails now, before the run folder is touched
-    if resume and not (out / "last.pt").is_file():
+        load_state(run.state)  # an unreadable state fails now, before the run folder is touched
+    if resume and not run.state.is_file():
         if not out.is_dir():
             raise CheckpointError(f"nothing to resume: {out} not found; check --name and --runs-dir")
-        if (out / WEIGHTS).is_file() and not force:
+        if run.weights.is_file() and not force:
             raise CheckpointError(f"{out} is a finished run with no last.pt to resume from, and retraining would "
                                   "overwrite its model: pass --force to retrain it, or use another --name")  # fmt: skip
-    resumable = (out / "last.pt").is_file
+    resumable = run.state.is_file
     with made_folder(out, keep=resumable) if info.is_main else contextlib.nullcontext(out):
         if info.is_main:
-            dump_config(cfg, out / "config.yaml")
+            dump_config(cfg, run.config)
         try:
             metrics = _train_and_evaluate(cfg, prep, model, loss_fn, untrained, device, out, info, resume, on_epoch)
         except BaseException as exc:
             if info.is_main and resumable():
                 _mark_failed(out, exc)
             raise
-    (out / FAILED).unlink(missing_ok=True)
+    run.failed.unlink(missing_ok=True)
     distributed.barrier()  # the run directory is complete before any rank returns
     return {"run_dir": str(out), **metrics}
-
-
-FAILED = "FAILED"
 
 
 def _mark_failed(out: Path, exc: BaseException) -> None:
     """A run that failed after an epoch finished stays (resumable), marked ``FAILED`` with the reason."""
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    atomic_write_text(out / FAILED, f"training stopped: {reason}\nresume with: siamkit train --name {out.name} "
+    atomic_write_text(RunDir(out).failed, f"training stopped: {reason}\nresume with: siamkit train --name {out.name} "
                       f"--runs-dir {out.parent} --resume\n")  # fmt: skip
 
 
@@ -288,11 +277,11 @@ def _train_and_evaluate(
              f"{count_parameters(model):,}", prep.bundle.name, device)  # fmt: skip
 
     def on_best(m: SiameseNet, epoch: int, val: float) -> None:
-        save_weights(m, out / WEIGHTS, _metadata(cfg, prep.input_shape, None))
+        save_weights(m, RunDir(out).weights, weights_metadata(to_dict(cfg), prep.input_shape, None))
 
     data = FitData(prep.preprocess, s.train.images.images, train_source, s.val.images.images, val_source)
     hooks = FitHooks(retrieval_monitor(prep, device), on_best, on_epoch)
-    result = fit(model, loss_fn, cfg.train, data, device, hooks, out / "last.pt", resume, info)
+    result = fit(model, loss_fn, cfg.train, data, device, hooks, RunDir(out).state, resume, info)
     log.info("evaluating the kept model (epoch %d) on validation, test and training images, with the raw-pixel and "
              "untrained baselines…", result.best_epoch)  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=out, untrained=untrained)
@@ -302,12 +291,12 @@ def _train_and_evaluate(
     if info.enabled:
         metrics["world_size"] = info.world_size
     if info.is_main:
-        save_weights(model, out / WEIGHTS, _metadata(cfg, prep.input_shape, metrics["threshold"]))
+        save_weights(model, RunDir(out).weights, weights_metadata(to_dict(cfg), prep.input_shape, metrics["threshold"]))
         _write_history(result, out)
         _write_metrics(metrics, out)
         from siamkit.evaluate import plots
 
-        plots.plot_history(result.history, out / "loss_curve.png", result.best_epoch, result.monitor,
+        plots.plot_history(result.history, RunDir(out).loss_curve, result.best_epoch, result.monitor,
                            ssl_weight=cfg.loss.ssl_weight)  # fmt: skip
         from siamkit.report import write_report
 
@@ -524,9 +513,6 @@ def descriptor_embeddings(images: ImageArray, batch_size: int = 512) -> torch.Te
     return torch.cat(out) if out else torch.empty(0, hog.num_features)
 
 
-SCORES = "scores.npz"
-
-
 def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_images: ImageSet, cfg: RunConfig) -> None:
     """ROC, distance distributions, nearest neighbours of 5 random test queries and a t-SNE map of the test
     embeddings; the pair distances go to ``scores.npz`` (a study overlays its runs' ROC curves from them)."""
@@ -540,7 +526,7 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_ima
     np.savez_compressed(
         buf, **{f"{k}_{f}": getattr(r.pairs, f) for k, r in results.items() for f in ("distances", "labels")}
     )
-    atomic_write_bytes(out / SCORES, buf.getvalue())
+    atomic_write_bytes(RunDir(out).scores, buf.getvalue())
     emb = results["test"].embeddings
     if emb is None or len(emb) < 3:
         return
@@ -566,11 +552,11 @@ def _plots(out: Path, results: dict[str, EvalResult], threshold: float, test_ima
 
 
 def _write_history(result: FitResult, out: Path) -> None:
-    atomic_write_csv(out / "history.csv", list(result.history[0]) if result.history else ["epoch"], result.history)
+    atomic_write_csv(RunDir(out).history, list(result.history[0]) if result.history else ["epoch"], result.history)
 
 
-def _write_metrics(metrics: dict[str, Any], out: Path, name: str = "metrics.json") -> None:
-    atomic_write_text(out / name, json.dumps(metrics, indent=2, default=float) + "\n")
+def _write_metrics(metrics: dict[str, Any], out: Path) -> None:
+    atomic_write_text(RunDir(out).metrics, json.dumps(metrics, indent=2, default=float) + "\n")
 
 
 def evaluate_run(

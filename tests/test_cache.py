@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from siamkit.data import cache as cache_mod
-from siamkit.data import readers
 from siamkit.data.cache import CacheSettings, DiskImages
+from siamkit.data.readers import decode as readers_decode
 from siamkit.data.readers import read_folder
 from siamkit.errors import DataError
 
@@ -42,13 +42,13 @@ def _settings(tmp_path, **kw):
 
 def _count_decodes(monkeypatch):
     calls = []
-    real = readers.decode_file
+    real = readers_decode.decode_file
 
     def counting(path, channels, size):
         calls.append(str(path))
         return real(path, channels, size)
 
-    monkeypatch.setattr(readers, "decode_file", counting)
+    monkeypatch.setattr(readers_decode, "decode_file", counting)
     return calls
 
 
@@ -81,7 +81,7 @@ def test_changed_added_and_removed_files_are_redone_alone(folder, tmp_path, monk
 
 
 def test_a_crash_while_writing_leaves_no_cache_taken_for_complete(folder, tmp_path, monkeypatch):
-    def crash(data, todo, *args):
+    def crash(data, todo, *args, **kwargs):
         with open(data, "r+b") as fh:  # half the rows written, then the process dies
             fh.write(b"\x07" * 1000)
         raise KeyboardInterrupt

@@ -218,7 +218,7 @@ def _locked(directory: Path) -> contextlib.AbstractContextManager[None]:
 
 
 def decode_cached(
-    paths: Sequence[Path], key: str, channels: int | None, size: tuple[int, int] | None, skip_bad: bool,
+    paths: Sequence[Path], key: str, channels: int | None, size: tuple[int, int] | None, skip_bad: bool, *,
     settings: CacheSettings, decode: Decoder, resolve: Callable[[], tuple[int | None, tuple[int, int] | None]],
 ) -> Cached | None:  # fmt: skip
     """The decoded ``paths`` from the cache entry of ``key``, building or updating it first. ``resolve()`` gives
@@ -239,7 +239,9 @@ def decode_cached(
             channels, size = resolve()
         if channels is None or size is None:
             return None
-        manifest = _build(entry, paths, stamps, channels, size, skip_bad, settings, decode, old)
+        manifest = _build(
+            entry, paths, stamps, channels, size, skip_bad=skip_bad, settings=settings, decode=decode, old=old
+        )
         return _open(entry, manifest, settings)
 
 
@@ -303,7 +305,7 @@ def _open(entry: Path, manifest: dict[str, Any], settings: CacheSettings) -> Cac
 
 def _build(
     entry: Path, paths: Sequence[Path], stamps: Sequence[tuple[int, int] | None], channels: int,
-    size: tuple[int, int], skip_bad: bool, settings: CacheSettings, decode: Decoder, old: dict[str, Any] | None,
+    size: tuple[int, int], *, skip_bad: bool, settings: CacheSettings, decode: Decoder, old: dict[str, Any] | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write a new cache file and manifest for ``paths``: rows of files unchanged since ``old`` are copied from
     its file, the others decoded by the worker pool. Both renamed into place, the manifest last."""
@@ -337,7 +339,7 @@ def _build(
             added, removed = len(now - before), len(before - now)
             log.info("image cache %s: %d files added, %d removed, %d changed; %d rows reused, %d decoded", entry,
                      added, removed, len(todo) - added, copied, len(todo))  # fmt: skip
-        bad = _decode_parallel(tmp, todo, channels, size, row_bytes, settings, decode)
+        bad = _decode_parallel(tmp, todo, channels, size, row_bytes, settings=settings, decode=decode)
         if bad and not skip_bad:
             raise DataError(bad[min(bad)])
         kept_rows = [r for r in range(n) if r not in bad]
@@ -393,7 +395,7 @@ def _compact(fd: int, kept_rows: list[int], row_bytes: int) -> None:
 
 
 def _decode_parallel(
-    data: str, todo: list[tuple[int, str]], channels: int, size: tuple[int, int], row_bytes: int,
+    data: str, todo: list[tuple[int, str]], channels: int, size: tuple[int, int], row_bytes: int, *,
     settings: CacheSettings, decode: Decoder,
 ) -> dict[int, str]:  # fmt: skip
     """Decode ``todo`` (row, path) into ``data`` with the worker pool; returns {row: error} of the unreadable."""

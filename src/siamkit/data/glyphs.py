@@ -204,7 +204,7 @@ def folder_name(char: str) -> str:
 
 def write_glyph_folders(
     root: str | os.PathLike[str], per_class: int = 20, size: int = 32, max_characters: int = 40,
-    seed: int = 0, font_dirs: Iterable[str | os.PathLike[str]] = FONT_DIRS, style: GlyphStyle | None = None,
+    seed: int = 0, *, font_dirs: Iterable[str | os.PathLike[str]] = FONT_DIRS, style: GlyphStyle | None = None,
     scripts: Sequence[tuple[str, tuple[tuple[int, int], ...]]] = SCRIPTS,
 ) -> dict[str, int]:  # fmt: skip
     """Write ``root/<script>/<character>/<n>.png`` (``per_class`` instances each) and return the counts

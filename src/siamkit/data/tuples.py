@@ -127,7 +127,7 @@ def _all_impostors(index: ClassIndex) -> np.ndarray:
 
 
 def _distinct_draw(
-    n: int, total: int, enumerate_all: Callable[[], np.ndarray], draw: Callable[[int], np.ndarray],
+    n: int, total: int, enumerate_all: Callable[[], np.ndarray], draw: Callable[[int], np.ndarray], *,
     size: int, rng: np.random.Generator,
 ) -> np.ndarray:  # fmt: skip
     """``n`` distinct unordered pairs out of ``total`` possible ones: every pair when ``total ≤ n``, a random
@@ -176,8 +176,8 @@ def distinct_pairs(labels: np.ndarray, n_pos: int, n_neg: int, rng: np.random.Ge
         a = rng.integers(0, n, m)
         return np.stack([a, index.negatives(a, rng)], 1)
 
-    pos = _distinct_draw(n_pos, n_genuine, lambda: _all_genuine(index), draw_pos, n, rng)
-    neg = _distinct_draw(n_neg, n_impostor, lambda: _all_impostors(index), draw_neg, n, rng)
+    pos = _distinct_draw(n_pos, n_genuine, lambda: _all_genuine(index), draw_pos, size=n, rng=rng)
+    neg = _distinct_draw(n_neg, n_impostor, lambda: _all_impostors(index), draw_neg, size=n, rng=rng)
     tags = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
     return TupleTable(np.concatenate([pos, neg]), tags)
 

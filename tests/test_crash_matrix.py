@@ -18,6 +18,7 @@ import pytest
 from siamkit.errors import DataError
 from siamkit.files import made_folder
 from siamkit.index import gallery as gallery_mod
+from siamkit.index import store
 from siamkit.index.gallery import Gallery, locked
 
 CUT = 77
@@ -67,10 +68,9 @@ def _install_cuts(cut_at: int) -> list[int]:
 
     os.replace = wrap(os.replace, "replace")  # type: ignore[assignment]
     os.rename = wrap(os.rename, "rename")  # type: ignore[assignment]
-    if hasattr(gallery_mod, "exchange_folders"):
-        gallery_mod.exchange_folders = wrap(gallery_mod.exchange_folders, "swap")
-    connect = gallery_mod.connect
-    gallery_mod.connect = lambda d: _Commits(connect(d), step)  # type: ignore[assignment,return-value]
+    gallery_mod.exchange_folders = wrap(gallery_mod.exchange_folders, "swap")  # a rebuild's folder swap
+    connect = store.connect  # every commit's transaction (siamkit.index.store.write_commit)
+    store.connect = lambda d: _Commits(connect(d), step)  # type: ignore[assignment,return-value]
     try:
         from qdrant_client import QdrantClient
 

@@ -16,7 +16,7 @@ from siamkit.cli import main
 from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.index import Gallery
-from siamkit.index import gallery as gallery_mod
+from siamkit.index import store
 from siamkit.index.gallery import locked
 
 
@@ -139,8 +139,8 @@ def test_a_crash_during_commit_leaves_the_previous_gallery(tmp_path, monkeypatch
     g.save()
     g.add(np.ones((1, 4), np.float32), ["e"], [None])
     g.remove([0])
-    real = gallery_mod.connect
-    monkeypatch.setattr(gallery_mod, "connect", lambda d: _FailingCommit(real(d)))
+    real = store.connect
+    monkeypatch.setattr(store, "connect", lambda d: _FailingCommit(real(d)))
     with pytest.raises(OSError):
         g.save()  # the edit's transaction is rolled back
     monkeypatch.undo()
@@ -149,7 +149,7 @@ def test_a_crash_during_commit_leaves_the_previous_gallery(tmp_path, monkeypatch
     # a crash while compacting: the new base file is written, the transaction naming it is not
     reopened.add(np.ones((1, 4), np.float32), ["e"], [None])
     reopened.save()
-    monkeypatch.setattr(gallery_mod, "connect", lambda d: _FailingCommit(real(d)))
+    monkeypatch.setattr(store, "connect", lambda d: _FailingCommit(real(d)))
     with pytest.raises(OSError):
         reopened.compact()
     monkeypatch.undo()
@@ -176,7 +176,7 @@ def test_edits_cost_what_they_change(tmp_path):
     g.remove([5])
     g.save()
     assert (index_file.stat().st_mtime_ns, (tmp_path / "g" / "gallery.json").stat().st_mtime_ns) == before
-    con = gallery_mod.connect(tmp_path / "g")
+    con = store.connect(tmp_path / "g")
     assert con.execute("SELECT op, id FROM log ORDER BY seq").fetchall() == [("add", 3000), ("remove", 5)]
     con.close()
 

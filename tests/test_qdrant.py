@@ -11,6 +11,7 @@ import pytest
 from siamkit.cli import main
 from siamkit.errors import CheckpointError, DataError
 from siamkit.index import Gallery
+from siamkit.index.metrics import qdrant_distance
 from siamkit.index.qdrant import QdrantGallery, migrate
 
 pytest.importorskip("qdrant_client")
@@ -155,7 +156,7 @@ def test_a_killed_builds_collection_is_dropped_by_the_next_build(tmp_path):
     client = qmod._client(f"local:{tmp_path / 'db'}")
     stray = "mine-deadbeef"  # what kill -9 between create_collection and the sidecar leaves: a collection, a note
     client.create_collection(
-        stray, vectors_config=qmod._models().VectorParams(size=8, distance=qmod._metric("euclidean"))
+        stray, vectors_config=qmod._models().VectorParams(size=8, distance=qdrant_distance(qmod._models(), "euclidean"))
     )
     (tmp_path / "g" / qmod.PENDING).write_text(stray + "\n")
     assert len(Gallery.open(tmp_path / "g")) == 12  # the folder's gallery is untouched by the note

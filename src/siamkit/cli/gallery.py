@@ -89,8 +89,9 @@ def _build(args: argparse.Namespace) -> None:
 
     names = ("m", "ef_construction", "ef_search", "nlist", "nprobe")
     options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    r = ops.build(args.run_dir, args.images, args.out, args.kind, options, model_source(args), _progress(args),
-                  args.skip_bad, args.overwrite, backend_url=args.backend_url, collection=args.collection)  # fmt: skip
+    r = ops.build(args.run_dir, args.images, args.out, args.kind, options=options, backend=model_source(args),
+                  progress=_progress(args), skip_bad=args.skip_bad, overwrite=args.overwrite,
+                  backend_url=args.backend_url, collection=args.collection)  # fmt: skip
     text = f"gallery {r['directory']}: {r['added']} images embedded ({r['index']['kind']} index, {r['metric']})"
     emit(r, args.format, text + _skipped(r))
 
@@ -98,8 +99,8 @@ def _build(args: argparse.Namespace) -> None:
 def _add(args: argparse.Namespace) -> None:
     from siamkit.index import ops
 
-    r = ops.add(args.gallery_dir, args.images, args.label, args.run_dir, model_source(args), _progress(args),
-                args.skip_bad)  # fmt: skip
+    r = ops.add(args.gallery_dir, args.images, args.label, args.run_dir, backend=model_source(args),
+                progress=_progress(args), skip_bad=args.skip_bad)  # fmt: skip
     ids = r["added_ids"]
     span = f"ids {ids[0]}–{ids[-1]}" if ids else "nothing"
     emit(r, args.format, f"gallery {r['directory']}: added {len(ids)} ({span}); size {r['size']}" + _skipped(r))
@@ -146,8 +147,8 @@ def _info(args: argparse.Namespace) -> None:
 def _search(args: argparse.Namespace) -> None:
     from siamkit.index import ops
 
-    r = ops.search(args.gallery_dir, args.queries, args.k, args.run_dir, model_source(args), args.figure,
-                   args.figure_style)  # fmt: skip
+    r = ops.search(args.gallery_dir, args.queries, args.k, args.run_dir, backend=model_source(args),
+                   figure=args.figure, figure_style=args.figure_style)  # fmt: skip
     mark = {True: "match", False: "     ", None: "     "}
     lines = []
     for res in r["results"]:

@@ -11,7 +11,7 @@ import numpy as np
 from siamkit.data.images import load_image
 from siamkit.errors import ConfigError, DataError
 from siamkit.evaluate import plots
-from siamkit.index.gallery import Gallery, Hit
+from siamkit.index.protocol import Gallery, Hit
 
 FIGURE_STYLES = ("grid", "hub")
 MAX_FIGURE_QUERIES = 5
@@ -22,7 +22,7 @@ HIT_CAPTIONS = {
 
 
 def neighbours_figure(
-    gallery: Gallery, queries: Sequence[tuple[str, str | None]], hits: Sequence[Sequence[Hit]], path: Path,
+    gallery: Gallery, queries: Sequence[tuple[str, str | None]], hits: Sequence[Sequence[Hit]], path: Path, *,
     style: str = "grid", threshold: float | None = None,
 ) -> Path:  # fmt: skip
     """Draw the first ``MAX_FIGURE_QUERIES`` queries (the title says so when there are more). Each hit is labelled
@@ -58,7 +58,7 @@ def neighbours_figure(
     right, decisions = (correct if known else None), (accepted if decided else None)
     titles = [f"query: {lab}" if lab is not None else f"query: {Path(p).name}"[:28] for p, lab in queries]
     states = plots.frame_states(right, decisions, correct.shape)
-    title = figure_title(style, k, len(queries), total, threshold if decided else None, states)
+    title = figure_title(style, k, len(queries), total, threshold=threshold if decided else None, states=states)
     if style == "hub":
         origin = -1.0 if gallery.metric == "cosine_similarity" else 0.0  # a negated similarity starts at -1
         origin = min(origin, float(distances.min()))
@@ -82,7 +82,7 @@ def decision_threshold(hits: Sequence[Sequence[Hit]], threshold: float | None) -
 
 
 def figure_title(
-    style: str, k: int, drawn: int, total: int, threshold: float | None, states: np.ndarray
+    style: str, k: int, drawn: int, total: int, *, threshold: float | None, states: np.ndarray
 ) -> str:  # fmt: skip
     """A search figure's title: what it shows, the threshold and what the frames mean, and — when fewer queries are
     drawn than were searched — ``first N of M queries drawn``."""

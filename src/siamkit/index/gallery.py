@@ -1,5 +1,6 @@
-"""A persisted, searchable gallery: a faiss index of embeddings, its items (ids, paths, labels) in a small SQLite
-database, and what embedded them (the SHA-256 of the model, dimension, metric, normalisation, index options).
+"""The faiss gallery (:class:`FaissGallery`, the ``faiss`` backend of :class:`~siamkit.index.protocol.Gallery`): a
+faiss index of embeddings, its items (ids, paths, labels) in a small SQLite database, and what embedded them (the
+SHA-256 of the model, dimension, metric, normalisation, index options).
 
 On disk (``GALLERY_DIR/``)::
 
@@ -22,85 +23,71 @@ sibling folder ``.<name>.new-<id>`` and swaps the two folders in one atomic step
 (:func:`~siamkit.files.exchange_folders`): a crash leaves the old gallery or the new one, whole. Leftovers of a
 crash (temp files, staged folders) are removed by the next write.
 
-Distances are those of the run's ``eval.distance`` as ``verify`` uses them (smaller = closer): ``euclidean``
-(L2 index, square root taken), ``squared_euclidean``, ``cosine`` (1 − cos, inner product of L2-normalised
-vectors) and ``cosine_similarity`` (reported negated, like the verification threshold).
+Distances are those of the run's ``eval.distance`` as ``verify`` uses them (smaller = closer), kept in the index
+as :mod:`siamkit.index.metrics` says. The pieces live apart: the faiss index kinds in
+:mod:`~siamkit.index.faiss_index`, the database and its edit log in :mod:`~siamkit.index.store`, the folder and
+its sidecar in :mod:`~siamkit.index.folder`, older formats' conversion in :mod:`~siamkit.index.migration`; this
+module holds the gallery that ties them together, with its delta-merge search.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import re
 import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from siamkit.errors import CheckpointError, ConfigError, DataError
-from siamkit.files import atomic_write_bytes, atomic_write_text, exchange_folders, locked_file, recover_swap
-from siamkit.registry import Registry, code_from_files
+from siamkit.errors import ConfigError, DataError
+from siamkit.files import atomic_write_bytes, atomic_write_text, exchange_folders, recover_swap
+from siamkit.index.faiss_index import (
+    INDEX_KINDS,
+    faiss_module,
+    index_options,
+    new_index,
+    search_params,
+    set_search_params,
+)
+from siamkit.index.folder import (
+    FORMAT,
+    FORMAT_V1,
+    SIDECAR,
+    STATIC_KEYS,
+    locked,
+    model_meta,
+    remove_leftovers,
+    retire_folder,
+)
+from siamkit.index.metrics import higher_is_closer
+from siamkit.index.migration import migrate_v1
+from siamkit.index.protocol import BACKENDS, Gallery, Hit, Item
+from siamkit.index.store import (
+    DATABASE,
+    Commit,
+    LogRow,
+    Stamp,
+    connect,
+    connect_read,
+    disk_stamp,
+    read_items,
+    read_log,
+    read_state,
+    stamp_of,
+    write_commit,
+)
 
-FORMAT = "siamkit-gallery-v2"
-FORMAT_V1 = "siamkit-gallery-v1"
-DATABASE = "gallery.db"
+__all__ = [  # with the names callers imported from here before the split (protocol, folder, store, faiss_index)
+    "FaissGallery", "Gallery", "Hit", "Item", "Items", "connect", "index_options", "locked", "new_index",
+    "set_search_params",
+]  # fmt: skip
 TOMBSTONE_LIMIT = 1024
 """More removed base items than this and the next commit compacts (a search over-fetches by their number)."""
-UPLOADS = "uploads"
-SIDECAR = "gallery.json"
-INDEX_KINDS = ("flat", "hnsw", "ivf")
-IP_METRICS = ("cosine", "cosine_similarity")
-L2_METRICS = ("euclidean", "squared_euclidean")
-log = logging.getLogger(__name__)
-BACKENDS: Registry[Any] = Registry("gallery backend", providers=("siamkit.index.qdrant",))
-"""Galleries kept elsewhere than in a faiss index of the folder: ``name`` → a class with ``create_on(directory,
-model, url, collection, overwrite)`` and ``open_folder(directory, static)`` (``gallery.json`` names the backend)."""
-DEFAULT_OPTIONS: dict[str, dict[str, int]] = {
-    "flat": {},
-    "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64},
-    "ivf": {"nlist": 1024, "nprobe": 16},
-}
-
-
-def _faiss() -> Any:
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
-    try:
-        import faiss
-    except ImportError:
-        raise ConfigError("galleries need faiss: pip install 'siamkit[serve]' (or faiss-cpu)") from None
-    return faiss
-
-
-@dataclass(frozen=True)
-class Item:
-    """One gallery entry: its id, the image it came from (absolute, or relative to the gallery folder for
-    uploads) and its label (``None`` when unknown)."""
-
-    id: int
-    path: str
-    label: str | None
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result; ``match``: the distance is within the model's verification threshold (``None`` when the
-    run saved no threshold) — the identification decision "this is the gallery item's identity"."""
-
-    rank: int
-    id: int
-    distance: float
-    label: str | None
-    path: str
-    match: bool | None = None
-    """Within the verification threshold — the model's decision "this is the gallery item's identity", which may be
-    wrong: compare ``label``."""
 
 
 class Items(MutableMapping[int, Item]):
@@ -130,93 +117,13 @@ class Items(MutableMapping[int, Item]):
         return item_id in self._rows
 
 
-def index_options(kind: str, options: dict[str, Any] | None = None) -> dict[str, int]:
-    """Defaults of ``kind`` updated by ``options``; unknown option names are an error."""
-    if kind not in INDEX_KINDS:
-        raise ConfigError(f"unknown index kind {kind!r}; use one of {', '.join(INDEX_KINDS)}")
-    merged = dict(DEFAULT_OPTIONS[kind])
-    for key, value in (options or {}).items():
-        if key not in merged:
-            allowed = ", ".join(merged) or "none"
-            raise ConfigError(f"index option {key!r} does not apply to a {kind} index (options: {allowed})")
-        if int(value) < 1:
-            raise ConfigError(f"index option {key}={value}: must be a positive integer")
-        merged[key] = int(value)
-    return merged
-
-
-def new_index(kind: str, dim: int, metric: str, options: dict[str, int]) -> Any:
-    """An empty faiss index that takes ids: IDMap2 over Flat or HNSW; IVF-Flat with a hash-table direct map (so
-    items can be removed and reconstructed by id)."""
-    faiss = _faiss()
-    fm = faiss.METRIC_INNER_PRODUCT if metric in IP_METRICS else faiss.METRIC_L2
-    if kind == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlat(dim, fm))
-    if kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, options["m"], fm)
-        inner.hnsw.efConstruction = options["ef_construction"]
-        return faiss.IndexIDMap2(inner)
-    quantizer = faiss.IndexFlat(dim, fm)
-    index = faiss.IndexIVFFlat(quantizer, dim, options["nlist"], fm)
-    index.own_fields = True
-    quantizer.this.disown()  # the IVF index now owns and frees its quantizer
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    return index
-
-
-def set_search_params(index: Any, kind: str, options: dict[str, int]) -> None:
-    faiss = _faiss()
-    if kind == "hnsw":
-        faiss.downcast_index(index.index).hnsw.efSearch = options["ef_search"]
-    elif kind == "ivf":
-        index.nprobe = options["nprobe"]
-
-
-STATIC_KEYS = ("format", "model_hash", "run_dir", "input_shape", "dim", "metric", "normalized", "threshold", "index")
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value)",
-    "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, label TEXT)",
-    "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, id INTEGER NOT NULL, "
-    "vector BLOB)",
-)
-
-
-def connect(directory: Path) -> sqlite3.Connection:
-    """The gallery's database (WAL journal: readers never wait for a writer; a killed writer leaves the last
-    committed transaction). Transactions are explicit (``BEGIN IMMEDIATE`` … ``COMMIT``)."""
-    con = sqlite3.connect(directory / DATABASE, timeout=60, isolation_level=None)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def connect_read(directory: Path) -> sqlite3.Connection:
-    """The database for reading: as :func:`connect`, or — on a read-only mount, where SQLite can make neither
-    its journal nor its lock files — opened immutable (nothing there can change it)."""
-    try:
-        return connect(directory)
-    except sqlite3.OperationalError:
-        if os.access(directory, os.W_OK):
-            raise
-    uri = f"{(directory / DATABASE).resolve().as_uri()}?immutable=1"
-    return sqlite3.connect(uri, uri=True, isolation_level=None)
-
-
-def _state(con: sqlite3.Connection) -> dict[str, Any]:
-    try:
-        return dict(con.execute("SELECT key, value FROM state").fetchall())
-    except sqlite3.DatabaseError:
-        return {}
-
-
-class Gallery:
-    """Embeddings with ids, paths and labels, searchable by nearest neighbour. Create with :meth:`create`, open
-    with :meth:`open`; :meth:`add` / :meth:`remove` change it in memory and :meth:`save` commits them (one
+@BACKENDS.register("faiss")
+class FaissGallery(Gallery):
+    """A gallery in a faiss index of its folder (see the module's description). Create with :meth:`create`, open
+    with :meth:`Gallery.open`; :meth:`add` / :meth:`remove` change it in memory and :meth:`save` commits them (one
     transaction, costing what changed); :meth:`compact` folds the edits into a new base index."""
+
+    items: Items
 
     def __init__(self, directory: Path, meta: dict[str, Any], base: Any, items: Items, fresh: bool = False):
         self.directory = directory
@@ -234,7 +141,7 @@ class Gallery:
         set_search_params(base, meta["index"]["kind"], meta["index"]["options"])
         self.stamp = self._stamp()
 
-    def _stamp(self) -> tuple[str, int, int]:
+    def _stamp(self) -> Stamp:
         return (str(self.meta.get("uid", "")), int(self.meta["generation"]), int(self.meta["seq"]))
 
     def _empty_delta(self) -> Any:
@@ -245,30 +152,16 @@ class Gallery:
         """The base faiss index (the edits since it was written are in ``delta`` and ``removed``)."""
         return self.base
 
-    def _disk_stamp(self) -> tuple[str, int, int] | None:
-        if not (self.directory / DATABASE).is_file():
-            return None
-        con = connect_read(self.directory)
-        try:
-            st = _state(con)
-        finally:
-            con.close()
-        return self._stamp_of(st)
-
-    @staticmethod
-    def _stamp_of(state: dict[str, Any]) -> tuple[str, int, int]:
-        return (str(state.get("uid", "")), int(state.get("generation", 0)), int(state.get("seq", 0)))
-
     def is_stale(self) -> bool:
         """True when another process has committed a change since this one was opened, refreshed or saved."""
-        return self._disk_stamp() != self.stamp
+        return disk_stamp(self.directory) != self.stamp
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
     def create(
         cls, directory: str | os.PathLike[str], model: dict[str, Any], kind: str = "flat",
         options: dict[str, Any] | None = None, overwrite: bool = False,
-    ) -> Gallery:  # fmt: skip
+    ) -> FaissGallery:  # fmt: skip
         """An empty gallery for the model described by ``model`` (``Model.describe()``: model_hash, run_dir,
         input_shape, embedding_dim, distance, threshold). Nothing is written until :meth:`save`."""
         directory = Path(directory)
@@ -276,70 +169,31 @@ class Gallery:
         if (directory / SIDECAR).exists() and not overwrite:
             raise DataError(f"{directory}: a gallery exists there; use index add, or pass --overwrite to rebuild it")
         opts = index_options(kind, options)
-        dim = int(model["embedding_dim"])
-        meta = {
-            "format": FORMAT, "model_hash": model["model_hash"], "run_dir": model["run_dir"],
-            "input_shape": list(model["input_shape"]), "dim": dim, "metric": model["distance"],
-            "normalized": model["distance"] in IP_METRICS, "threshold": model.get("threshold"),
-            "index": {"kind": kind, "options": opts}, "generation": 0, "index_file": None, "next_id": 0,
-            "base_seq": 0, "seq": 0, "uid": uuid.uuid4().hex,
-        }  # fmt: skip
-        return cls(directory, meta, new_index(kind, dim, meta["metric"], opts), Items(), fresh=True)
+        meta = {**model_meta(model, {"kind": kind, "options": opts}), "generation": 0, "index_file": None,
+                "next_id": 0, "base_seq": 0, "seq": 0, "uid": uuid.uuid4().hex}  # fmt: skip
+        return cls(directory, meta, new_index(kind, meta["dim"], meta["metric"], opts), Items(), fresh=True)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str]) -> Gallery:
-        """The committed gallery in ``directory``: its base index with the logged edits replayed."""
-        directory = Path(directory)
-        recover_swap(directory)
+    def open_folder(cls, directory: Path, static: dict[str, Any]) -> FaissGallery:
+        """The committed gallery in ``directory`` (its sidecar ``static``): its base index with the logged edits
+        replayed. A version-1 gallery is converted first."""
         sidecar = directory / SIDECAR
-        if not sidecar.is_file():
-            raise DataError(f"{directory}: not a gallery (no {SIDECAR}); build one with: siamkit index build RUN_DIR "
-                            f"IMAGES... --out {directory}")  # fmt: skip
-        try:
-            static = json.loads(sidecar.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{sidecar}: unreadable sidecar ({exc}); rebuild the gallery") from None
-        if not isinstance(static, dict):
-            raise DataError(f"{sidecar}: not a gallery sidecar; rebuild the gallery")
-        backend = static.get("backend")
-        if isinstance(backend, dict) and static.get("format") == FORMAT:  # kept in a vector database
-            with code_from_files(str(sidecar)):  # a backend named by the file is a registered one, never code
-                backend_class: Any = BACKENDS.get(str(backend.get("kind")))
-            opened: Gallery = backend_class.open_folder(directory, static)
-            return opened
         if static.get("format") == FORMAT_V1:
-            static = _migrate_v1(directory, static)
+            static = migrate_v1(directory, static)
         if static.get("format") != FORMAT:
             raise DataError(f"{sidecar}: format {static.get('format')!r} is not {FORMAT}; rebuild the gallery")
         _check_static(sidecar, static)
-        if not (directory / DATABASE).is_file():
-            raise DataError(f"{directory}: {DATABASE} is missing; rebuild the gallery")
-        try:
-            con = connect_read(directory)
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"{directory / DATABASE}: unreadable gallery database ({exc}); rebuild the gallery") \
-                from None  # fmt: skip
-        try:
-            try:
-                st = _state(con)
-                items = Items(con.execute("SELECT id, path, label FROM items").fetchall())
-                rows = con.execute("SELECT seq, op, id, vector FROM log WHERE seq > ? ORDER BY seq",
-                                   (int(st.get("base_seq", 0)),)).fetchall()  # fmt: skip
-            except sqlite3.DatabaseError as exc:
-                raise DataError(f"{directory / DATABASE}: unreadable gallery database ({exc}); rebuild the gallery") \
-                    from None  # fmt: skip
-        finally:
-            con.close()
+        state, items, rows = _read_database(directory)
         meta = {k: static[k] for k in STATIC_KEYS if k in static}
-        meta.update({"generation": int(st.get("generation", 0)), "index_file": st.get("base_file"),
-                     "next_id": int(st.get("next_id", 0)), "base_seq": int(st.get("base_seq", 0)),
-                     "seq": int(st.get("seq", 0)), "uid": str(st.get("uid", ""))})  # fmt: skip
+        meta.update({"generation": int(state.get("generation", 0)), "index_file": state.get("base_file"),
+                     "next_id": int(state.get("next_id", 0)), "base_seq": int(state.get("base_seq", 0)),
+                     "seq": int(state.get("seq", 0)), "uid": str(state.get("uid", ""))})  # fmt: skip
         if meta["index_file"] is None:
             base = new_index(meta["index"]["kind"], meta["dim"], meta["metric"], meta["index"]["options"])
         else:
             path = directory / meta["index_file"]
             try:
-                base = _faiss().read_index(str(path))
+                base = faiss_module().read_index(str(path))
             except RuntimeError as exc:
                 raise DataError(f"{path}: unreadable faiss index ({str(exc).splitlines()[0]}); rebuild the gallery") \
                     from None  # fmt: skip
@@ -352,7 +206,7 @@ class Gallery:
             )
         return gallery
 
-    def _replay(self, rows: Sequence[tuple[int, str, int, bytes | None]]) -> None:
+    def _replay(self, rows: Sequence[LogRow]) -> None:
         """Apply logged edits (``seq, op, id, vector``) to the in-memory delta and removed set."""
         added: dict[int, bytes] = {}
         for _, op, item_id, vector in rows:
@@ -381,15 +235,14 @@ class Gallery:
             return Gallery.open(self.directory)  # gone or rebuilt: open says which, in one line
         con = connect_read(self.directory)
         try:
-            st = _state(con)  # one read of the state: unchanged, new log rows, or another base
-            if self._stamp_of(st) == self.stamp:
+            st = read_state(con)  # one read of the state: unchanged, new log rows, or another base
+            if stamp_of(st) == self.stamp:
                 return self
-            if self._stamp_of(st)[:2] != self.stamp[:2] or self.pending:
+            if stamp_of(st)[:2] != self.stamp[:2] or self.pending:
                 rows = None
             else:
-                rows = con.execute("SELECT seq, op, id, vector FROM log WHERE seq > ? ORDER BY seq",
-                                   (self.meta["seq"],)).fetchall()  # fmt: skip
-                found = Items(con.execute("SELECT id, path, label FROM items WHERE id >= ?", (self.meta["next_id"],)))
+                rows = read_log(con, self.meta["seq"])
+                found = Items(read_items(con, self.meta["next_id"]))
         finally:
             con.close()
         if rows is None:
@@ -412,44 +265,15 @@ class Gallery:
         """Searchable vectors: the base's, less the removed, plus the delta's (equals ``len(self)``)."""
         return int(self.base.ntotal) - len(self.removed) + int(self.delta.ntotal)
 
-    @property
-    def kind(self) -> str:
-        return str(self.meta["index"]["kind"])
-
-    @property
-    def metric(self) -> str:
-        return str(self.meta["metric"])
-
-    @property
-    def model_hash(self) -> str:
-        return str(self.meta["model_hash"])
-
     def describe(self) -> dict[str, Any]:
-        keys = ("model_hash", "run_dir", "dim", "metric", "normalized", "index", "generation")
-        return {"directory": str(self.directory), "size": len(self), **{k: self.meta[k] for k in keys},
-                "pending_edits": len(self.delta_ids) + len(self.removed)}  # fmt: skip
+        return {**super().describe(), "pending_edits": len(self.delta_ids) + len(self.removed)}
 
-    def check_model(self, model: dict[str, Any]) -> None:
-        """Refuse a model other than the one the gallery was built with (its embeddings are not comparable)."""
-        if model["model_hash"] != self.model_hash:
-            raise CheckpointError(
-                f"{self.directory}: the gallery was built with model {self.model_hash[:12]} (run "
-                f"{self.meta['run_dir']}) but the model given is {model['model_hash'][:12]} (run {model['run_dir']}); "
-                "search with the gallery's run, or rebuild the gallery with this model (siamkit index build)"
-            )
-        if int(model["embedding_dim"]) != self.meta["dim"]:  # pragma: no cover - implied by the hash
-            raise CheckpointError(f"{self.directory}: embedding size {model['embedding_dim']} != {self.meta['dim']}")
+    def vector(self, item_id: int) -> np.ndarray:
+        """The stored vector ``(D,)`` of an item, read back from the index that holds it (the base or the delta)."""
+        index = self.delta if item_id in self.delta_ids else self.base
+        return np.asarray(index.reconstruct(int(item_id)), np.float32)
 
     # ---- changes ------------------------------------------------------------------------------------------
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.meta["dim"]:
-            raise DataError(f"vectors must be (N, {self.meta['dim']}), got {x.shape}")
-        if self.meta["normalized"]:
-            x = x.copy()
-            _faiss().normalize_L2(x)
-        return x
-
     def peek_next_id(self) -> int:
         """The id the next added item will get (the service names an upload after it before adding it)."""
         return int(self.meta["next_id"])
@@ -460,7 +284,7 @@ class Gallery:
             raise ValueError("vectors, paths and labels differ in length")
         if not len(vectors):
             return []
-        x = self._prepare(vectors)
+        x = self.prepare(vectors)
         if self.kind == "ivf" and not self.base.is_trained:
             nlist = self.meta["index"]["options"]["nlist"]
             if len(x) + self.delta.ntotal < nlist:
@@ -524,51 +348,29 @@ class Gallery:
             folded = self._folded()
             generation += 1
             name = f"index-{generation:06d}.faiss"
-            atomic_write_bytes(self.directory / name, _faiss().serialize_index(folded).tobytes())
-        con = connect(self.directory)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in SCHEMA:
-                    con.execute(statement)
-                if self.fresh:  # an overwritten gallery starts from nothing
-                    for table in ("items", "log", "state"):
-                        con.execute(f"DELETE FROM {table}")
-                elif self._stamp_of(_state(con)) != self.stamp:
-                    raise CheckpointError(f"{self.directory}: changed by another process since it was opened; "
-                                          "open it again (edit under siamkit.index.gallery.locked)")  # fmt: skip
-                adds = [(i, p, lab) for op, i, _, p, lab in self.pending if op == "add"]
-                con.executemany("INSERT INTO items (id, path, label) VALUES (?, ?, ?)", adds)
-                gone = [(i,) for op, i, *_ in self.pending if op == "remove"]
-                con.executemany("DELETE FROM items WHERE id = ?", gone)
-                if not compact:
-                    con.executemany("INSERT INTO log (op, id, vector) VALUES (?, ?, ?)",
-                                    [(op, i, vec) for op, i, vec, _, _ in self.pending])  # fmt: skip
-                seq = max(int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()[0]), self.meta["seq"])
-                if compact:
-                    con.execute("DELETE FROM log")
-                state = {"generation": generation, "base_file": name, "seq": seq, "next_id": self.meta["next_id"],
-                         "base_seq": seq if compact else self.meta["base_seq"], "uid": self.meta["uid"]}  # fmt: skip
-                con.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items())
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        finally:
-            con.close()
+            atomic_write_bytes(self.directory / name, faiss_module().serialize_index(folded).tobytes())
+        commit = Commit(generation=generation, base_file=name, next_id=self.meta["next_id"],
+                        base_seq=self.meta["base_seq"], seq=self.meta["seq"], uid=self.meta["uid"])  # fmt: skip
+        state = write_commit(self.directory, self.pending, commit, compact=compact,
+                             expect=None if self.fresh else self.stamp)  # fmt: skip
         if self.fresh:  # the commit point of a new gallery: without its sidecar the folder is no gallery
             atomic_write_text(self.directory / SIDECAR, json.dumps({k: self.meta[k] for k in STATIC_KEYS}) + "\n")
         self.pending.clear()
         self.fresh = False
-        self.meta.update({"seq": seq, "generation": generation, "index_file": name, "base_seq": state["base_seq"]})
+        self.meta.update({"seq": state["seq"], "generation": generation, "index_file": name,
+                          "base_seq": state["base_seq"]})  # fmt: skip
         self.stamp = self._stamp()
         if folded is not None:
-            self.base = folded
-            set_search_params(folded, self.kind, self.meta["index"]["options"])
-            self.delta, self.delta_ids, self.removed = self._empty_delta(), set(), set()
-            for old in self.directory.glob("index-*.faiss"):
-                if old.name != name and re.fullmatch(r"index-\d{6}\.faiss", old.name):
-                    old.unlink(missing_ok=True)
+            self._use_base(folded, name)
+
+    def _use_base(self, folded: Any, name: str) -> None:
+        """Search the new base ``folded`` (committed as ``name``) with an empty delta; older base files go."""
+        self.base = folded
+        set_search_params(folded, self.kind, self.meta["index"]["options"])
+        self.delta, self.delta_ids, self.removed = self._empty_delta(), set(), set()
+        for old in self.directory.glob("index-*.faiss"):
+            if old.name != name and re.fullmatch(r"index-\d{6}\.faiss", old.name):
+                old.unlink(missing_ok=True)
 
     def _replace_whole(self) -> None:
         """A rebuild over an existing gallery: the new one written whole beside it, then the two folders swapped in
@@ -595,7 +397,7 @@ class Gallery:
 
     def _folded(self) -> Any:
         """A new index of the base less the removed items plus the delta's vectors."""
-        faiss = _faiss()
+        faiss = faiss_module()
         d_ids = faiss.vector_to_array(self.delta.id_map).astype(np.int64)
         d_vec = self.delta.index.reconstruct_n(0, self.delta.ntotal) if len(d_ids) else None
         opts = self.meta["index"]["options"]
@@ -630,21 +432,21 @@ class Gallery:
         delta of recent additions are both asked and their answers merged; removed items are skipped."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        x = self._prepare(vectors)
+        x = self.prepare(vectors)
         k = min(k, len(self))
         if k == 0:
             return np.empty((len(x), 0), np.float32), np.empty((len(x), 0), np.int64)
-        faiss = _faiss()
-        params = None  # per-call overrides travel with the call (thread-safe); the index keeps its defaults
-        if self.kind == "ivf" and nprobe is not None:
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-        elif self.kind == "hnsw" and ef_search is not None:
-            params = faiss.SearchParametersHNSW(efSearch=ef_search)
+        params = search_params(self.kind, nprobe, ef_search)
         if not self.removed and not self.delta.ntotal:
             raw, ids = self.base.search(x, k, params=params)
             return self.to_distance(raw), ids
-        higher_is_closer = self.metric in IP_METRICS
-        worst = -np.inf if higher_is_closer else np.inf
+        raw, ids = self._merged_search(x, k, params)
+        return self.to_distance(np.where(ids < 0, np.float32(0), raw).astype(np.float32)), ids
+
+    def _merged_search(self, x: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The raw scores and ids of the ``k`` nearest of the base (less the removed) and the delta together."""
+        higher = higher_is_closer(self.metric)
+        worst = -np.inf if higher else np.inf
         scores, found = [], []
         if self.base.ntotal:
             raw, ids = self.base.search(x, min(k + len(self.removed), self.base.ntotal), params=params)
@@ -658,49 +460,27 @@ class Gallery:
             scores.append(np.where(ids < 0, worst, raw))
             found.append(ids)
         raw, ids = np.concatenate(scores, axis=1), np.concatenate(found, axis=1)
-        order = np.argsort(-raw if higher_is_closer else raw, axis=1, kind="stable")[:, :k]
-        raw, ids = np.take_along_axis(raw, order, 1), np.take_along_axis(ids, order, 1)
-        return self.to_distance(np.where(ids < 0, np.float32(0), raw).astype(np.float32)), ids
+        order = np.argsort(-raw if higher else raw, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(raw, order, 1), np.take_along_axis(ids, order, 1)
 
-    def to_distance(self, raw: np.ndarray) -> np.ndarray:
-        """faiss scores → the run's dissimilarity."""
-        if self.metric == "euclidean":
-            return np.sqrt(np.maximum(raw, 0.0))
-        if self.metric == "cosine":
-            return 1.0 - raw
-        if self.metric == "cosine_similarity":
-            return -raw
-        return raw
 
-    def hits(self, distances: np.ndarray, ids: np.ndarray, threshold: float | None = None) -> list[list[Hit]]:
-        """Search results as :class:`Hit` rows (faiss's −1 padding dropped); ``match`` against ``threshold`` (the
-        model's: calibrated, or overridden for one call), else the one saved when the gallery was built."""
-        thr = self.meta.get("threshold") if threshold is None else threshold
-        out = []
-        for drow, irow in zip(distances, ids, strict=True):
-            row = [(int(i), float(d)) for d, i in zip(drow, irow, strict=True) if i >= 0]
-            items = [self.item(i) for i, _ in row]
-            out.append([Hit(r + 1, i, d, it.label, it.path, None if thr is None else d <= thr)
-                        for r, ((i, d), it) in enumerate(zip(row, items, strict=True))])  # fmt: skip
-        return out
-
-    def item(self, item_id: int) -> Item:
-        """The item with id ``item_id`` (a hit's path and label)."""
-        return self.items[item_id]
-
-    def owned_upload(self, item: Item) -> Path | None:
-        """The item's file when the gallery owns it — an upload under its own ``uploads/`` folder, checked on the
-        resolved path (no ``..``, no link out) — else None. Only such files are ever deleted with their item."""
-        if Path(item.path).is_absolute():
-            return None
-        uploads = (self.directory / UPLOADS).resolve()
-        path = (self.directory / item.path).resolve()
-        return path if path.is_relative_to(uploads) and path != uploads else None
-
-    def resolve(self, item: Item) -> Path:
-        """The image file of an item (uploads are stored relative to the gallery folder)."""
-        p = Path(item.path)
-        return p if p.is_absolute() else self.directory / p
+def _read_database(directory: Path) -> tuple[dict[str, Any], Items, list[LogRow]]:
+    """The state, the items and the log rows the base does not hold, of ``directory``'s database."""
+    if not (directory / DATABASE).is_file():
+        raise DataError(f"{directory}: {DATABASE} is missing; rebuild the gallery")
+    try:
+        con = connect_read(directory)
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{directory / DATABASE}: unreadable gallery database ({exc}); rebuild the gallery") \
+            from None  # fmt: skip
+    try:
+        state = read_state(con)
+        return state, Items(read_items(con)), read_log(con, int(state.get("base_seq", 0)))
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{directory / DATABASE}: unreadable gallery database ({exc}); rebuild the gallery") \
+            from None  # fmt: skip
+    finally:
+        con.close()
 
 
 def _check_static(sidecar: Path, static: dict[str, Any]) -> None:
@@ -726,77 +506,3 @@ def _check_static(sidecar: Path, static: dict[str, Any]) -> None:
     except (ConfigError, TypeError, ValueError):
         raise DataError(f"{sidecar}: damaged gallery description (key 'index.options': {index['options']!r}); "
                         "rebuild the gallery (siamkit index build ... --overwrite)") from None  # fmt: skip
-
-
-def _migrate_v1(directory: Path, old: dict[str, Any]) -> dict[str, Any]:
-    """A version-1 gallery (items in ``gallery.json``, one index file) rewritten as version 2 with the same index
-    file as its base: the database is written to a temp file and renamed, then the sidecar replaced (a crash
-    in between leaves the version-1 sidecar, and the next open migrates again)."""
-    import tempfile
-
-    static = {**{k: old[k] for k in STATIC_KEYS if k in old}, "format": FORMAT}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{DATABASE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        con = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            con.execute("BEGIN")
-            for statement in SCHEMA:
-                con.execute(statement)
-            con.executemany("INSERT INTO items (id, path, label) VALUES (?, ?, ?)", old.get("items", []))
-            state = {"generation": int(old.get("generation", 0)), "base_file": old.get("index_file"), "base_seq": 0,
-                     "seq": 0, "next_id": int(old.get("next_id", 0)), "uid": uuid.uuid4().hex}  # fmt: skip
-            con.executemany("INSERT INTO state (key, value) VALUES (?, ?)", state.items())
-            con.execute("COMMIT")
-            con.execute("PRAGMA journal_mode=WAL")
-        finally:
-            con.close()
-        os.replace(tmp, directory / DATABASE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    atomic_write_text(directory / SIDECAR, json.dumps(static) + "\n")
-    log.info("%s: gallery converted to %s (edits now cost what they change)", directory, FORMAT)
-    return static
-
-
-OWN_FILES = re.compile(rf"{re.escape(SIDECAR)}|{re.escape(DATABASE)}(-wal|-shm|-journal)?|index-\d{{6}}\.faiss|"
-                       rf"{UPLOADS}|\.lock|\..*\.tmp")  # fmt: skip
-"""The names a gallery folder's own files have: a rebuild replaces them; anything else in the folder is kept."""
-
-
-def retire_folder(old: Path, target: Path) -> None:
-    """Remove the folder of a replaced gallery, moving what the gallery does not own back into ``target``."""
-    for entry in old.iterdir():
-        if not OWN_FILES.fullmatch(entry.name) and not (target / entry.name).exists():
-            os.rename(entry, target / entry.name)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def remove_leftovers(directory: Path) -> None:
-    """What a crashed write left (called under the gallery's lock): temp files in the folder, and sibling
-    folders of a cut rebuild (a staged new gallery, or the old one not yet removed)."""
-    for pattern in (f".{SIDECAR}.*.tmp", f".{DATABASE}.*.tmp", ".index-*.faiss.*.tmp"):
-        for tmp in directory.glob(pattern):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    real = Path(os.path.realpath(directory))  # the swapped folder is the link's target (_replace_whole)
-    siblings = [*real.parent.glob(f".{glob_escape(real.name)}.new-*"), real.with_name(real.name + ".swap")]
-    for sibling in siblings:
-        if sibling.is_dir() and not sibling.is_symlink():
-            retire_folder(sibling, real)
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-@contextlib.contextmanager
-def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
-    """An exclusive advisory lock on the gallery folder for a read-modify-commit cycle across processes. The
-    folder must exist (a new gallery's is made by its build): a mistyped path is an error, never a new folder."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"{directory}: no gallery there; check the path, or make one with: siamkit index build")
-    with locked_file(directory / ".lock"):
-        yield

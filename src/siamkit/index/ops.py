@@ -15,7 +15,9 @@ from siamkit.data.images import SKIP_HINT
 from siamkit.data.sources import collect_images
 from siamkit.errors import DataError
 from siamkit.files import made_folder
-from siamkit.index.gallery import Gallery, Hit, locked
+from siamkit.index.folder import locked
+from siamkit.index.gallery import FaissGallery
+from siamkit.index.protocol import Gallery, Hit
 from siamkit.index.qdrant import QdrantGallery
 from siamkit.index.qdrant import migrate as to_qdrant
 from siamkit.runs.embedders import ModelSource
@@ -61,7 +63,7 @@ def embed_paths(
 
 
 def build(
-    run_dir: str, sources: Sequence[str], out: str, kind: str = "flat", options: dict[str, Any] | None = None,
+    run_dir: str, sources: Sequence[str], out: str, kind: str = "flat", *, options: dict[str, Any] | None = None,
     backend: str | ModelSource = "torch", progress: bool = False, skip_bad: bool = False, overwrite: bool = False,
     batch_size: int = 256, backend_url: str | None = None, collection: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -72,7 +74,7 @@ def build(
     if backend_url:
         gallery = QdrantGallery.create_on(out, model.describe(), backend_url, collection, overwrite)
     else:
-        gallery = Gallery.create(out, model.describe(), kind, options, overwrite)
+        gallery = FaissGallery.create(out, model.describe(), kind, options, overwrite)
     items = collect_images(sources)
     vectors, kept, skipped = embed_paths(model, items, batch_size, progress, skip_bad)
     if not kept:
@@ -92,7 +94,7 @@ def _open_for(gallery_dir: str, run_dir: str | None, backend: str | ModelSource)
 
 
 def add(
-    gallery_dir: str, sources: Sequence[str], label: str | None = None, run_dir: str | None = None,
+    gallery_dir: str, sources: Sequence[str], label: str | None = None, run_dir: str | None = None, *,
     backend: str | ModelSource = "torch", progress: bool = False, skip_bad: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Embed ``sources`` and add them (a folder per class gives labels; ``label`` labels the rest)."""
@@ -132,7 +134,7 @@ def hits_to_dicts(hits: list[Hit]) -> list[dict[str, Any]]:
 
 
 def search(
-    gallery_dir: str, queries: Sequence[str], k: int = 10, run_dir: str | None = None,
+    gallery_dir: str, queries: Sequence[str], k: int = 10, run_dir: str | None = None, *,
     backend: str | ModelSource = "torch", figure: str | None = None, figure_style: str = "grid",
 ) -> dict[str, Any]:  # fmt: skip
     """The ``k`` nearest gallery items of each query image; optionally the neighbours figure (SPEC §7)."""
@@ -154,7 +156,8 @@ def search(
     if figure is not None:
         from siamkit.index.figures import neighbours_figure
 
-        out["figure"] = str(neighbours_figure(gallery, kept, hits, Path(figure), figure_style, model.threshold))
+        drawn = neighbours_figure(gallery, kept, hits, Path(figure), style=figure_style, threshold=model.threshold)
+        out["figure"] = str(drawn)
     return out
 
 

@@ -1,5 +1,5 @@
-"""A gallery kept in a Qdrant collection — for galleries that outgrow one machine — behind the interface of
-:class:`~siamkit.index.gallery.Gallery`, so ``index``, ``search`` and ``serve`` work on it unchanged.
+"""A gallery kept in a Qdrant collection — for galleries that outgrow one machine — as a backend of the gallery
+protocol (:class:`~siamkit.index.protocol.Gallery`), so ``index``, ``search`` and ``serve`` work on it unchanged.
 
 The gallery folder stays what it is for a faiss gallery (``gallery.json``: the model hash, run, dimension,
 metric — and ``uploads/``); its ``backend`` entry names the Qdrant service (``url``: ``http://host:6333``, or
@@ -26,7 +26,10 @@ import numpy as np
 
 from siamkit.errors import ConfigError, DataError
 from siamkit.files import atomic_write_text
-from siamkit.index.gallery import BACKENDS, FORMAT, IP_METRICS, SIDECAR, STATIC_KEYS, UPLOADS, Gallery, Item
+from siamkit.index.folder import SIDECAR, STATIC_KEYS, UPLOADS, model_meta
+from siamkit.index.gallery import FaissGallery
+from siamkit.index.metrics import from_qdrant_score, qdrant_distance
+from siamkit.index.protocol import BACKENDS, Gallery, Item
 
 BACKEND = "qdrant"
 PAGE = 1024
@@ -75,11 +78,6 @@ def _models() -> Any:
     return models
 
 
-def _metric(metric: str) -> Any:
-    m = _models()
-    return m.Distance.COSINE if metric in IP_METRICS else m.Distance.EUCLID
-
-
 class QdrantItems(Mapping[int, Item]):
     """The gallery's items, read from the collection when asked (never all held in memory)."""
 
@@ -116,6 +114,8 @@ def _item(point: Any) -> Item:
 class QdrantGallery(Gallery):
     """A gallery whose vectors and items are points of a Qdrant collection (see the module's description)."""
 
+    items: QdrantItems
+
     def __init__(self, directory: Path, meta: dict[str, Any], client: Any, fresh: bool = False):
         self.directory = directory
         self.meta = meta
@@ -125,8 +125,7 @@ class QdrantGallery(Gallery):
         self.pending_items: dict[int, Item] = {}
         self.pending_vectors: dict[int, np.ndarray] = {}
         self.pending_removals: set[int] = set()
-        self.items = QdrantItems(self)  # type: ignore[assignment]
-        self.stamp = ("", 0, 0)
+        self.items = QdrantItems(self)
         self._next: int | None = None
         self._payloads: dict[int, Item] = {}
         self.replaces: dict[str, str | None] = {}  # an overwrite's old collection and chosen name (create_on)
@@ -151,13 +150,8 @@ class QdrantGallery(Gallery):
                 raise DataError(f"Qdrant collection {name!r} exists at {url}; choose another --collection, or "
                                 "pass --overwrite to replace it (dropped once the new one is whole)")  # fmt: skip
             name, alias = f"{name}-{uuid.uuid4().hex[:8]}", name  # built beside it; the name follows at commit
-        meta = {
-            "format": FORMAT, "model_hash": model["model_hash"], "run_dir": model["run_dir"],
-            "input_shape": list(model["input_shape"]), "dim": int(model["embedding_dim"]),
-            "metric": model["distance"], "normalized": model["distance"] in IP_METRICS,
-            "threshold": model.get("threshold"), "index": {"kind": "qdrant", "options": {}},
-            "backend": {"kind": BACKEND, "url": url, "collection": name}, "generation": 0, "next_id": 0,
-        }  # fmt: skip
+        meta = model_meta(model, {"kind": "qdrant", "options": {}})
+        meta.update(backend={"kind": BACKEND, "url": url, "collection": name}, generation=0, next_id=0)
         gallery = cls(directory, meta, client, fresh=True)
         gallery.replaces = {"alias": alias, "old": _sidecar_collection(directory) if overwrite else None}
         return gallery
@@ -189,9 +183,7 @@ class QdrantGallery(Gallery):
         return self
 
     def describe(self) -> dict[str, Any]:
-        keys = ("model_hash", "run_dir", "dim", "metric", "normalized", "index", "generation")
-        return {"directory": str(self.directory), "size": len(self), **{k: self.meta[k] for k in keys},
-                "pending_edits": 0, "backend": {k: v for k, v in self.meta["backend"].items()}}  # fmt: skip
+        return {**super().describe(), "pending_edits": 0, "backend": dict(self.meta["backend"])}
 
     def scroll(self) -> Iterator[Any]:
         """Every committed point (id and payload), a page at a time."""
@@ -209,7 +201,7 @@ class QdrantGallery(Gallery):
     def add(self, vectors: np.ndarray, paths: Sequence[str], labels: Sequence[str | None]) -> list[int]:
         if not (len(vectors) == len(paths) == len(labels)):
             raise ValueError("vectors, paths and labels differ in length")
-        x = self._prepare(vectors)
+        x = self.prepare(vectors)
         ids = []
         for v, p, lab in zip(x, paths, labels, strict=True):
             i = self.peek_next_id()
@@ -249,7 +241,7 @@ class QdrantGallery(Gallery):
         if fresh:  # a new name (create_on): nothing of an old gallery is touched before the commit
             atomic_write_text(self.directory / PENDING, self.collection + "\n")  # dropped if this build is cut
             self.client.create_collection(self.collection, vectors_config=m.VectorParams(
-                size=int(self.meta["dim"]), distance=_metric(self.metric)))  # fmt: skip
+                size=int(self.meta["dim"]), distance=qdrant_distance(m, self.metric)))  # fmt: skip
             (self.directory / UPLOADS).mkdir(exist_ok=True)
         try:
             self._send()
@@ -318,7 +310,7 @@ class QdrantGallery(Gallery):
             raise ConfigError(f"k must be at least 1, got {k}")
         if self.pending_items or self.pending_removals:
             raise DataError("a Qdrant gallery searches what is committed: save() first")
-        x = self._prepare(vectors)
+        x = self.prepare(vectors)
         m = _models()
         requests = [m.QueryRequest(query=v.tolist(), limit=k, with_payload=True) for v in x]
         answers = [a.points[:k] for a in self.client.query_batch_points(self.collection, requests=requests)]
@@ -326,12 +318,10 @@ class QdrantGallery(Gallery):
         raw = np.zeros((len(x), width), np.float32)
         ids = np.full((len(x), width), -1, np.int64)
         self._payloads = {}
-        euclid = self.metric not in IP_METRICS
         for row, points in enumerate(answers):
             for col, point in enumerate(points):
                 ids[row, col] = int(point.id)
-                # into faiss's scores (squared L2, or the cosine similarity), which to_distance converts
-                raw[row, col] = float(point.score) ** 2 if euclid else float(point.score)
+                raw[row, col] = from_qdrant_score(point.score, self.metric)  # as faiss's, for to_distance
                 self._payloads[int(point.id)] = _item(point)
         return self.to_distance(raw), ids
 
@@ -368,17 +358,16 @@ def migrate(source: str | os.PathLike[str], out: str | os.PathLike[str], url: st
         items, ids, labels and vectors (read back from the faiss index), the same model guard. ``out``'s sidecar is
     written once every point is in the collection: a crash before leaves no gallery at ``out``."""
     src = Gallery.open(source)
-    if isinstance(src, QdrantGallery):
+    if not isinstance(src, FaissGallery):
         raise DataError(f"{source}: already a Qdrant gallery")
     model = {"model_hash": src.model_hash, "run_dir": src.meta["run_dir"], "input_shape": src.meta["input_shape"],
              "embedding_dim": src.meta["dim"], "distance": src.metric,
              "threshold": src.meta.get("threshold")}  # fmt: skip
     dst = QdrantGallery.create_on(out, model, url, collection)
     for item_id in src.items:  # each vector read back from the index that holds it (the base or the delta)
-        index = src.delta if item_id in src.delta_ids else src.base
         it = src.items[item_id]
         dst.pending_items[item_id] = Item(item_id, it.path, it.label)
-        dst.pending_vectors[item_id] = np.asarray(index.reconstruct(int(item_id)), np.float32)
+        dst.pending_vectors[item_id] = src.vector(item_id)
     uploads = Path(source) / UPLOADS
     if uploads.is_dir():  # the images added over HTTP belong to the gallery: they move with it, before its commit
         import shutil

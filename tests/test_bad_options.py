@@ -50,7 +50,7 @@ def test_a_convnet_that_cannot_be_built_is_one_line(args, match) -> None:
 
 def test_freezing_a_random_backbone_is_said(caplog) -> None:
     from siamkit.config import load_config
-    from siamkit.training.pipeline import prepare_data
+    from siamkit.plan import prepare_data
 
     with caplog.at_level(logging.WARNING):
         prepare_data(load_config(None, ["train.freeze_backbone=true", "data.limit=300"]))
@@ -67,14 +67,14 @@ def test_http_k_must_be_a_whole_number(raw) -> None:
 
     from fastapi import HTTPException
 
-    from siamkit.serve.app import _int_field
+    from siamkit.serve.routes import int_field
     from siamkit.serve.uploads import Payload
 
     with pytest.raises(HTTPException) as err:
-        _int_field(Payload({}, {"k": raw}), SimpleNamespace(query_params={}), "k", 10, 1, 100)  # type: ignore[arg-type]
+        int_field(Payload({}, {"k": raw}), SimpleNamespace(query_params={}), "k", 10, low=1, high=100)  # type: ignore[arg-type]
     assert err.value.status_code == 422 and "k must be an integer" in err.value.detail
-    assert _int_field(Payload({}, {"k": " 7"}), SimpleNamespace(query_params={}), "k", 10, 1, 100) == 7  # type: ignore[arg-type]
-    assert _int_field(Payload({}, {"k": 3}), SimpleNamespace(query_params={}), "k", 10, 1, 100) == 3  # type: ignore[arg-type]
+    assert int_field(Payload({}, {"k": " 7"}), SimpleNamespace(query_params={}), "k", 10, low=1, high=100) == 7  # type: ignore[arg-type]
+    assert int_field(Payload({}, {"k": 3}), SimpleNamespace(query_params={}), "k", 10, low=1, high=100) == 3  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -1178,10 +1178,10 @@ def _early_cases() -> list[str]:
 
 @pytest.mark.parametrize("name", _early_cases())
 def test_config_errors_are_found_before_any_data_is_read(name, tmp_path, capsys, monkeypatch):
-    import siamkit.training.pipeline as pipeline
+    import siamkit.plan as plan
 
     read: list[str] = []
-    monkeypatch.setattr(pipeline, "load_dataset", lambda cfg: read.append(cfg.source) or pytest.fail("data read"))
+    monkeypatch.setattr(plan, "load_dataset", lambda cfg: read.append(cfg.source) or pytest.fail("data read"))
     argv, fragment = CASES[name](tmp_path, {})
     code = main(argv)
     err = capsys.readouterr().err
@@ -1206,8 +1206,8 @@ def http_client(world: dict[str, Path], folder: Path) -> TestClient:
 
     g = folder / "g"
     shutil.copytree(world["gallery"], g)
-    app = create_app(TorchEmbedder(world["run"]), Gallery.open(g), UploadLimits(max_request_bytes=300_000),
-                     Guard(default_hosts("127.0.0.1"), token="tok"))  # fmt: skip
+    app = create_app(TorchEmbedder(world["run"]), Gallery.open(g), limits=UploadLimits(max_request_bytes=300_000),
+                     guard=Guard(default_hosts("127.0.0.1"), token="tok"))  # fmt: skip
     return TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
 
 

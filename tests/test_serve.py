@@ -51,7 +51,7 @@ def client(small_run, gallery_dir, tmp_path):
 
     g = tmp_path / "g"
     shutil.copytree(gallery_dir, g)  # each test edits its own copy
-    app = create_app(TorchEmbedder(small_run), Gallery.open(g), UploadLimits(max_request_bytes=200_000))
+    app = create_app(TorchEmbedder(small_run), Gallery.open(g), limits=UploadLimits(max_request_bytes=200_000))
     with TestClient(app, raise_server_exceptions=False) as c:
         c.gallery_dir = g
         yield c

@@ -30,7 +30,7 @@ def gallery_dir(small_run, digits_images, tmp_path_factory):
 def _client(small_run, gallery_dir, tmp_path, guard=None, limits=None):
     g = tmp_path / "g"
     shutil.copytree(gallery_dir, g)
-    app = create_app(TorchEmbedder(small_run), Gallery.open(g), limits or UploadLimits(), guard)
+    app = create_app(TorchEmbedder(small_run), Gallery.open(g), limits=limits or UploadLimits(), guard=guard)
     c = TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
     c.gallery_dir = g
     return c

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from siamkit.cli.common import Subparsers, command, emit, model_flags, model_source, output_flags
+from siamkit.serve import defaults
 
 
 def register(sub: Subparsers) -> None:
@@ -17,27 +18,23 @@ def register(sub: Subparsers) -> None:
        "json), then serves until interrupted.")  # fmt: skip
     sv.add_argument("run_dir")
     sv.add_argument("--gallery", dest="gallery_dir", help="gallery for /search and /gallery")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit (413 above)")
-    sv.add_argument("--max-pixels", type=int, default=25_000_000, help="per-image pixel limit (422 above)")
+    sv.add_argument("--host", default=defaults.HOST, help=f"bind address (default: {defaults.HOST})")
+    sv.add_argument("--port", type=int, default=defaults.PORT, help=f"0: any free port (default: {defaults.PORT})")
+    mb = defaults.MAX_REQUEST_BYTES / 1024 / 1024
+    sv.add_argument("--max-request-mb", type=float, default=mb, help=f"request body limit (413 above; default {mb:g})")
+    sv.add_argument("--max-pixels", type=int, default=defaults.MAX_PIXELS,
+                    help=f"per-image pixel limit (422 above; default {defaults.MAX_PIXELS:,})")  # fmt: skip
     sv.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                     help="also answer to this Host name (default: bind address, localhost; repeatable)")  # fmt: skip
-    sv.add_argument(
-        "--max-batch",
-        type=int,
-        default=64,
-        help="images per forward pass, gathered from concurrent requests (default 64; 1: no batching)",
-    )
-    sv.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=5.0,
-        help="the longest a request waits for others to join its batch (default 5)",
-    )
-    sv.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
-                    help="a client must send a request's headers, and then its body, within this (default 30; "
-                         "slower clients are cut off: 408)")  # fmt: skip
+    sv.add_argument("--max-batch", type=int, default=defaults.MAX_BATCH,
+                    help="images per forward pass, gathered from concurrent requests "
+                         f"(default {defaults.MAX_BATCH}; 1: no batching)")  # fmt: skip
+    sv.add_argument("--max-wait-ms", type=float, default=defaults.MAX_WAIT_MS,
+                    help="the longest a request waits for others to join its batch "
+                         f"(default {defaults.MAX_WAIT_MS:g})")  # fmt: skip
+    sv.add_argument("--request-timeout", type=float, default=defaults.REQUEST_TIMEOUT, metavar="SECONDS",
+                    help="a client must send a request's headers, and then its body, within this "
+                         f"(default {defaults.REQUEST_TIMEOUT:g}; slower clients are cut off: 408)")  # fmt: skip
     sv.add_argument("--token", default=None,
                     help="token for gallery edits (default: $SIAMKIT_TOKEN); needed beyond 127.0.0.1")  # fmt: skip
     model_flags(sv, threshold=True)
@@ -68,6 +65,6 @@ def _serve(args: argparse.Namespace) -> None:
         emit(info, args.format, f"serving {info['run_dir']} ({info['backend']}{gallery}) on {info['url']}")
 
     level = "warning" if args.quiet or args.format == "json" else "info"
-    serve(args.run_dir, args.gallery_dir, args.host, args.port, model_source(args), limits, level,
-          args.allowed_hosts, token, announce, Batching(args.max_batch, args.max_wait_ms),
-          args.request_timeout)  # fmt: skip
+    serve(args.run_dir, args.gallery_dir, host=args.host, port=args.port, backend=model_source(args), limits=limits,
+          log_level=level, allowed_hosts=args.allowed_hosts, token=token, announce=announce,
+          batching=Batching(args.max_batch, args.max_wait_ms), request_timeout=args.request_timeout)  # fmt: skip

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from siamkit.serve.defaults import MAX_BATCH, MAX_WAIT_MS
+
 
 @dataclass(frozen=True)
 class Batching:
     """``--max-batch`` (images per forward pass; 1 = no batching) and ``--max-wait-ms`` (the longest a request
     waits for others to join its batch)."""
 
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_batch: int = MAX_BATCH
+    max_wait_ms: float = MAX_WAIT_MS
 
 
 @dataclass

@@ -20,12 +20,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from siamkit.serve.defaults import REQUEST_TIMEOUT
 from siamkit.serve.uploads import send_detail
-
-REQUEST_TIMEOUT = 30.0
-"""Seconds a client has to send a request's headers, and again its body (``--request-timeout``)."""
-KEEP_ALIVE = 5
-"""Seconds an idle keep-alive connection stays open between requests (uvicorn's ``timeout_keep_alive``)."""
 
 
 class _TooSlow(Exception):

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siamkit.data.images import upright
 from siamkit.data.readers import MIN_SIDE
+from siamkit.serve.defaults import MAX_PIXELS, MAX_REQUEST_BYTES
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 MAX_FIELD_CHARS = 256
@@ -39,8 +40,8 @@ class UploadLimits:
     height of one decoded image (the decompression-bomb guard); ``formats``: Pillow format names accepted;
     ``max_images`` and ``max_request_pixels``: per request."""
 
-    max_request_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 25_000_000
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_pixels: int = MAX_PIXELS
     formats: tuple[str, ...] = field(default=ACCEPTED_FORMATS)
     max_images: int = 64
     """Images in one request, multipart parts and JSON list items alike."""

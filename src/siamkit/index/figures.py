@@ -62,14 +62,15 @@ def neighbours_figure(
     if style == "hub":
         origin = -1.0 if gallery.metric == "cosine_similarity" else 0.0  # a negated similarity starts at -1
         origin = min(origin, float(distances.min()))
-        return plots.plot_neighbour_hubs(tiles_q, tiles_n, distances, path, right, titles, captions=captions,
-                                         accepted=decisions, threshold=threshold, origin=origin,
+        return plots.plot_neighbour_hubs(tiles_q, tiles_n, distances, path, correct=right, titles=titles,
+                                         captions=captions, accepted=decisions, threshold=threshold, origin=origin,
                                          title=title)  # fmt: skip
     images = np.concatenate([tiles_q, tiles_n.reshape(-1, c, size, size)])
     q_idx = np.arange(len(queries))
     n_idx = len(queries) + np.arange(len(hits) * k).reshape(len(hits), k)
-    return plots.plot_neighbour_grid(images, q_idx, n_idx, distances, path, right, titles, captions,
-                                     accepted=decisions, threshold=threshold, title=title)  # fmt: skip
+    return plots.plot_neighbour_grid(images, q_idx, n_idx, distances, path, correct=right, titles=titles,
+                                     captions=captions, accepted=decisions, threshold=threshold,
+                                     title=title)  # fmt: skip
 
 
 def decision_threshold(hits: Sequence[Sequence[Hit]], threshold: float | None) -> float | None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from siamkit.errors import ConfigError
 from siamkit.registry import Registry
 
 
@@ -73,8 +74,20 @@ class Cosine(Distance):
         return 1.0 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
 
 
-def get_distance(name: str) -> Distance:
-    return DISTANCES.create(name)
+def get_distance(name: str | Distance) -> Distance:
+    """The distance registered as ``name`` (or a user's ``package.module:Class``); a ``Distance`` object is
+    returned as it is, so that Python callers can pass one in (a loss's ``distance`` option takes either).
+
+    Example:
+        >>> get_distance("cosine").name, get_distance(Euclidean()).name
+        ('cosine', 'euclidean')
+    """
+    if isinstance(name, Distance):
+        return name
+    distance = DISTANCES.create(name)
+    if not isinstance(distance, Distance):
+        raise ConfigError(f"distance {name!r} is a {type(distance).__name__}, not a siamkit.distances.Distance")
+    return distance
 
 
 @DISTANCES.register("cosine_similarity")

@@ -166,6 +166,13 @@ class AllPairs(Miner):
         return PairIndices(i, j, (labels[i] == labels[j]).long())
 
 
+def every_tuple(miner: Miner | None) -> Miner | None:
+    """The miner of every valid tuple of ``miner``'s kind (``all`` or ``all-pairs``); ``None`` for ``None``."""
+    if miner is None:
+        return None
+    return AllTriplets() if miner.output == "triplets" else AllPairs()
+
+
 @MINERS.register("hard-pairs")
 class HardPairs(Miner):
     """Positive pairs with ``d > pos_margin`` and negative pairs with ``d < neg_margin`` (as

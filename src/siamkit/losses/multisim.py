@@ -8,10 +8,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from siamkit.data.batch import Batch, LabelBatch
 from siamkit.errors import ConfigError
-from siamkit.losses.base import LOSSES, SiameseLoss, empty_loss, expect
-from siamkit.models.siamese import SiameseNet
+from siamkit.losses.base import LOSSES, SiameseLoss
+from siamkit.losses.embedded import Embedded, empty_loss
 
 
 @LOSSES.register("multi-similarity")
@@ -38,11 +37,9 @@ class MultiSimilarityLoss(SiameseLoss):
             raise ConfigError(f"loss.params.alpha and beta must be > 0, got {alpha}, {beta}")
         self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
 
-    def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
-        expect(batch, LabelBatch)
-        assert isinstance(batch, LabelBatch)
-        emb, labels = self.gathered(model.embed(batch.x), batch.labels)
-        return multi_similarity_loss(emb, labels, self.alpha, self.beta, self.base, self.epsilon)
+    def compute(self, emb: Embedded) -> torch.Tensor:
+        assert emb.labels is not None
+        return multi_similarity_loss(emb.embeddings, emb.labels, self.alpha, self.beta, self.base, self.epsilon)
 
 
 def multi_similarity_loss(

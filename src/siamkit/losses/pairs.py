@@ -1,5 +1,5 @@
-"""Pair losses on the Euclidean distance: contrastive (Hadsell et al. 2006), its Huber variant — the worked
-example of a loss with a parameter — and binary cross-entropy on the sigmoid head (SPEC §4)."""
+"""Pair losses on a registered distance (Euclidean by default): contrastive (Hadsell et al. 2006), its Huber
+variant — the worked example of a loss with a parameter — and binary cross-entropy on the sigmoid head (SPEC §4)."""
 
 from __future__ import annotations
 
@@ -9,55 +9,57 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from siamkit.data.batch import Batch, LabelBatch, PairBatch
-from siamkit.distances import Euclidean
+from siamkit.distances import Distance, get_distance
 from siamkit.errors import ConfigError
-from siamkit.losses.base import LOSSES, SiameseLoss, embed_many, empty_loss, expect
+from siamkit.losses.base import LOSSES, SiameseLoss
+from siamkit.losses.embedded import Embedded
 from siamkit.losses.functional import CONTRASTIVE_VARIANTS, bce_distance_loss, contrastive_loss
-from siamkit.models.siamese import SiameseNet
-
-_EUCLIDEAN = Euclidean()
 
 
 class PairLoss(SiameseLoss):
-    """A loss on per-pair Euclidean distances ``d`` ``(M,)`` and labels ``y`` ``(M,)``; subclasses implement
-    ``pair_loss``. Fixed pairs or, with a miner, the mined pairs of a labelled batch."""
+    """A loss on per-pair dissimilarities ``d`` ``(M,)`` and labels ``y`` ``(M,)`` (1 = same) of fixed pairs or,
+    with a miner, of the mined pairs of a labelled batch; subclasses implement ``pair_loss``. ``distance``: any
+    registered distance (``siamkit.distances.DISTANCES``) or a ``Distance`` object; ``euclidean`` by default.
+    ``allows_similarity``: whether the loss is meaningful on a similarity (larger = closer), taken negated."""
 
     tuple_kind: ClassVar[str] = "pairs"
+    allows_similarity: ClassVar[bool] = False
 
-    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __init__(self, distance: str | Distance = "euclidean") -> None:
+        super().__init__()
+        self.distance = get_distance(distance)
+        if self.distance.higher_is_closer and not self.allows_similarity:
+            raise ConfigError(
+                f"loss.params.distance {self.distance.name!r} is a similarity (larger = closer), but this loss "
+                "squares and hinges distances ≥ 0; choose euclidean, squared_euclidean or cosine"
+            )
+
+    def pair_loss(self, emb: Embedded, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
-        expect(batch, PairBatch, LabelBatch)
-        if isinstance(batch, LabelBatch):
-            emb, labels = self.gathered(model.embed(batch.x), batch.labels)
-            dist = _EUCLIDEAN.matrix(emb, emb)
-            mined = self.mine_pairs(dist, labels)
-            if len(mined) == 0:
-                return empty_loss(emb)
-            return self.pair_loss(model, dist[mined.i, mined.j], mined.y)
-        assert isinstance(batch, PairBatch)
-        ea, eb, y = self.gathered(*embed_many(model, batch.a, batch.b), batch.y)
-        return self.pair_loss(model, _EUCLIDEAN.pairwise(ea, eb), y)
+    def compute(self, emb: Embedded) -> torch.Tensor:
+        d, y = emb.pair_distances()
+        return self.pair_loss(emb, d, y)
 
 
 @LOSSES.register("contrastive")
 class ContrastiveLoss(PairLoss):
     """Contrastive loss (Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant Mapping",
-    CVPR 2006) on the Euclidean distance ``D`` ``(M,)`` of pairs with labels ``y`` ``(M,)`` (1 = same):
-    ``y·D² + (1 − y)·max(0, m − D)²`` (``variant`` ``hadsell``, canonical) or with ``max(0, m² − D²)``
-    (``squared-margin``); ``half`` puts the paper's factor ½ in front."""
+    CVPR 2006) on the distance ``D`` ``(M,)`` (Euclidean unless ``distance`` says otherwise) of pairs with labels
+    ``y`` ``(M,)`` (1 = same): ``y·D² + (1 − y)·max(0, m − D)²`` (``variant`` ``hadsell``, canonical) or with
+    ``max(0, m² − D²)`` (``squared-margin``); ``half`` puts the paper's factor ½ in front."""
 
-    def __init__(self, margin: float = 1.0, variant: str = "hadsell", half: bool = False) -> None:
-        super().__init__()
+    def __init__(
+        self, margin: float = 1.0, variant: str = "hadsell", half: bool = False, distance: str | Distance = "euclidean"
+    ) -> None:
+        super().__init__(distance)
         if variant not in CONTRASTIVE_VARIANTS:
             raise ConfigError(
                 f"unknown loss.params.variant {variant!r}; choose one of: {', '.join(CONTRASTIVE_VARIANTS)}"
             )
         self.margin, self.variant, self.halved = margin, variant, half
 
-    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def pair_loss(self, emb: Embedded, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return contrastive_loss(d, y, self.margin, self.variant, self.halved)
 
 
@@ -80,12 +82,12 @@ class HuberContrastiveLoss(PairLoss):
     positives and deep impostors then pull with a bounded force δ instead of one growing with D, which makes
     training robust to mislabelled pairs."""
 
-    def __init__(self, margin: float = 1.0, delta: float = 0.5) -> None:
-        super().__init__()
+    def __init__(self, margin: float = 1.0, delta: float = 0.5, distance: str | Distance = "euclidean") -> None:
+        super().__init__(distance)
         self.margin, self.delta = margin, delta
         self.h = huber(delta)
 
-    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def pair_loss(self, emb: Embedded, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y = y.to(d.dtype)
         return (y * self.h(d) + (1.0 - y) * self.h(F.relu(self.margin - d))).mean()
 
@@ -94,9 +96,11 @@ class HuberContrastiveLoss(PairLoss):
 class BCELoss(PairLoss):
     """Binary cross-entropy on ``sigmoid(w·D + b)`` for pair distances ``D`` ``(M,)``: the model's sigmoid head on
     the distance (source A; the verification head of Koch, Zemel, Salakhutdinov, "Siamese Neural Networks for
-    One-shot Image Recognition", ICML 2015 workshop, on a distance rather than an L1 feature difference)."""
+    One-shot Image Recognition", ICML 2015 workshop, on a distance rather than an L1 feature difference). Any
+    registered ``distance``; a similarity enters negated (the head's affine map learns either sign)."""
 
     needs_sigmoid_head: ClassVar[bool] = True
+    allows_similarity: ClassVar[bool] = True
 
-    def pair_loss(self, model: SiameseNet, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return bce_distance_loss(model.similarity_logit(d), y)
+    def pair_loss(self, emb: Embedded, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return bce_distance_loss(emb.model.similarity_logit(d), y)

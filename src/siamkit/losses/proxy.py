@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from siamkit.data.batch import Batch, LabelBatch
 from siamkit.errors import ConfigError
-from siamkit.losses.base import LOSSES, SiameseLoss, expect
-from siamkit.models.siamese import SiameseNet
+from siamkit.losses.base import LOSSES, SiameseLoss
+from siamkit.losses.embedded import Embedded
 
 
 class ProxyLoss(SiameseLoss):
@@ -48,13 +47,12 @@ class ProxyLoss(SiameseLoss):
     def logits(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
-        expect(batch, LabelBatch)
-        assert isinstance(batch, LabelBatch)
-        emb, labels = self.gathered(model.embed(batch.x), batch.labels)
+    def compute(self, emb: Embedded) -> torch.Tensor:
+        labels = emb.labels
+        assert labels is not None
         if int(labels.max()) >= len(self.proxies):
             raise ConfigError(f"class label {int(labels.max())} ≥ loss.params.num_classes={len(self.proxies)}")
-        return F.cross_entropy(self.logits(self.cosines(emb), labels), labels)
+        return F.cross_entropy(self.logits(self.cosines(emb.embeddings), labels), labels)
 
 
 def _check_positive(**values: float) -> None:

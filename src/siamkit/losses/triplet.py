@@ -7,11 +7,10 @@ from typing import ClassVar
 
 import torch
 
-from siamkit.data.batch import Batch, LabelBatch, TripletBatch
-from siamkit.distances import as_dissimilarity, get_distance
-from siamkit.losses.base import LOSSES, SiameseLoss, embed_many, empty_loss, expect
+from siamkit.distances import Distance, get_distance
+from siamkit.losses.base import LOSSES, SiameseLoss
+from siamkit.losses.embedded import Embedded
 from siamkit.losses.functional import triplet_margin_loss
-from siamkit.models.siamese import SiameseNet
 
 
 @LOSSES.register("triplet")
@@ -25,23 +24,11 @@ class TripletLoss(SiameseLoss):
     tuple_kind: ClassVar[str] = "triplets"
     miner_outputs: ClassVar[tuple[str, ...]] = ("triplets",)
 
-    def __init__(self, margin: float = 0.2, distance: str = "euclidean", soft_margin: bool = False) -> None:
+    def __init__(self, margin: float = 0.2, distance: str | Distance = "euclidean", soft_margin: bool = False) -> None:
         super().__init__()
         self.margin, self.soft_margin = margin, soft_margin
         self.distance = get_distance(distance)
 
-    def forward(self, model: SiameseNet, batch: Batch) -> torch.Tensor:
-        expect(batch, TripletBatch, LabelBatch)
-        if isinstance(batch, LabelBatch):
-            emb, labels = self.gathered(model.embed(batch.x), batch.labels)
-            dist = as_dissimilarity(self.distance.matrix(emb, emb), self.distance)
-            t = self.mine_triplets(dist, labels)
-            if len(t) == 0:
-                return empty_loss(emb)
-            d_ap, d_an = dist[t.a, t.p], dist[t.a, t.n]
-        else:
-            assert isinstance(batch, TripletBatch)
-            ea, ep, en = self.gathered(*embed_many(model, batch.a, batch.p, batch.n))
-            d_ap = as_dissimilarity(self.distance.pairwise(ea, ep), self.distance)
-            d_an = as_dissimilarity(self.distance.pairwise(ea, en), self.distance)
+    def compute(self, emb: Embedded) -> torch.Tensor:
+        d_ap, d_an = emb.triplet_distances()
         return triplet_margin_loss(d_ap, d_an, self.margin, self.soft_margin)

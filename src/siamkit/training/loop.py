@@ -32,7 +32,6 @@ from siamkit.distributed import (
 )
 from siamkit.errors import ConfigError, TrainingError
 from siamkit.losses.base import SiameseLoss
-from siamkit.losses.miners import AllPairs, AllTriplets
 from siamkit.models.siamese import SiameseNet
 from siamkit.models.transfer import param_groups
 from siamkit.training.batches import BatchSource, ClassBatches, ShardedBatches, make_batch
@@ -107,22 +106,18 @@ def validation_loss(
 ) -> float:  # fmt: skip
     """Mean loss over the fixed validation batches, in eval mode, never augmented.
 
-    A mining loss is scored over *every* valid tuple of each batch (the ``all`` / ``all-pairs`` miner): the
-    average over the tuples a miner keeps is no yardstick, since as the model improves fewer, harder tuples
-    are kept (batch-all, semi-hard) and that average can rise."""
+    Each batch is scored by ``loss_fn.score_all``: a mining loss over *every* valid tuple of the batch (the
+    ``all`` / ``all-pairs`` miner; the average over the tuples a miner keeps is no yardstick, since as the model
+    improves fewer, harder tuples are kept and that average can rise), and on this rank's rows alone (every
+    rank scores the whole validation plan itself)."""
     model.eval()
-    miner, gather = loss_fn.miner, loss_fn.gather
-    loss_fn.gather = None  # every rank scores the whole validation plan itself
-    if miner is not None:
-        loss_fn.miner = AllTriplets() if miner.output == "triplets" else AllPairs()
     total, n = 0.0, 0
     try:
         for b in source.plan(0):
             batch = make_batch(images, b, preprocess, device, train=False, channels_last=channels_last)
-            total += float(loss_fn(model, batch)) * len(b.index)
+            total += float(loss_fn.score_all(model, batch)) * len(b.index)
             n += len(b.index)
     finally:
-        loss_fn.miner, loss_fn.gather = miner, gather
         model.train()
     return total / max(n, 1)
 

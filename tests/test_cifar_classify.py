@@ -150,6 +150,15 @@ def test_confusion_and_most_confused_pair():
     assert most_confused(cm) == (2, 3, 3)
 
 
+def test_the_command_lines_block_names_are_the_models():
+    from siamkit.classify.study import ClassifyConfig
+    from siamkit.cli import classify as cli_classify
+    from siamkit.models.blocks import BLOCK_KINDS
+
+    assert cli_classify.BLOCK_KINDS == BLOCK_KINDS  # written out there: models.blocks imports torch
+    assert ClassifyConfig().blocks == cli_classify.DEFAULT_BLOCKS
+
+
 @pytest.fixture(scope="module")
 def tiny_cifar(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")

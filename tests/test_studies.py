@@ -23,6 +23,18 @@ TINY = ["data.limit=240", "train.epochs=1", "eval.n_pairs=200", "eval.n_triplets
         "eval.tsne_points=60"]  # fmt: skip
 
 
+def test_the_package_names_are_its_modules_objects():
+    """``siamkit.studies`` loads each name on first use (``--help`` reads the constants without torch)."""
+    import importlib
+
+    for module, names in studies.HOMES.items():
+        for name in names:
+            assert getattr(studies, name) is getattr(importlib.import_module(module), name), name
+    assert sorted(n for names in studies.HOMES.values() for n in names) == sorted(studies.__all__)
+    with pytest.raises(AttributeError):
+        studies.no_such_name  # noqa: B018
+
+
 class Interrupting:
     """train_run that records each call's setting and raises KeyboardInterrupt on call number ``stop_at``."""
 

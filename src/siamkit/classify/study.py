@@ -86,6 +86,21 @@ class StudyData:
     note: str | None
 
 
+@dataclass
+class Trained:
+    """What training left: the model with its best-validation-accuracy weights loaded, the class ``names``, the
+    per-epoch ``history``, and the budget used (``seconds`` of training, ``seen`` images, ``out_of_time``)."""
+
+    model: BaseCNN
+    names: list[str]
+    history: list[dict[str, float]]
+    best_acc: float
+    best_epoch: int
+    seconds: float
+    seen: int
+    out_of_time: bool
+
+
 def load_study_data(cfg: ClassifyConfig) -> StudyData:
     note = None
     if cfg.data == "fashion-mnist":
@@ -201,13 +216,14 @@ def train_classifier(cfg: ClassifyConfig, data: StudyData | None = None) -> dict
     assert best_state is not None
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)
-    return _finish(cfg, data, model, names, history, best_acc, best_epoch, seconds, seen, out_of_time, device, out)
+    trained = Trained(model, names, history, best_acc=best_acc, best_epoch=best_epoch, seconds=seconds, seen=seen,
+                      out_of_time=out_of_time)  # fmt: skip
+    return _finish(cfg, data, trained, device, out)
 
 
-def _finish(
-    cfg: ClassifyConfig, data: StudyData, model: BaseCNN, names: list[str], history: list[dict[str, float]],
-    best_acc: float, best_epoch: int, seconds: float, seen: int, out_of_time: bool, device: torch.device, out: Path,
-) -> dict[str, Any]:  # fmt: skip
+def _finish(cfg: ClassifyConfig, data: StudyData, trained: Trained, device: torch.device, out: Path) -> dict[str, Any]:
+    """Score the kept model on validation (and test), save it, its history, figures, metrics and report."""
+    model, names, history, seconds = trained.model, trained.names, trained.history, trained.seconds
     pre_eval = Preprocess(data.mean, data.std)
     val_logits, val_feats = predict(model, data.val.images, pre_eval, device)
     pred = val_logits.argmax(1).numpy()
@@ -216,8 +232,9 @@ def _finish(
     metrics: dict[str, Any] = {
         "blocks": cfg.blocks, "dataset": data.name, "note": data.note,
         "trainable_parameters": count_parameters(model), "train_seconds": round(seconds, 2),
-        "images_per_second": round(seen / seconds, 1) if seconds else 0.0, "epochs_run": len(history),
-        "budget_reached": out_of_time, "best_epoch": best_epoch, "best_val_accuracy": round(best_acc, 4),
+        "images_per_second": round(trained.seen / seconds, 1) if seconds else 0.0, "epochs_run": len(history),
+        "budget_reached": trained.out_of_time, "best_epoch": trained.best_epoch,
+        "best_val_accuracy": round(trained.best_acc, 4),
         "most_confused": {"classes": [a, b], "names": [names[a], names[b]], "count": count},
         "confusion_matrix": cm.tolist(), "class_names": names,
         "split_sizes": {"train": len(data.train), "validation": len(data.val)},
@@ -232,7 +249,7 @@ def _finish(
         "input_shape": json.dumps(list(data.train.shape)), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
     })  # fmt: skip
     atomic_write_csv(out / "history.csv", list(history[0]), history)
-    _figures(cfg, data, model, names, history, cm, val_feats.numpy(), out)
+    _figures(cfg, data, trained, cm=cm, val_feats=val_feats.numpy(), out=out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(out)
     return {"run_dir": str(out), **metrics}
@@ -243,9 +260,11 @@ FIGURES = ("curves.png", "confusion.png", "tsne.png", "feature_maps.png", "sampl
 
 
 def _figures(
-    cfg: ClassifyConfig, data: StudyData, model: BaseCNN, names: list[str], history: list[dict[str, float]],
-    cm: np.ndarray, val_feats: np.ndarray, out: Path,
+    cfg: ClassifyConfig, data: StudyData, trained: Trained, *, cm: np.ndarray, val_feats: np.ndarray, out: Path
 ) -> None:  # fmt: skip
+    """The run's figures (``FIGURES``): curves, confusion, t-SNE of ``val_feats``, feature maps, samples, classes,
+    augmentations."""
+    model, names, history = trained.model, trained.names, trained.history
     rng = np.random.default_rng(cfg.seed)
     figures.plot_curves(history, out / "curves.png")
     figures.plot_confusion(cm, names, out / "confusion.png")

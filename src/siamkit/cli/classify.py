@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 from siamkit.cli.common import Subparsers, command, emit, output_flags, overrides_flag
 
 SHORTCUTS = {"data": "data", "epochs": "epochs", "name": "name", "runs_dir": "runs_dir"}
+BLOCK_KINDS = ("A", "B", "C", "D", "Ddw", "E")
+"""``siamkit.models.blocks.BLOCK_KINDS``, written out here because that module imports torch and ``--help`` must
+not (tests/test_cifar_classify.py keeps the two equal)."""
+DEFAULT_BLOCKS = "AAAAAAAA"
+"""``ClassifyConfig.blocks``'s default, for the same reason (kept equal by the same test)."""
 
 
 def register(sub: Subparsers) -> None:
@@ -24,12 +29,14 @@ def register(sub: Subparsers) -> None:
         "siamkit classify train --blocks BBBBBBBB                 # CIFAR-10: Adam 1e-3, ExponentialLR γ 0.95",
         "siamkit classify train --data fashion-mnist --blocks A --set limit=5000 --set lr=3e-4",
     ])  # fmt: skip
-    ct.add_argument("--blocks", help="block string, e.g. AAAAAAAA (default), BBBBBBBB, ABCDEABC, Ddw")
+    ct.add_argument("--blocks", help=f"block string of the kinds {', '.join(BLOCK_KINDS)}, e.g. {DEFAULT_BLOCKS} "
+                    "(default), BBBBBBBB, ABCDEABC, Ddw")  # fmt: skip
     cc = command(csub, "compare", _compare, "train several block strings under one budget and tabulate them", [
         "siamkit classify compare --blocks A B C D Ddw E --set budget_seconds=600",
     ])  # fmt: skip
-    cc.add_argument("--blocks", nargs="+", default=["A", "B", "C", "D", "Ddw", "E"],
-                    help="block strings (one kind = all eight blocks of it)")  # fmt: skip
+    cc.add_argument("--blocks", nargs="+", default=list(BLOCK_KINDS),
+                    help="block strings (one kind = all eight blocks of it; default: "
+                         f"{' '.join(BLOCK_KINDS)})")  # fmt: skip
     for sp in (ct, cc):
         sp.add_argument("config", nargs="?", help="YAML file of classify keys (optional; defaults otherwise)")
         overrides_flag(sp, "budget_seconds=60")

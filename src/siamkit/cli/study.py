@@ -7,6 +7,7 @@ import argparse
 import shlex
 
 from siamkit.cli.common import Subparsers, command, emit, fmt, output_flags, overrides_flag
+from siamkit.studies.params import OBJECTIVE_NAMES, PRUNERS, STRATEGIES
 
 
 def register(sub: Subparsers) -> None:
@@ -21,13 +22,13 @@ def register(sub: Subparsers) -> None:
     ], "Each --param is KEY=v1,v2,... (a list to draw from) or, for tpe, KEY=float:LOW:HIGH, log:LOW:HIGH, "
        "int:LOW:HIGH. Run it again to resume.")  # fmt: skip
     ss.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUES", required=True)
-    ss.add_argument("--strategy", choices=("random", "grid", "tpe"), default="random")
+    ss.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
     ss.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (random, tpe)")
-    ss.add_argument("--objective", choices=("auto", "val_loss", "map_at_r", "precision_at_1"), default="auto",
+    ss.add_argument("--objective", choices=OBJECTIVE_NAMES, default=OBJECTIVE_NAMES[0],
                     help="what ranks the trials: auto (default) = the runs' own checkpoint monitor, validation MAP@R "
                     "(the validation loss for pairs/triplets CSVs)")  # fmt: skip
     ss.add_argument("--storage", help="Optuna storage URL shared by workers (default: STUDY_DIR/study.db)")
-    ss.add_argument("--pruner", choices=("none", "median"), default="none")
+    ss.add_argument("--pruner", choices=PRUNERS, default=PRUNERS[0])
     ss.add_argument("--seed", type=int, default=0)
     sm = command(ssub, "margins", _study, "TPR@FPR on train and validation per loss and margin",
                  ["siamkit study margins --losses triplet contrastive --margins 0.1 1 10"])  # fmt: skip
@@ -58,12 +59,14 @@ def _study(args: argparse.Namespace) -> None:
     made_by = "siamkit " + shlex.join(args.argv)  # recorded in the study folder
     if args.study_command == "search":
         params = [studies.parse_param(p) for p in args.params]
-        r = studies.search(name, params, base, args.config, args.strategy, args.trials, args.objective,
-                           args.storage, args.seed, args.pruner, args.runs_dir, command=made_by)  # fmt: skip
+        r = studies.search(name, params, base, args.config, strategy=args.strategy, n_trials=args.trials,
+                           objective=args.objective, storage=args.storage, seed=args.seed, pruner=args.pruner,
+                           runs_dir=args.runs_dir, command=made_by)  # fmt: skip
     elif args.study_command == "margins":
-        r = studies.margins(name, args.losses, args.margins, base, args.config, args.runs_dir, command=made_by)
+        r = studies.margins(name, args.losses, args.margins, base, args.config, runs_dir=args.runs_dir,
+                            command=made_by)  # fmt: skip
     else:
-        r = studies.compare(name, args.losses, base, args.config, args.runs_dir, command=made_by)
+        r = studies.compare(name, args.losses, base, args.config, runs_dir=args.runs_dir, command=made_by)
     lines = [f"study: {r['study_dir']}"]
     if r.get("best"):
         lines.append("best: " + ", ".join(f"{k}={fmt(v)}" for k, v in r["best"].items()))

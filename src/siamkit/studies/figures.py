@@ -13,7 +13,7 @@ from siamkit.evaluate.plots import save_figure
 
 
 def plot_search_history(
-    trials: Sequence[int], values: Sequence[float], minimize: bool, objective: str, title: str, path: Path
+    trials: Sequence[int], values: Sequence[float], path: Path, *, minimize: bool, objective: str, title: str
 ) -> Path:  # fmt: skip
     """Each finished trial's ``objective`` and the best so far (stepped), on integer trial numbers."""
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -12,6 +12,10 @@ from typing import Any
 from siamkit.config import check_key, load_config
 from siamkit.errors import ConfigError, DataError
 
+STRATEGIES = ("random", "grid", "tpe")
+"""How a search picks its trials' settings: Optuna's random or TPE sampler, or every combination (grid)."""
+PRUNERS = ("none", "median")
+"""``median``: stop a trial whose per-epoch objective trails the others' median (Optuna's ``MedianPruner``)."""
 OBJECTIVES = {"val_loss": "minimize", "map_at_r": "maximize", "precision_at_1": "maximize"}
 OBJECTIVE_NAMES = ("auto", *OBJECTIVES)
 """``auto``: the objective a run's own checkpoint monitor uses — validation MAP@R, or the validation loss for

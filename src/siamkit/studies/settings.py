@@ -71,7 +71,7 @@ def _tpr(m: dict[str, Any]) -> list[float | None]:
 
 
 def margins(
-    name: str, losses: list[str], margin_values: list[float], base: list[str], config: str | None = None,
+    name: str, losses: list[str], margin_values: list[float], base: list[str], config: str | None = None, *,
     runs_dir: str = "runs", train: Callable[..., dict[str, Any]] | None = None, command: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """Margin sensitivity (SPEC §6, source C): TPR at each FPR on train and validation, and similarity
@@ -104,7 +104,7 @@ def margins(
 
 
 def compare(
-    name: str, losses: list[str], base: list[str], config: str | None = None, runs_dir: str = "runs",
+    name: str, losses: list[str], base: list[str], config: str | None = None, *, runs_dir: str = "runs",
     train: Callable[..., dict[str, Any]] | None = None, command: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """Loss comparison (SPEC §7): one run per loss on the same data, backbone and budget; the table of test

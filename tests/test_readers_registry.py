@@ -266,3 +266,12 @@ def test_a_users_reader_class_is_read_by_its_plugin_name(tmp_path, monkeypatch):
     bundle = load_dataset(DataConfig(source=str(tmp_path / "set.throwaway"), layout=name))
     assert bundle.layout == name and bundle.images.class_names == ["a", "b"]
     assert "throwaway" not in READERS
+
+
+def test_an_existing_folder_named_like_a_set_is_listed_as_the_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _png(tmp_path / "digits" / "7" / "a.png", 9)
+    assert collect_images(["digits"]) == [(str(tmp_path / "digits" / "7" / "a.png"), "7")]
+    monkeypatch.chdir(tmp_path / "digits")  # no folder named digits here: the set by name
+    with pytest.raises(DataError, match="digits: a digits set is held as arrays"):
+        collect_images(["digits"])

@@ -27,7 +27,7 @@ def collect_images(sources: Sequence[str], label: str | None = None) -> list[Ite
     out: list[Item] = []
     for src in sources:
         p = Path(src)
-        if src in named:
+        if not p.exists() and src in named:  # an existing file or folder of that name is what it says
             items = named[src].list_images(src)
         elif not p.exists():
             raise DataError(f"{src}: not found; give image files, folders of images, or a CSV with a path column")

@@ -88,8 +88,8 @@ def train_steps(source: Path, cache_dir: Path, steps: int, batch: int, overrides
     import torch
 
     from siamkit.devices import keep_freed_memory
+    from siamkit.plan import prepare
     from siamkit.training.batches import make_batch
-    from siamkit.training.pipeline import batch_sources, make_loss, prepare_data
 
     torch.set_num_threads(os.cpu_count() or 1)
     if "train.keep_freed_memory=false" not in overrides:
@@ -97,13 +97,9 @@ def train_steps(source: Path, cache_dir: Path, steps: int, batch: int, overrides
     imported = time.perf_counter() - t0
     t0 = time.perf_counter()
     cfg = _config(source, cache_dir, batch, overrides)
-    prep = prepare_data(cfg)
+    plan = prepare(cfg)
     loaded = time.perf_counter() - t0
-    from siamkit.models.siamese import build_model
-
-    model = build_model(cfg.model, prep.input_shape[0])
-    loss_fn = make_loss(cfg)
-    train_source, _ = batch_sources(cfg, loss_fn, prep.splits)
+    cfg, prep, model, loss_fn, train_source = plan.cfg, plan.prepared, plan.model, plan.loss, plan.train_batches
     opt = torch.optim.Adam(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-3)
     images = prep.splits.train.images.images
     device = torch.device("cpu")

@@ -18,9 +18,9 @@ import torch
 
 from siamkit.config import load_config
 from siamkit.evaluate.metrics import retrieval_metrics
-from siamkit.models.siamese import SiameseNet, build_model
+from siamkit.models.siamese import SiameseNet
+from siamkit.plan import prepare
 from siamkit.training.loop import FitData, FitHooks, fit
-from siamkit.training.pipeline import batch_sources, make_loss, prepare_data
 
 
 def probe(model: SiameseNet, images: torch.Tensor, labels, preprocess) -> dict[str, float]:
@@ -50,12 +50,10 @@ def main() -> None:
     overrides = ["train.progress=false", "train.patience=0", "train.monitor=val_loss", f"train.epochs={args.epochs}",
                  *args.overrides]  # fmt: skip
     cfg = load_config(None, overrides)
-    torch.manual_seed(cfg.train.seed)
-    prep = prepare_data(cfg)
+    plan = prepare(cfg)
+    cfg, prep, model, loss = plan.cfg, plan.prepared, plan.model, plan.loss
     s = prep.splits
-    model = build_model(cfg.model, prep.input_shape[0])
-    loss = make_loss(cfg, s.n_classes, model.embedding_dim)
-    train_source, val_source = batch_sources(cfg, loss, s)
+    train_source, val_source = plan.train_batches, plan.val_batches
     images, labels = s.val.images.images[:2000], s.val.images.labels[:2000]
     rows = [{"epoch": 0, **probe(model, images, labels, prep.preprocess)}]
 

@@ -32,8 +32,8 @@ from siamkit.evaluate.evaluator import embed_images, pixel_embeddings
 from siamkit.evaluate.metrics import retrieval_metrics
 from siamkit.losses.base import SiameseLoss
 from siamkit.models.siamese import SiameseNet, build_model
+from siamkit.plan import batch_sources, make_loss, prepare_data
 from siamkit.training.loop import FitData, FitHooks, fit
-from siamkit.training.pipeline import batch_sources, make_loss, prepare_data
 
 
 class RotatedIdentities:
@@ -65,7 +65,7 @@ def run_split(args: argparse.Namespace, train: str, test: str) -> dict[str, Any]
     cfg = load_config(None, overrides)
     torch.manual_seed(cfg.train.seed)
     prep = prepare_data(cfg)
-    s = prep.splits
+    cfg, s = prep.cfg, prep.splits
     model: SiameseNet = build_model(cfg.model, prep.input_shape[0])
     loss = make_loss(cfg, s.n_classes * (4 if args.rotations > 1 else 1), model.embedding_dim)
     train_source, val_source = batch_sources(cfg, loss, s)

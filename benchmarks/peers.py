@@ -31,9 +31,11 @@ from common import protocol_overrides, result_line
 from siamkit.config import RunConfig, load_config
 from siamkit.devices import resolve_device
 from siamkit.errors import SiamkitError
+from siamkit.evaluate.run import evaluate_prepared
 from siamkit.models.siamese import build_model, count_parameters
+from siamkit.plan import prepare_data
 from siamkit.training.optim import build_optimizer, build_scheduler
-from siamkit.training.pipeline import evaluate_prepared, prepare_data, retrieval_monitor, train_run
+from siamkit.training.pipeline import retrieval_monitor, train_run
 
 RUNS = ("pml", "siamkit-triplet", "siamkit-default")
 TRIPLET = ["loss.name=triplet", "loss.params={margin: 0.2}", "loss.miner=semi-hard", "loss.miner_params={margin: 0.2}"]
@@ -50,6 +52,7 @@ def train_pml(
 
     torch.manual_seed(cfg.train.seed)
     prep = prepare_data(cfg)
+    cfg = prep.cfg
     device = resolve_device(cfg.train.device)
     model = build_model(cfg.model, prep.input_shape[0]).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format

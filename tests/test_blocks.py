@@ -145,8 +145,9 @@ def test_stages_of_each_backbone():
 def test_train_run_with_a_frozen_backbone_keeps_it(tmp_path):
     from siamkit.config import load_config
     from siamkit.models.siamese import build_model
+    from siamkit.runs.artifact import load_run
     from siamkit.training.checkpoint import load_state
-    from siamkit.training.pipeline import load_run, train_run
+    from siamkit.training.pipeline import train_run
 
     common = ["train.epochs=2", "train.progress=false", f"runs_dir={tmp_path}", "eval.n_pairs=200"]
     cfg = load_config(None, [*common, "name=frozen", "train.freeze_backbone=true"])

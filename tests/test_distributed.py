@@ -103,7 +103,7 @@ def _worker(rank: int, rdv: str, out: str) -> None:
     images = ImageSet(torch.randint(0, 256, (23, 1, 8, 8), generator=torch.Generator().manual_seed(3),
                                     dtype=torch.uint8), np.arange(23) % 4, [])  # fmt: skip
     ev = evaluate_split(model, images, None, Preprocess([0.5], [0.25]), EvalConfig(n_pairs=40, n_triplets=30,
-                        batch_size=5), None, seed=4)  # fmt: skip
+                        batch_size=5), threshold=None, seed=4)  # fmt: skip
     emb = gather_embeddings(lambda idx: torch.stack([idx.float(), -idx.float()], 1), 23, info)
     torch.save({"steps": results, "eval": ev.metrics, "order": emb, "draws": _rank_draws(rank)}, f"{out}.{rank}")
     dist.destroy_process_group()
@@ -134,7 +134,7 @@ def test_distributed_evaluation_equals_single_process(distributed_results):
     images = ImageSet(torch.randint(0, 256, (23, 1, 8, 8), generator=torch.Generator().manual_seed(3),
                                     dtype=torch.uint8), np.arange(23) % 4, [])  # fmt: skip
     ev = evaluate_split(model, images, None, Preprocess([0.5], [0.25]), EvalConfig(n_pairs=40, n_triplets=30,
-                        batch_size=5), None, seed=4)  # fmt: skip
+                        batch_size=5), threshold=None, seed=4)  # fmt: skip
     for rank in range(WORLD):
         got = distributed_results[rank]["eval"]
         for key in ("auc", "eer", "precision_at_1", "map_at_r", "r_precision", "similarity_accuracy"):

@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from siamkit.cli import main
-from siamkit.runs.artifact import read_weights
+from siamkit.runs.artifact import load_run, read_weights
 from siamkit.training.checkpoint import load_state
-from siamkit.training.pipeline import load_run
 
 FILES = [
     "config.yaml",

@@ -64,17 +64,17 @@ def test_episodes_draw_distinct_classes_and_disjoint_images() -> None:
 
 def test_too_few_classes_is_a_reason_not_a_crash() -> None:
     labels = np.repeat(np.arange(4), 3)
-    assert "needs 5 classes" in plan_episodes(labels, 5, 1, 1, 10, 0)
+    assert "needs 5 classes" in plan_episodes(labels, 5, 1, 1, 10, seed=0)
     groups = np.array([0, 0, 1, 1])
-    assert "no group has 3 classes" in plan_episodes(labels, 3, 1, 1, 10, 0, groups)
+    assert "no group has 3 classes" in plan_episodes(labels, 3, 1, 1, 10, seed=0, groups=groups)
     with pytest.raises(ConfigError, match="way ≥ 2"):
-        plan_episodes(labels, 1, 1, 1, 10, 0)
+        plan_episodes(labels, 1, 1, 1, 10, seed=0)
 
 
 def test_within_group_episodes_stay_in_one_group() -> None:
     labels = np.repeat(np.arange(12), 4)
     groups = np.repeat(np.arange(3), 4)  # 3 groups of 4 classes
-    plan = plan_episodes(labels, 4, 1, 2, 40, 5, groups)
+    plan = plan_episodes(labels, 4, 1, 2, 40, seed=5, groups=groups)
     assert not isinstance(plan, str) and plan.within_group
     for e in range(40):
         assert len(set(groups[labels[plan.support[e, :, 0]]])) == 1

@@ -312,7 +312,7 @@ def test_mined_fdc_weights_distant_pairs_to_the_neighbour_count(seed):
 
 def test_fisher_losses_are_evaluated_unnormalised(tmp_path):
     from siamkit.config import load_config
-    from siamkit.training.pipeline import prepare_data
+    from siamkit.plan import prepare_data
 
     for loss, want in (("fdt", False), ("fdc", False), ("triplet", True)):
         cfg = load_config(None, [f"loss.name={loss}", "data.limit=200"])

@@ -212,7 +212,7 @@ def test_pixel_baseline_equals_hand_computation():
         norm = math.sqrt(sum(v * v for v in flat))
         by_hand.append([v / norm for v in flat])
     assert torch.allclose(emb, torch.tensor(by_hand), atol=1e-6)
-    result = evaluate_embeddings(emb, images, None, EvalConfig(n_pairs=20, n_triplets=20), None, 0)
+    result = evaluate_embeddings(emb, images, None, EvalConfig(n_pairs=20, n_triplets=20), None, seed=0)
     p1, mapr = _loop_p1_map_at_r(by_hand, labels.tolist())
     assert result.metrics["precision_at_1"] == pytest.approx(p1) and result.metrics["map_at_r"] == pytest.approx(mapr)
 
@@ -220,7 +220,8 @@ def test_pixel_baseline_equals_hand_computation():
 @pytest.fixture(scope="module")
 def open_run(tmp_path_factory):
     """A short training run on digits with an identity split; its metrics and the prepared data."""
-    from siamkit.training.pipeline import prepare_data, train_run
+    from siamkit.plan import prepare_data
+    from siamkit.training.pipeline import train_run
 
     runs = tmp_path_factory.mktemp("open")
     overrides = ["data.split=identity", "data.test_classes=0,1,2", "data.val_classes=3,4,5", "train.epochs=3",
@@ -246,13 +247,14 @@ def test_pixel_and_untrained_baselines_match_a_recomputation(open_run):
     from siamkit.evaluate.evaluator import embed_images, evaluate_embeddings, pixel_embeddings
     from siamkit.evaluate.metrics import retrieval_metrics
     from siamkit.models.siamese import build_model
-    from siamkit.training.pipeline import make_loss
+    from siamkit.plan import make_loss
 
     r, prep, _ = open_run
     test = prep.splits.test.images
     got = retrieval_metrics(pixel_embeddings(test.images), test.labels, (1,))
     assert r["baselines"]["pixels"]["test"]["map_at_r"] == pytest.approx(got["map_at_r"])
-    ev = evaluate_embeddings(pixel_embeddings(test.images), test, None, prep.cfg.eval, None, prep.cfg.train.seed + 13)
+    ev = evaluate_embeddings(pixel_embeddings(test.images), test, None, prep.cfg.eval, None,
+                             seed=prep.cfg.train.seed + 13)  # fmt: skip
     assert r["baselines"]["pixels"]["test"]["auc"] == pytest.approx(ev.metrics["auc"])
     torch.manual_seed(prep.cfg.train.seed)  # train_run's order: seed, data, model (the untrained weights)
     net = build_model(prep.cfg.model, prep.input_shape[0]).eval()
@@ -269,17 +271,17 @@ def test_checkpoint_and_threshold_come_from_validation_identities(open_run):
     identities instead gives other numbers, so this fails if they were used."""
     from siamkit.evaluate.evaluator import evaluate_split
     from siamkit.evaluate.metrics import best_threshold
-    from siamkit.training.pipeline import load_run
+    from siamkit.runs.artifact import load_run
 
     r, prep, run_dir = open_run
     val_ids = set(r["identities"]["validation"])
     assert _ids(prep.splits.val) == val_ids and not (val_ids & _ids(prep.splits.train))
     model = load_run(run_dir).model
-    val = evaluate_split(model, prep.splits.val.images, None, prep.preprocess, prep.cfg.eval, None,
-                         prep.cfg.train.seed + 11)  # fmt: skip
+    val = evaluate_split(model, prep.splits.val.images, None, prep.preprocess, prep.cfg.eval, threshold=None,
+                         seed=prep.cfg.train.seed + 11)  # fmt: skip
     assert r["threshold"] == pytest.approx(best_threshold(val.pairs.distances, val.pairs.labels))
-    train = evaluate_split(model, prep.splits.train.images, None, prep.preprocess, prep.cfg.eval, None,
-                           prep.cfg.train.seed + 11)  # fmt: skip
+    train = evaluate_split(model, prep.splits.train.images, None, prep.preprocess, prep.cfg.eval, threshold=None,
+                           seed=prep.cfg.train.seed + 11)  # fmt: skip
     assert best_threshold(train.pairs.distances, train.pairs.labels) != pytest.approx(r["threshold"])
     _check_kept_epoch(r, prep, run_dir)
 
@@ -289,7 +291,7 @@ def _check_kept_epoch(r, prep, run_dir: Path) -> None:
     validation MAP@R, recomputed, is the one history.csv recorded for it."""
     from siamkit.evaluate.evaluator import embed_images
     from siamkit.evaluate.metrics import retrieval_metrics
-    from siamkit.training.pipeline import load_run
+    from siamkit.runs.artifact import load_run
 
     with (run_dir / "history.csv").open() as fh:
         history = list(csv.DictReader(fh))
@@ -306,7 +308,8 @@ def learning_run(tmp_path_factory):
     one: with ``open_run`` the kept epoch is 0 (on 4 training digits, training lowers the validation identities'
     MAP@R from 0.58 to 0.32) and an untrained model passes the check. Digits split at random (closed set: every
     class in training), where the ConvNet learns (validation MAP@R 0.34 → 0.6)."""
-    from siamkit.training.pipeline import prepare_data, train_run
+    from siamkit.plan import prepare_data
+    from siamkit.training.pipeline import train_run
 
     runs = tmp_path_factory.mktemp("learn")
     overrides = ["data.split=random", "train.epochs=2", "train.progress=false", "eval.n_pairs=400",

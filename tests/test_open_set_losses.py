@@ -176,7 +176,7 @@ def test_ssl_term_needs_augmentation_and_labelled_batches(tmp_path):
 def test_ssl_term_is_attached_and_adds_to_the_loss():
     from siamkit.config import load_config
     from siamkit.losses.selfsup import SelfSupervised
-    from siamkit.training.pipeline import make_loss
+    from siamkit.plan import make_loss
 
     cfg = load_config(None, ["loss.ssl_weight=0.5", "data.augment.enabled=true"])
     loss = make_loss(cfg, 10)

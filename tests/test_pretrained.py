@@ -93,12 +93,13 @@ def test_presets_follow_the_weights(tmp_path):
     assert preset is not None and preset.input_size == 224 and preset.mean == IMAGENET_MEAN
     path = tmp_path / "r18.pth"
     torch.save(_full_model_state("resnet18", 1), path)
-    from siamkit.training.pipeline import prepare_data
+    from siamkit.plan import prepare_data
 
     cfg = load_config(None, ["model.backbone=resnet18", f"model.backbone_args={{weights: {path}}}", "data.limit=60"])
     prep = prepare_data(cfg)
     assert prep.input_shape == (3, 224, 224)
-    assert cfg.data.mean == IMAGENET_MEAN and cfg.data.image_size == 224 and cfg.data.channels == 3
+    assert prep.cfg.data.mean == IMAGENET_MEAN and prep.cfg.data.image_size == 224 and prep.cfg.data.channels == 3
+    assert cfg.data.mean is None  # the given config is left as it was: the resolved one is the run's
 
 
 def test_grayscale_input_to_an_imagenet_backbone():

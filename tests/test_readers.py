@@ -347,7 +347,7 @@ def test_exif_orientation_turns_the_photo_upright(tmp_path, fmt):
 
 def test_the_input_is_chosen_from_the_training_identities_images_only(tmp_path):
     from siamkit.config import load_config
-    from siamkit.training.pipeline import prepare_data
+    from siamkit.plan import prepare_data
 
     rng = np.random.default_rng(0)
     layout = {"train": (["a", "b", "c", "d"], "L", 16, 4), "val": (["e", "f"], "L", 16, 4),

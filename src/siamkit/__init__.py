@@ -28,13 +28,13 @@ SHORTCUTS = {
 
 
 def load(run_dir: Any, backend: str = "torch", device: str = "cpu", onnx: str | None = None,
-         threshold: float | None = None, faces: str | None = None, *, trust_code: bool = False) -> Model:  # fmt: skip
+         threshold: float | None = None, *, faces: str | None = None, trust_code: bool = False) -> Model:  # fmt: skip
     """The trained run in ``run_dir`` (or a pretrained name: ``"dlib-face"``) as a :class:`siamkit.runs.Model`;
     ``faces="off"`` for face chips already aligned; ``trust_code=True`` to import code the run's files name
     (see :func:`siamkit.runs.load`)."""
     from siamkit.runs import load as load_run
 
-    return load_run(run_dir, backend, device, onnx, threshold, faces, trust_code=trust_code)
+    return load_run(run_dir, backend, device, onnx, threshold, faces=faces, trust_code=trust_code)
 
 
 def train(
@@ -42,36 +42,32 @@ def train(
 ) -> Model:  # fmt: skip
     """Train a model and return it, evaluated, as a :class:`siamkit.runs.Model` (its metrics in ``.result``).
 
-    ``config``: a YAML run config (optional). ``data``, ``loss``, ``backbone``, ``epochs``, ``name``,
-    ``runs_dir``, ``recipe`` are shortcuts; any other config key is given with ``__`` for the dot
-    (``train__lr=3e-4``) or as a dotted key (``**{"train.lr": 3e-4}``). Example::
+    ``config``: a YAML run config's path or a :class:`siamkit.config.RunConfig` (optional; the keys it sets count
+    as given, as a file's would). ``data``, ``loss``, ``backbone``, ``epochs``, ``name``, ``runs_dir``, ``recipe``
+    are shortcuts; any other config key is given with ``__`` for the dot (``train__lr=3e-4``) or as a dotted key
+    (``**{"train.lr": 3e-4}``); values are used as they are (typed). Example::
 
         m = siamkit.train(data="my_faces/", recipe="open-set", epochs=10, eval__threshold="fpr:0.001")
 
     Progress is logged to stderr as the CLI logs it (one line per epoch and per stage), unless ``log=False`` or
     the program has configured :mod:`logging` itself (then siamkit's records go to its handlers).
     """
-    import yaml
-
     from siamkit.config import load_config
     from siamkit.logs import stderr_logging
     from siamkit.training.pipeline import train_run
 
-    given = {"data": data, "loss": loss, **overrides}
-    sets = []
-    for key, value in given.items():
-        if value is None:
-            continue
-        dotted = SHORTCUTS.get(key, key.replace("__", "."))
-        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-        if text.endswith("\n..."):
-            text = text[: -len("\n...")]
-        sets.append(f"{dotted}={text}")
+    values = shortcut_values({"data": data, "loss": loss, **overrides})
     with stderr_logging(log):
-        result = train_run(load_config(config, sets))
+        result = train_run(load_config(config, values=values))
     model = load(result["run_dir"])
     model.result = result
     return model
 
 
-__all__ = ["SHORTCUTS", "__version__", "load", "train"]
+def shortcut_values(given: dict[str, Any]) -> dict[str, Any]:
+    """``{dotted config key: value}`` of keyword shortcuts (:data:`SHORTCUTS`), ``a__b`` keys and dotted keys;
+    None values are left out (not given)."""
+    return {SHORTCUTS.get(k, k.replace("__", ".")): v for k, v in given.items() if v is not None}
+
+
+__all__ = ["SHORTCUTS", "__version__", "load", "shortcut_values", "train"]

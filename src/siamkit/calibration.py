@@ -44,7 +44,7 @@ class PairSet:
 
 def calibrate_run(
     run_dir: str | os.PathLike[str], data: str, rule: str, backend: Any = "torch", skip_bad: bool = False,
-    n_pairs: int | None = None, seed: int = 0, out: str | os.PathLike[str] | None = None,
+    *, n_pairs: int | None = None, seed: int = 0, out: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (), hold_out: float = 0.0,
 ) -> dict[str, Any]:  # fmt: skip
     """Choose the run's threshold by ``rule`` (``accuracy``, ``fpr:<rate>`` or a number; see ``eval.threshold``)
@@ -74,7 +74,7 @@ def calibrate_run(
     model = open_model(run_dir, backend)
     meta = read_weights(RunDir(run_dir).weights)[1]  # the training threshold and config, read once
     run_cfg = json.loads(meta["config"])
-    data_cfg, n_pairs = _read_settings(run_cfg, data, model.input_shape, skip_bad, n_pairs, overrides)
+    data_cfg, n_pairs = _read_settings(run_cfg, data, model.input_shape, skip_bad, n_pairs, overrides=overrides)
     with face_alignment(model.faces):
         fit_set, held_set = _pair_sets(data_cfg, model.input_shape, n_pairs, seed, hold_out)
     fit = _scores(model, fit_set, data)
@@ -86,7 +86,7 @@ def calibrate_run(
     if test is not None:
         entry["test"] = test
     names = (fit_set.class_names or []) + ((held_set.class_names or []) if held_set is not None else [])
-    warnings = _warnings(run_dir, run_cfg, data, names or None, fit.distinct(0), target if kind == "fpr" else None)
+    warnings = _warnings(run_dir, run_cfg, data, names or None, fit.distinct(0), fpr=target if kind == "fpr" else None)
     for line in warnings:
         log.warning("%s", line)
     default_rule = run_cfg.get("eval", {}).get("threshold", "accuracy")
@@ -170,7 +170,7 @@ def distinct_rows(index: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
 
 def _read_settings(
     run_cfg: dict[str, Any], data: str, shape: tuple[int, int, int], skip_bad: bool, n_pairs: int | None,
-    overrides: Sequence[str],
+    *, overrides: Sequence[str],
 ) -> tuple[Any, int]:  # fmt: skip
     """How to read ``data``: the run's data settings (faces, cache, layout rules) on the new source at the run's
     input shape, then ``overrides`` (``data.*``, ``eval.n_pairs``); and how many pairs of each kind to draw."""
@@ -259,9 +259,10 @@ def labelled_images(cfg: Any, shape: tuple[int, int, int]) -> Any:
     c, h, w = shape
     layout = cfg.layout if cfg.layout != "auto" else detect_layout(cfg.source)
     if layout == "folder":
-        images = read_folder(cfg.source, c, (h, w), cfg.skip_bad, cache_settings(cfg), cfg.grouped)
+        images = read_folder(cfg.source, c, (h, w), cfg.skip_bad, cache_settings(cfg), grouped=cfg.grouped)
     elif layout == "flat":
-        images = read_flat(cfg.source, cfg.flat_field, cfg.flat_regex, c, (h, w), cfg.skip_bad, cache_settings(cfg))
+        images = read_flat(cfg.source, cfg.flat_field, cfg.flat_regex, c, (h, w), skip_bad=cfg.skip_bad,
+                           cache=cache_settings(cfg))  # fmt: skip
     else:
         images = all_images(load_dataset(dataclasses.replace(cfg, image_size=None, channels=c)))
         images = _resized(images, (h, w))
@@ -284,7 +285,7 @@ def _resized(images: Any, size: tuple[int, int]) -> Any:
 
 
 def _warnings(
-    run_dir: Path, run_cfg: dict[str, Any], data: str, names: list[str] | None, impostors: int, fpr: float | None
+    run_dir: Path, run_cfg: dict[str, Any], data: str, names: list[str] | None, impostors: int, *, fpr: float | None
 ) -> list[str]:  # fmt: skip
     """One line each: the calibration identities (``names``) the run was trained or validated on (its threshold
     would be set on people the model knows: too low a false-accept rate), and too few distinct impostor pairs

@@ -7,6 +7,7 @@ registry checks against the component's own signature.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -515,11 +516,22 @@ def load_dataclass(schema: type[T], path: str | os.PathLike[str] | None = None,
     return typing.cast(T, from_dict(schema, data))
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML run config (defaults when ``path`` is None) and apply ``a.b=value`` overrides."""
-    data: dict[str, Any] = read_mapping(path) if path is not None else {}
+def load_config(
+    path: str | os.PathLike[str] | RunConfig | None = None, overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> RunConfig:  # fmt: skip
+    """A run config from a YAML file (defaults when ``path`` is None), or from a ``RunConfig`` built in Python
+    (whose keys that differ from the defaults count as given, as a file's would), then ``a.b=value`` overrides
+    (values parsed as YAML) and ``values`` (``{"a.b": value}``, typed values used as they are). The keys given
+    are kept (``explicit_keys``): a recipe or a component fills only the others."""
+    if isinstance(path, RunConfig):
+        data: dict[str, Any] = given_keys(path)
+    else:
+        data = read_mapping(path) if path is not None else {}
     for item in overrides or []:
         set_key(data, item)
+    for key, value in (values or {}).items():
+        set_value(data, key, value)
     loss = data.get("loss")
     if isinstance(loss, dict):
         if "name" in loss and loss["name"] != DEFAULT_LOSS:
@@ -566,6 +578,44 @@ def dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> list
         else:
             keys.append(f"{prefix}{key}")
     return keys
+
+
+def given_keys(cfg: RunConfig) -> dict[str, Any]:
+    """The nested dict of ``cfg``'s values that differ from the defaults (what a YAML file setting them holds).
+
+    Example:
+        >>> cfg = RunConfig()
+        >>> cfg.train.epochs = 3
+        >>> given_keys(cfg)
+        {'train': {'epochs': 3}}
+    """
+    data, default = to_dict(cfg), to_dict(RunConfig())
+    out: dict[str, Any] = {}
+    for key in dotted_keys(data):
+        *sections, last = key.split(".")
+        node, base = data, default
+        for section in sections:
+            node, base = node[section], base[section]
+        if node[last] != base[last]:
+            target = out
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[last] = copy.deepcopy(node[last])
+    return out
+
+
+def set_value(data: dict[str, Any], key: str, value: Any, schema: Any = None) -> None:
+    """Set the dotted ``key`` of a nested config dict to ``value`` as it is (no YAML parsing); the key is checked
+    against ``schema`` (the run config by default) and the value when the config is built."""
+    parts = key.strip().split(".")
+    check_key(parts, schema)
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(parts)!r}: {part!r} is not a section in this config")
+        node = child
+    node[parts[-1]] = value
 
 
 def set_key(data: dict[str, Any], assignment: str, schema: Any = None) -> None:

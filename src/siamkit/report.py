@@ -233,7 +233,7 @@ def verdict(metrics: dict[str, Any]) -> str | None:
                 f"carries to new ones, so the model is the descriptor (gradient histograms, nothing learned) — on "
                 f"the {who}, MAP@R {t:.3f} against {px:.3f} for raw pixels. With more identities (30 or more) the "
                 "default trains; --recipe open-set trains anyway.")  # fmt: skip
-    said = _verdict_vs(t, px, un, margin, who, figures, kept)
+    said = _verdict_vs(t, px, un, margin, who, figures=figures, kept=kept)
     desc = base.get("descriptor", {}).get("map_at_r")
     if desc is not None and desc > t + margin and metrics.get("recipe") != "open-set":
         said += (f" The descriptor (gradient histograms, nothing learned) ranks them better still (MAP@R {desc:.3f}): "
@@ -242,7 +242,7 @@ def verdict(metrics: dict[str, Any]) -> str | None:
     return said
 
 
-def _verdict_vs(t: float, px: float, un: float | None, margin: float, who: str, figures: str, kept: str) -> str:
+def _verdict_vs(t: float, px: float, un: float | None, margin: float, who: str, *, figures: str, kept: str) -> str:
     if t >= px + margin and (un is None or t >= un + margin):
         return f"{kept}Training helped: on the {who}, {figures}."
     if t < px - margin:

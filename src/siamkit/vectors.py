@@ -25,7 +25,7 @@ FORMATS = {".npy": "npy", ".parquet": "parquet"}
 
 def embed_images(
     run_dir: str | os.PathLike[str], images: Sequence[str], batch_size: int = 256, progress: bool = False,
-    skip_bad: bool = False, source: Any = "torch", label: str | None = None,
+    skip_bad: bool = False, *, source: Any = "torch", label: str | None = None,
 ) -> tuple[np.ndarray, list[tuple[str, str | None]], list[str], Any]:  # fmt: skip
     """``(vectors (N, D) float32, [(path, label)], skipped paths, model)`` for ``images`` (``index build``'s
     sources) under the run's model."""

@@ -14,7 +14,7 @@ Subparsers = Any  # argparse's private _SubParsersAction
 
 
 def command(sub: Subparsers, name: str, handler: Handler | None, help: str, examples: list[str],
-            description: str | None = None) -> argparse.ArgumentParser:  # fmt: skip
+            *, description: str | None = None) -> argparse.ArgumentParser:  # fmt: skip
     """A sub-command ``name`` running ``handler(args)``, with ``examples`` shown under its ``--help``."""
     epilog = "example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description or help, epilog=epilog,

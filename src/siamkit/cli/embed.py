@@ -13,8 +13,10 @@ def register(sub: Subparsers) -> None:
         "siamkit embed runs/default photos/ --out vectors.npy        # + vectors.csv (row, path, label)",
         "siamkit embed runs/default people/ --out vectors.parquet",
         "siamkit embed runs/default a.png b.png --format json         # one JSON line per image",
-    ], "IMAGES are image files, class-per-folder roots (labels = folder names, images at any depth), flat folders, "
-       "or CSVs with a path (and label) column — as index build lists them.")  # fmt: skip
+    ], description=(
+        "IMAGES are image files, class-per-folder roots (labels = folder names, images at any depth), "
+        "flat folders, or CSVs with a path (and label) column — as index build lists them."
+    ))  # fmt: skip
     p.add_argument("run_dir", metavar="RUN")
     p.add_argument("images", nargs="+", metavar="IMAGES")
     p.add_argument("--out", metavar="FILE", help="FILE.npy (with FILE.csv of paths and labels beside it) or "
@@ -35,8 +37,8 @@ def _embed(args: argparse.Namespace) -> None:
     if args.out is not None:
         out_format(args.out)  # a bad extension fails before any image is read
     progress = not args.quiet and sys.stderr.isatty()
-    vectors, kept, skipped, model = embed_images(args.run_dir, args.images, args.batch_size, progress,
-                                                 args.skip_bad, model_source(args), args.label)  # fmt: skip
+    vectors, kept, skipped, model = embed_images(args.run_dir, args.images, args.batch_size, progress, args.skip_bad,
+                                                 source=model_source(args), label=args.label)  # fmt: skip
     if args.out is None:
         for line in json_lines(vectors, kept):
             print(line)

@@ -16,8 +16,10 @@ def register(sub: Subparsers) -> None:
     ib = command(isub, "build", _build, "embed images with a run's model into a new gallery", [
         "siamkit index build runs/default people/ --out gallery/",
         "siamkit index build runs/default photos.csv --out big/ --index hnsw --ef-search 128",
-    ], "IMAGES are image files, class-per-folder roots (labels = folder names), flat folders, or CSVs with a path "
-       "(and label) column.")  # fmt: skip
+    ], description=(
+        "IMAGES are image files, class-per-folder roots (labels = folder names), flat folders, or CSVs "
+        "with a path (and label) column."
+    ))  # fmt: skip
     ib.add_argument("run_dir")
     ib.add_argument("images", nargs="+")
     ib.add_argument("--out", required=True, metavar="GALLERY_DIR")
@@ -48,9 +50,10 @@ def register(sub: Subparsers) -> None:
     ir.add_argument("gallery_dir")
     ir.add_argument("ids", nargs="+", type=int)
     ic = command(isub, "compact", _compact, "fold the logged edits into a new base index (edits stay cheap)",
-                 ["siamkit index compact gallery/"], "Adds and removals are logged beside the base index and cost "
-                 "what they change; a commit compacts by itself once they outgrow the base. This does it "
-                 "now.")  # fmt: skip
+                 ["siamkit index compact gallery/"], description=(
+        "Adds and removals are logged beside the base index and cost what they change; a commit compacts "
+        "by itself once they outgrow the base. This does it now."
+    ))  # fmt: skip
     ic.add_argument("gallery_dir")
     ii = command(isub, "info", _info, "size, model, index and labels of a gallery", ["siamkit index info gallery/"])
     ii.add_argument("gallery_dir")

@@ -14,7 +14,10 @@ def register(sub: Subparsers) -> None:
         "siamkit verify runs/default a.png b.png",
         "siamkit verify runs/default --pairs pairs.csv --out decisions.csv",
         "siamkit verify dlib-face photo_a.jpg photo_b.jpg      # dlib's pretrained face model, no training",
-    ], "Two images, or --pairs CSV (path_a,path_b[,label]). RUN_DIR may be a pretrained name (dlib-face).")  # fmt: skip
+    ], description=(
+        "Two images, or --pairs CSV (path_a,path_b[,label]). RUN_DIR may be a pretrained name "
+        "(dlib-face)."
+    ))  # fmt: skip
     v.add_argument("run_dir")
     v.add_argument("image_a", nargs="?")
     v.add_argument("image_b", nargs="?")
@@ -41,8 +44,10 @@ def register(sub: Subparsers) -> None:
     s = command(sub, "summary", _summary, "layer-by-layer output shapes and parameter counts of a model", [
         "siamkit summary BBBBBBBB --input 3x32x32",
         "siamkit summary convnet --input 1x28x28 --embedding-dim 128 --set widths=[32,64]",
-    ], "A block string (AAAAAAAA, BBBBBBBB, Ddw, ...) summarises the BaseCNN classifier; a backbone (convnet, "
-       "resnet18, timm/NAME, ...) the Siamese encoder.")  # fmt: skip
+    ], description=(
+        "A block string (AAAAAAAA, BBBBBBBB, Ddw, ...) summarises the BaseCNN classifier; a backbone "
+        "(convnet, resnet18, timm/NAME, ...) the Siamese encoder."
+    ))  # fmt: skip
     s.add_argument("target", metavar="BACKBONE_OR_BLOCKS")
     s.add_argument("--input", help="input shape CxHxW (default: the model's usual, e.g. 3x32x32)")
     s.add_argument("--embedding-dim", type=int, default=64, help="embedding size of a Siamese encoder (default 64)")

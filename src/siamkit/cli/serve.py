@@ -14,8 +14,10 @@ def register(sub: Subparsers) -> None:
     sv = command(sub, "serve", _serve, "HTTP service + web page: embed, verify, search, gallery edits", [
         "siamkit serve runs/default --gallery gallery/          # http://127.0.0.1:8000",
         "SIAMKIT_TOKEN=secret siamkit serve runs/default --host 0.0.0.0 --allowed-host faces.example.org",
-    ], "Binds the port first (a busy one: one line, exit 2), prints where it listens (one JSON line with --format "
-       "json), then serves until interrupted.")  # fmt: skip
+    ], description=(
+        "Binds the port first (a busy one: one line, exit 2), prints where it listens (one JSON line with"
+        " --format json), then serves until interrupted."
+    ))  # fmt: skip
     sv.add_argument("run_dir")
     sv.add_argument("--gallery", dest="gallery_dir", help="gallery for /search and /gallery")
     sv.add_argument("--host", default=defaults.HOST, help=f"bind address (default: {defaults.HOST})")

@@ -19,8 +19,10 @@ def register(sub: Subparsers) -> None:
     ss = command(ssub, "search", _study, "random, grid or TPE search over config keys (Optuna; resumable)", [
         "siamkit study search --param train.lr=1e-4,3e-4,1e-3 --param loss.params.margin=0.2,0.5 --strategy grid",
         "siamkit study search --strategy tpe --param train.lr=log:1e-5:1e-2 --trials 20 --objective map_at_r",
-    ], "Each --param is KEY=v1,v2,... (a list to draw from) or, for tpe, KEY=float:LOW:HIGH, log:LOW:HIGH, "
-       "int:LOW:HIGH. Run it again to resume.")  # fmt: skip
+    ], description=(
+        "Each --param is KEY=v1,v2,... (a list to draw from) or, for tpe, KEY=float:LOW:HIGH, "
+        "log:LOW:HIGH, int:LOW:HIGH. Run it again to resume."
+    ))  # fmt: skip
     ss.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUES", required=True)
     ss.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
     ss.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (random, tpe)")

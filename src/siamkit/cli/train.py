@@ -23,12 +23,22 @@ from siamkit.text import name_list
 
 
 def register(sub: Subparsers) -> None:
+    _register_train(sub)
+    _register_eval(sub)
+    _register_calibrate(sub)
+    _register_report(sub)
+
+
+def _register_train(sub: Subparsers) -> None:
     t = command(sub, "train", _train, "train a Siamese model and evaluate it (default: on scikit-learn digits)", [
         "siamkit train                                   # digits, the default recipe",
         "siamkit train my_faces/                         # a folder per identity: tested on unseen identities",
         "siamkit train --data my_faces/ --recipe open-set --epochs 20",
         "siamkit train config.yaml --set train.lr=3e-4 --set loss.name=triplet",
-    ], "Train from a YAML config plus overrides; writes runs/<name>/ (weights, metrics, figures, report).")  # fmt: skip
+    ], description=(
+        "Train from a YAML config plus overrides; writes runs/<name>/ (weights, metrics, figures, "
+        "report)."
+    ))  # fmt: skip
     t.add_argument("config", nargs="?", help="YAML run config (optional; defaults otherwise); a data folder or CSV "
                    "here is taken as --data")  # fmt: skip
     overrides_flag(t)
@@ -49,6 +59,8 @@ def register(sub: Subparsers) -> None:
                    help="skip unreadable images (counted, listed) instead of stopping: data.skip_bad=true")  # fmt: skip
     output_flags(t)
 
+
+def _register_eval(sub: Subparsers) -> None:
     e = command(sub, "eval", _eval, "evaluate a trained run (optionally on other data)", [
         "siamkit eval runs/default",
         "siamkit eval runs/my_faces --data new_people/ --as-test",
@@ -71,13 +83,18 @@ def register(sub: Subparsers) -> None:
     overrides_flag(e, "eval.n_pairs=20000")
     output_flags(e)
 
+
+def _register_calibrate(sub: Subparsers) -> None:
     ca = command(sub, "calibrate", _calibrate, "re-choose a run's verification threshold on your own pairs", [
         "siamkit calibrate runs/default --data pairs.csv --fpr 0.001",
         "siamkit calibrate runs/my_faces --data held_out_people/",
         "siamkit calibrate dlib-face --data my_people/ --fpr 0.001 --out runs/dlib-face-mine",
-    ], "DATA is a pairs CSV (path_a,path_b,label; 1 = same) or labelled images (a folder per identity, ...), whose "
-       "distinct pairs are drawn. The new threshold is saved with the run (RUN_DIR/threshold.json, earlier ones kept "
-       "in its history) and used by verify, search, serve and eval.")  # fmt: skip
+    ], description=(
+        "DATA is a pairs CSV (path_a,path_b,label; 1 = same) or labelled images (a folder per identity, "
+        "...), whose distinct pairs are drawn. The new threshold is saved with the run "
+        "(RUN_DIR/threshold.json, earlier ones kept in its history) and used by verify, search, serve and"
+        " eval."
+    ))  # fmt: skip
     ca.add_argument("run_dir")
     ca.add_argument("--data", required=True, help="pairs CSV or labelled images")
     rule = ca.add_mutually_exclusive_group()
@@ -95,6 +112,8 @@ def register(sub: Subparsers) -> None:
     model_flags(ca)
     output_flags(ca)
 
+
+def _register_report(sub: Subparsers) -> None:
     rp = command(sub, "report", _report, "(re)write report.html of a run, evaluation or study folder",
                  ["siamkit report runs/default", "siamkit report runs/default/eval-new_people"])  # fmt: skip
     rp.add_argument("directory", metavar="RUN_EVAL_OR_STUDY_DIR",
@@ -117,18 +136,16 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append("data.skip_bad=true")
     if args.resume:
         config_path, overrides = resume_config(args.config, overrides)
-        cfg = load_config(config_path, overrides)
+        cfg = load_config(config_path, overrides, values={"train.progress": False} if args.quiet else None)
     else:
-        cfg = load_config(args.config, overrides)
-    if args.quiet:
-        cfg.train.progress = False
+        cfg = load_config(args.config, overrides, values={"train.progress": False} if args.quiet else None)
     result = train_run(cfg, resume=args.resume, force=args.force)
     emit(result, args.format, summary_table(result))
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from siamkit.evaluate.run import evaluate_run
     from siamkit.report import write_report
-    from siamkit.training.pipeline import evaluate_run
 
     overrides = list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else [])
     for flag, key in EPISODE_FLAGS.items():
@@ -159,7 +176,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     if args.pairs_per_kind is not None and args.pairs_per_kind < 1:
         raise ConfigError(f"--pairs-per-kind must be at least 1; got {args.pairs_per_kind}")
     rule = f"fpr:{args.fpr}" if args.fpr is not None else (args.rule or "accuracy")
-    r = calibrate_run(args.run_dir, args.data, rule, model_source(args), args.skip_bad, args.pairs_per_kind,
+    r = calibrate_run(args.run_dir, args.data, rule, model_source(args), args.skip_bad, n_pairs=args.pairs_per_kind,
                       out=args.out, overrides=args.overrides, hold_out=args.hold_out)  # fmt: skip
     emit(r, args.format, calibration_table(r))
 

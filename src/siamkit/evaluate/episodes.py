@@ -44,7 +44,7 @@ class EpisodePlan:
 
 
 def plan_episodes(
-    labels: np.ndarray, way: int, shot: int, query: int, episodes: int, seed: int,
+    labels: np.ndarray, way: int, shot: int, query: int, episodes: int, *, seed: int,
     groups: np.ndarray | None = None,
 ) -> EpisodePlan | str:  # fmt: skip
     """Draw ``episodes`` episodes over images with class ``labels`` ``(N,)``; ``groups`` ``(n_classes,)`` maps a
@@ -114,11 +114,11 @@ def summarise(scores: np.ndarray, plan: EpisodePlan) -> dict[str, Any]:
 
 def plan_settings(
     labels: np.ndarray, settings: Sequence[tuple[int, int]], query: int, episodes: int, seed: int,
-    groups: np.ndarray | None = None,
+    *, groups: np.ndarray | None = None,
 ) -> dict[str, EpisodePlan | str]:  # fmt: skip
     """One plan (or the reason there is none) per (way, shot), keyed ``"<way>way<shot>shot"``; each setting its
     own seed, so that adding a setting changes no other's episodes."""
-    return {f"{w}way{k}shot": plan_episodes(labels, w, k, query, episodes, seed + 1000 * w + k, groups)
+    return {f"{w}way{k}shot": plan_episodes(labels, w, k, query, episodes, seed=seed + 1000 * w + k, groups=groups)
             for w, k in settings}  # fmt: skip
 
 
@@ -144,5 +144,5 @@ def episode_metrics(emb: torch.Tensor, labels: np.ndarray, class_names: Sequence
                               "data.grouped); this data has none: set eval.within_group=false")  # fmt: skip
         groups = found[0]
     settings = [(w, k) for w in cfg.way for k in cfg.shot]
-    plans = plan_settings(labels, settings, cfg.query, cfg.episodes, cfg.episode_seed, groups)
+    plans = plan_settings(labels, settings, cfg.query, cfg.episodes, cfg.episode_seed, groups=groups)
     return score_plans(emb, plans, cfg.distance)

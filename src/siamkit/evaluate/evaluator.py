@@ -24,7 +24,7 @@ from siamkit.models.siamese import SiameseNet
 @torch.no_grad()
 def embed_images(
     model: SiameseNet, images: ImageArray, preprocess: Preprocess, batch_size: int = 512,
-    device: torch.device | str = "cpu", progress: bool = False,
+    device: torch.device | str = "cpu", *, progress: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """Embeddings ``(N, D)`` (float32, on the CPU) of uint8 images ``(N, C, H, W)``, in eval mode. Under
     distributed training each rank embeds its share and every rank gets all rows, in order, without the padding
@@ -34,14 +34,16 @@ def embed_images(
     info = current()
     if info.enabled and len(images):
         return gather_embeddings(
-            lambda idx: _embed_local(model, images[idx], preprocess, batch_size, device, progress), len(images), info
+            lambda idx: _embed_local(model, images[idx], preprocess, batch_size, device, progress=progress),
+            len(images),
+            info,
         )
-    return _embed_local(model, images, preprocess, batch_size, device, progress)
+    return _embed_local(model, images, preprocess, batch_size, device, progress=progress)
 
 
 def _embed_local(
     model: SiameseNet, images: ImageArray, preprocess: Preprocess, batch_size: int, device: torch.device | str,
-    progress: bool,
+    *, progress: bool,
 ) -> torch.Tensor:  # fmt: skip
     was_training = model.training
     model.eval()
@@ -144,13 +146,13 @@ def pair_scores(emb: torch.Tensor, table: TupleTable, distance: Distance | None 
 
 def evaluate_split(
     model: SiameseNet, images: ImageSet, tuples: TupleTable | None, preprocess: Preprocess, cfg: EvalConfig,
-    threshold: float | None, seed: int, device: torch.device | str = "cpu", episodes: bool = False,
+    *, threshold: float | None, seed: int, device: torch.device | str = "cpu", episodes: bool = False,
 ) -> EvalResult:  # fmt: skip
     """Verification metrics on seeded pairs of the split (or its fixed CSV tuples); retrieval metrics when the
     images carry labels (and episodes, see ``evaluate_embeddings``). ``threshold`` (chosen on validation) gives the
     verification accuracy."""
     emb = embed_images(model, images.images, preprocess, cfg.batch_size, device)
-    return evaluate_embeddings(emb, images, tuples, cfg, threshold, seed, episodes)
+    return evaluate_embeddings(emb, images, tuples, cfg, threshold, seed=seed, episodes=episodes)
 
 
 def pixel_embeddings(images: ImageArray) -> torch.Tensor:
@@ -162,7 +164,7 @@ def pixel_embeddings(images: ImageArray) -> torch.Tensor:
 
 def evaluate_embeddings(
     emb: torch.Tensor, images: ImageSet, tuples: TupleTable | None, cfg: EvalConfig, threshold: float | None,
-    seed: int, episodes: bool = False,
+    *, seed: int, episodes: bool = False,
 ) -> EvalResult:  # fmt: skip
     """``evaluate_split`` on given embeddings ``(N, D)`` of ``images``: the same seed draws the same pairs and
     triplets, so a model and its baselines (raw pixels, the untrained network) are scored on one protocol. With

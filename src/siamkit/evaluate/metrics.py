@@ -120,7 +120,7 @@ KNN_FROM = 5_000
 
 def retrieval_metrics(
     embeddings: torch.Tensor, labels: np.ndarray, recall_at: tuple[int, ...] = (1, 5, 10), chunk: int = 1024,
-    distance: Distance | None = None, method: str = "auto",
+    distance: Distance | None = None, *, method: str = "auto",
 ) -> dict[str, float]:  # fmt: skip
     """Leave-one-out retrieval (Musgrave et al. 2020): each item queries all the others, ranked by
     ``distance`` (Euclidean by default; a similarity ranks largest first).
@@ -151,7 +151,7 @@ def retrieval_metrics(
     if method == "auto":
         method = "knn" if n >= KNN_FROM and _knn_metric(dist) is not None and _has_faiss() else "dense"
     if method == "knn":
-        exact_rows = _knn_hits(emb, y, counts, max_k, dist, sums, recall_at)
+        exact_rows = _knn_hits(emb, y, counts, max_k, dist, sums=sums, recall_at=recall_at)
     elif method == "dense":
         exact_rows = torch.arange(n)
     else:
@@ -218,7 +218,7 @@ def _knn_metric(dist: Distance) -> str | None:
 
 
 def _knn_hits(
-    emb: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, max_k: int, dist: Distance, sums: dict[str, float],
+    emb: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, max_k: int, dist: Distance, *, sums: dict[str, float],
     recall_at: tuple[int, ...], chunk: int = 8192,
 ) -> torch.Tensor:  # fmt: skip
     """Rank every query by an exact faiss index and add its figures to ``sums``; returns the queries left to rank

@@ -199,7 +199,7 @@ def plot_distances(
 
 def plot_neighbours(
     images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray,
-    path: Path, names: Sequence[str] = (), threshold: float | None = None,
+    *, path: Path, names: Sequence[str] = (), threshold: float | None = None,
 ) -> Path:  # fmt: skip
     """One row per query: the query, then its nearest gallery items with their distances; a green frame marks a
     neighbour of the query's class, a red one another class (SPEC §7), whose class is written under it. With
@@ -213,9 +213,10 @@ def plot_neighbours(
     titles = [f"query: {name(int(labels[q]))}" for q in queries]
     classes = np.vectorize(lambda c: name(int(c)), otypes=[object])(labels[neighbours])
     if threshold is None:
-        return plot_neighbour_grid(images, queries, neighbours, distances, path, correct, titles,
-                                   np.where(correct, "", classes))  # fmt: skip
-    return plot_neighbour_grid(images, queries, neighbours, distances, path, correct, titles, classes,
+        return plot_neighbour_grid(images, queries, neighbours, distances, path, correct=correct, titles=titles,
+                                   captions=np.where(correct, "", classes))  # fmt: skip
+    return plot_neighbour_grid(images, queries, neighbours, distances, path, correct=correct, titles=titles,
+                               captions=classes,
                                accepted=np.asarray(distances) <= threshold, threshold=threshold)  # fmt: skip
 
 
@@ -256,7 +257,7 @@ def frame_legend(states: np.ndarray, threshold: float | None = None) -> str:
 
 def plot_neighbour_grid(
     images: np.ndarray, queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray, path: Path,
-    correct: np.ndarray | None = None, titles: Sequence[str] = (), captions: np.ndarray | None = None, *,
+    *, correct: np.ndarray | None = None, titles: Sequence[str] = (), captions: np.ndarray | None = None,
     accepted: np.ndarray | None = None, threshold: float | None = None, title: str | None = None,
 ) -> Path:  # fmt: skip
     """Tiles ``images`` ``(N, C, H, W)`` uint8 in rows: ``images[queries[r]]`` then ``images[neighbours[r, j]]``
@@ -332,7 +333,7 @@ def _edge(half: float, angle: float) -> float:
 
 def plot_neighbour_hubs(
     queries: np.ndarray, neighbours: np.ndarray, distances: np.ndarray, path: Path,
-    correct: np.ndarray | None = None, titles: Sequence[str] = (), *, captions: np.ndarray | None = None,
+    correct: np.ndarray | None = None, *, titles: Sequence[str] = (), captions: np.ndarray | None = None,
     accepted: np.ndarray | None = None, threshold: float | None = None, origin: float = 0.0,
     title: str | None = None,
 ) -> Path:  # fmt: skip

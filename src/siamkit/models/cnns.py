@@ -98,7 +98,7 @@ class ConvNet(nn.Module):
 
     def __init__(
         self, in_channels: int = 1, widths: Sequence[int] = (24, 48, 96), convs_per_stage: int = 1,
-        pool_size: int = 3, neck: int = 512, pool_first: bool = True,
+        pool_size: int = 3, neck: int = 512, *, pool_first: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         _check_convnet(widths, convs_per_stage, pool_size, neck)

@@ -81,7 +81,7 @@ class HOGNet(nn.Module):
 
     def __init__(
         self, in_channels: int = 1, bins: int = 9, grids: Sequence[int] = (7, 4, 2), residual: bool = True,
-        widths: Sequence[int] = (24, 48, 96), pool_size: int = 3, neck: int = 256,
+        widths: Sequence[int] = (24, 48, 96), *, pool_size: int = 3, neck: int = 256,
     ) -> None:  # fmt: skip
         super().__init__()
         self.descriptor = GradientHistogram(bins, grids)

@@ -258,7 +258,7 @@ def array_image(arr: np.ndarray) -> Image.Image:
 
 def load(
     run_dir: str | os.PathLike[str], backend: str = "torch", device: str = "cpu", onnx: str | None = None,
-    threshold: float | None = None, faces: str | None = None, *, trust_code: bool = False,
+    threshold: float | None = None, *, faces: str | None = None, trust_code: bool = False,
 ) -> Model:  # fmt: skip
     """The trained run in ``run_dir`` (a folder written by ``siamkit train``, or a pretrained name:
     ``"dlib-face"``) as a :class:`Model`: on PyTorch (``device`` cpu, cuda, mps or auto) or on ONNX Runtime

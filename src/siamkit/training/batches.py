@@ -86,7 +86,7 @@ class ClassBatches:
 
 def make_batch(
     images: ImageArray, b: BatchIndex, preprocess: Preprocess, device: torch.device, train: bool,
-    channels_last: bool = False, second_view: bool = False,
+    *, channels_last: bool = False, second_view: bool = False,
 ) -> Batch:  # fmt: skip
     """Gather and preprocess (augmenting when ``train``) the images of ``b`` on ``device``; ``second_view``: a
     labelled batch also gets another augmented draw of its images (``LabelBatch.view``)."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from siamkit.classify.study import ClassifyConfig
 
-from siamkit.cli.common import Subparsers, command, emit, output_flags, overrides_flag
+from siamkit.cli.common import Subparsers, command, emit, output_flags, overrides_flag, shortcut_overrides
 
 SHORTCUTS = {"data": "data", "epochs": "epochs", "name": "name", "runs_dir": "runs_dir"}
 BLOCK_KINDS = ("A", "B", "C", "D", "Ddw", "E")
@@ -51,10 +51,7 @@ def _config(args: argparse.Namespace, blocks: str | None) -> ClassifyConfig:
     from siamkit.classify.study import ClassifyConfig
     from siamkit.config import load_dataclass
 
-    overrides = list(args.overrides)
-    for flag, key in SHORTCUTS.items():
-        if getattr(args, flag, None) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    overrides = shortcut_overrides(args, SHORTCUTS)
     if blocks is not None:
         overrides.append(f"blocks={blocks}")
     if args.quiet:

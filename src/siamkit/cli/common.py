@@ -35,6 +35,14 @@ def overrides_flag(p: argparse.ArgumentParser, example: str = "train.lr=3e-4") -
                    help=f"override a config key, e.g. --set {example} (repeatable)")  # fmt: skip
 
 
+def shortcut_overrides(args: argparse.Namespace, shortcuts: dict[str, str]) -> list[str]:
+    """``--set`` overrides then one ``key=value`` per shortcut flag given (``--epochs 5`` → ``train.epochs=5``),
+    parsed as ``--set`` values are."""
+    out = list(getattr(args, "overrides", None) or [])
+    out += [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items() if getattr(args, flag, None) is not None]
+    return out
+
+
 def model_flags(p: argparse.ArgumentParser, threshold: bool = False) -> None:
     """How to run the model: ``--backend torch|onnx``, ``--onnx FILE``, ``--device``; ``--threshold``."""
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",

@@ -17,6 +17,7 @@ from siamkit.cli.common import (
     model_source,
     output_flags,
     overrides_flag,
+    shortcut_overrides,
     trust_flag,
 )
 from siamkit.text import name_list
@@ -127,11 +128,7 @@ def _train(args: argparse.Namespace) -> None:
     from siamkit.training.pipeline import train_run
 
     _data_in_config_place(args)
-    overrides = list(args.overrides)
-    for flag, key in SHORTCUTS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = shortcut_overrides(args, SHORTCUTS)
     if args.skip_bad:
         overrides.append("data.skip_bad=true")
     if args.resume:

@@ -15,8 +15,7 @@ from PIL import Image
 from siamkit.cli import main
 from siamkit.distances import as_dissimilarity, get_distance
 from siamkit.errors import CheckpointError, ConfigError, DataError
-from siamkit.index import Gallery
-from siamkit.index import store
+from siamkit.index import Gallery, store
 from siamkit.index.gallery import locked
 
 

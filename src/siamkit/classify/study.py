@@ -37,6 +37,7 @@ from siamkit.files import atomic_write_csv, atomic_write_text
 from siamkit.models.blocks import BaseCNN, parse_blocks
 from siamkit.models.siamese import count_parameters
 from siamkit.report import write_report
+from siamkit.rundir import RunDir
 from siamkit.training.checkpoint import save_weights
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def train_classifier(cfg: ClassifyConfig, data: StudyData | None = None) -> dict
     n_classes = max(len(names), int(data.train.labels.max()) + 1)
     out = Path(cfg.runs_dir) / (cfg.name or f"classify-{cfg.blocks}")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    atomic_write_text(RunDir(out).config, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     if data.note:
         log.warning("%s", data.note)
     device = resolve_device(cfg.device)
@@ -244,13 +245,13 @@ def _finish(cfg: ClassifyConfig, data: StudyData, trained: Trained, device: torc
         test_logits, _ = predict(model, data.test.images[:n_test], pre_eval, device)
         metrics["test_accuracy"] = round(float((test_logits.argmax(1).numpy() == data.test.labels[:n_test]).mean()), 4)
         metrics["test_images"] = n_test
-    save_weights(model, out / "model.safetensors", {
+    save_weights(model, RunDir(out).weights, {
         "format": "siamkit-classifier-v1", "blocks": cfg.blocks, "num_classes": str(len(names)),
         "input_shape": json.dumps(list(data.train.shape)), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
     })  # fmt: skip
-    atomic_write_csv(out / "history.csv", list(history[0]), history)
+    atomic_write_csv(RunDir(out).history, list(history[0]), history)
     _figures(cfg, data, trained, cm=cm, val_feats=val_feats.numpy(), out=out)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(RunDir(out).metrics, json.dumps(metrics, indent=2) + "\n")
     write_report(out)
     return {"run_dir": str(out), **metrics}
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from siamkit.config import check_key, load_config
 from siamkit.errors import ConfigError, DataError
+from siamkit.rundir import RunDir
 
 STRATEGIES = ("random", "grid", "tpe")
 """How a search picks its trials' settings: Optuna's random or TPE sampler, or every combination (grid)."""
@@ -98,5 +99,5 @@ def objective_value(history: list[dict[str, Any]], objective: str) -> float:
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    with (run_dir / "history.csv").open() as f:
+    with RunDir(run_dir).history.open() as f:
         return list(csv.DictReader(f))

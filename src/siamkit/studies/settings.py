@@ -16,6 +16,7 @@ from siamkit.config import load_config
 from siamkit.evaluate.fprs import FPR_LABELS
 from siamkit.files import atomic_write_text
 from siamkit.report import METRIC_COLUMNS, metrics_rows
+from siamkit.rundir import RunDir
 from siamkit.studies.folder import best_row, write_study
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ def run_setting(
 
     run_dir = study_dir / run_name
     cfg = load_config(config, [*overrides, f"runs_dir={study_dir}", f"name={run_name}", "train.progress=false"])
-    done = run_dir / "metrics.json"
-    stamp = run_dir / "study-overrides.json"
+    done = RunDir(run_dir).metrics
+    stamp = RunDir(run_dir).study_overrides
     if done.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == overrides:
         log.info("%s: finished earlier, reused", run_dir)
         return {"run_dir": str(run_dir), **json.loads(done.read_text())}
@@ -110,7 +111,6 @@ def compare(
     """Loss comparison (SPEC §7): one run per loss on the same data, backbone and budget; the table of test
     TPR@FPR, AUC, EER, P@1 and MAP@R, the per-split metrics of each run, and an overlaid test ROC."""
     from siamkit.evaluate.plots import plot_roc_overlay
-    from siamkit.training.pipeline import SCORES
 
     started = time.perf_counter()
     study_dir = Path(runs_dir) / name
@@ -126,7 +126,7 @@ def compare(
         if loss == losses[0]:  # the same test pairs for every loss: the baselines once
             per_split += [[f"baseline: {row[0]}", *row[1:]] for row in metrics_rows(r)[3:]]
         runs.append(loss)
-        scores = Path(r["run_dir"]) / SCORES
+        scores = RunDir(r["run_dir"]).scores
         if scores.is_file():
             with np.load(scores) as z:
                 curves[loss] = (z["test_labels"], z["test_distances"])

@@ -33,7 +33,6 @@ from siamkit.training.checkpoint import load_state, save_weights
 from siamkit.training.loop import FitData, FitHooks, FitResult, fit
 
 log = logging.getLogger(__name__)
-SCORES = RunDir.SCORES  # studies.settings reads it from here (to move to RunDir)
 MAX_MONITOR_IMAGES = 4000  # the per-epoch validation retrieval monitor uses at most this many images
 
 

@@ -30,7 +30,12 @@ def get_reader(name: str) -> Reader:
 
 
 def readers_in_order() -> list[Reader]:
-    """Every registered reader, in detection order (``priority``, then name)."""
+    """Every registered reader, in detection order (``priority``, then name).
+
+    Example:
+        >>> [(r.name, r.priority) for r in readers_in_order()][-2:]
+        [('folder', 60), ('flat', 90)]
+    """
     return sorted((get_reader(n) for n in READERS.list()), key=lambda r: (r.priority, r.name))
 
 
@@ -63,7 +68,12 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
 
 def detect_layout(source: str) -> str:
     """The layout of ``source``: a layout's own name (``digits``), else the first reader (by ``priority``) whose
-    ``detect`` accepts the file or folder."""
+    ``detect`` accepts the file or folder.
+
+    Example:
+        >>> detect_layout("digits")
+        'digits'
+    """
     order = readers_in_order()
     named = [r.name for r in order if r.by_name]
     if source in named:

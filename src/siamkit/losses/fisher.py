@@ -45,9 +45,22 @@ class FisherLoss(SiameseLoss):
 
     def embed_features(self, emb: Embedded) -> torch.Tensor:
         """``z = o·U`` ``(N, D)``: each feature row projected once, before pairing, so no ``(b, F)`` difference or
-        F×F scatter is ever built (see ``traces``)."""
+        F×F scatter is ever built for mined tuples (see ``differences``)."""
         assert emb.features is not None and emb.head_weight is not None
         return emb.features @ emb.head_weight
+
+    @staticmethod
+    def differences(emb: Embedded, anchors: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The projected feature differences ``(o_anchor − o_other)·U`` ``(M, D)``, one per index tensor of
+        ``others`` ``(M,)``. Mined tuples share rows, so each row is projected once, before pairing
+        (``emb.embeddings`` is ``o·U``), and no ``(M, F)`` difference is built; fixed tuples use each row once,
+        so they are differenced first and projected after: fewer products, and the authors' order."""
+        u, z, feats = emb.head_weight, emb.embeddings, emb.features
+        assert u is not None and feats is not None
+        if emb.matrix is not None:
+            return tuple(z[anchors] - z[other] for other in others)
+        rows = feats[anchors]
+        return tuple((rows - feats[other]) @ u for other in others)
 
     def traces(self, zdiff_w: torch.Tensor, zdiff_b: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``tr(Uᵀ S_W U)`` and ``tr(Uᵀ S_B U)`` from *projected* feature differences ``(o_a − o_p)·U``
@@ -77,8 +90,9 @@ class FDTLoss(FisherLoss):
 
     def compute(self, emb: Embedded) -> torch.Tensor:
         assert emb.triplets is not None and emb.head_weight is not None
-        z, t = emb.embeddings, emb.triplets
-        tr_w, tr_b = self.traces(z[t.a] - z[t.p], z[t.a] - z[t.n], emb.head_weight)
+        t = emb.triplets
+        diff_w, diff_b = self.differences(emb, t.a, t.p, t.n)
+        tr_w, tr_b = self.traces(diff_w, diff_b, emb.head_weight)
         return self.touch_head(emb.model, fdt_loss(tr_w, tr_b, self.lam, self.alpha))
 
 
@@ -93,8 +107,8 @@ class FDCLoss(FisherLoss):
 
     def compute(self, emb: Embedded) -> torch.Tensor:
         assert emb.pairs is not None and emb.head_weight is not None
-        z, m = emb.embeddings, emb.pairs
-        diff = z[m.i] - z[m.j]
+        m = emb.pairs
+        (diff,) = self.differences(emb, m.i, m.j)
         same = m.y > 0.5
         diff_w, diff_b = diff[same], diff[~same]
         if len(diff_w) and len(diff_b) and len(diff_w) != len(diff_b):

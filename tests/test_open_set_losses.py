@@ -42,7 +42,7 @@ def test_multi_similarity_matches_loop(seed, alpha, beta, base, eps):
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(12, 5, generator=g)
     labels = torch.randint(0, 3, (12,), generator=g)
-    got = float(multi_similarity_loss(emb, labels, alpha, beta, base, eps))
+    got = float(multi_similarity_loss(emb, labels, alpha=alpha, beta=beta, base=base, epsilon=eps))
     assert got == pytest.approx(loop_multi_similarity(emb, labels.tolist(), alpha, beta, base, eps), rel=1e-4, abs=1e-6)
 
 
@@ -50,9 +50,11 @@ def test_multi_similarity_mining_drops_easy_pairs():
     # two tight, far-apart classes: every negative is far below every positive, so mining keeps nothing → 0
     emb = torch.tensor([[1.0, 0.0], [0.99, 0.01], [0.0, 1.0], [0.01, 0.99]])
     labels = torch.tensor([0, 0, 1, 1])
-    assert float(multi_similarity_loss(emb, labels, 2.0, 50.0, 0.5, 0.1)) == 0.0
+    assert float(multi_similarity_loss(emb, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1)) == 0.0
     # one class only: no negatives, the loss is a graph-keeping zero
-    loss = multi_similarity_loss(emb.requires_grad_(), torch.zeros(4, dtype=torch.long), 2.0, 50.0, 1.0, 0.1)
+    loss = multi_similarity_loss(
+        emb.requires_grad_(), torch.zeros(4, dtype=torch.long), alpha=2.0, beta=50.0, base=1.0, epsilon=0.1
+    )
     loss.backward()
     assert float(loss) == 0.0
 

@@ -39,13 +39,16 @@ class MultiSimilarityLoss(SiameseLoss):
 
     def compute(self, emb: Embedded) -> torch.Tensor:
         assert emb.labels is not None
-        return multi_similarity_loss(emb.embeddings, emb.labels, self.alpha, self.beta, self.base, self.epsilon)
+        params = {"alpha": self.alpha, "beta": self.beta, "base": self.base, "epsilon": self.epsilon}
+        return multi_similarity_loss(emb.embeddings, emb.labels, **params)
 
 
 def multi_similarity_loss(
-    emb: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, base: float, epsilon: float
-) -> torch.Tensor:
-    """The loss of ``MultiSimilarityLoss`` for embeddings ``(B, D)`` and labels ``(B,)``, vectorised."""
+    emb: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0, base: float = 1.0,
+    epsilon: float = 0.1,
+) -> torch.Tensor:  # fmt: skip
+    """The loss of ``MultiSimilarityLoss`` for embeddings ``(B, D)`` and labels ``(B,)``, vectorised; its
+    parameters (keyword-only) default to the paper's."""
     e = F.normalize(emb, dim=1)
     sim = e @ e.T
     same = labels[:, None] == labels[None, :]

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -136,12 +137,14 @@ def test_every_registered_distance_agrees_with_a_loop_and_drives_a_triplet_loss(
             assert float(as_dissimilarity(m[i, j], d)) == pytest.approx(plain_dist(a[i], b[j], name), abs=1e-9)
     assert torch.allclose(d.pairwise(a, b[:5]), m.diagonal())
     assert torch.equal(d.score(m), m if d.higher_is_closer else -m)
-    # a triplet loss with it, fixed and mined, against a loop over its triplets
+    # a triplet loss with it: on fixed triplets against a loop over them, then on every batch it takes
     net = tiny_model(normalize=True)
     t = fixed("triplets")
-    ea, ep, en = (net.embed(x).detach() for x in (t.a, t.p, t.n))
+    with torch.no_grad():
+        ea, ep, en = (net.embed(x) for x in (t.a, t.p, t.n))
+        got = float(create_loss("triplet", {"margin": 0.3, "distance": name})(net, t))
     want = sum(max(plain_dist(ea[k], ep[k], name) - plain_dist(ea[k], en[k], name) + 0.3, 0) for k in range(6)) / 6
-    assert float(create_loss("triplet", {"margin": 0.3, "distance": name})(net, t)) == pytest.approx(want, rel=1e-9)
+    assert got == pytest.approx(want, rel=1e-9)
     assert exercise(create_loss("triplet", {"distance": name}))
 
 
@@ -193,7 +196,7 @@ def test_pair_losses_take_any_registered_distance(name, distance, mined):
         d = [plain_dist(ea[k], eb[k], distance) for k in range(6)]
         y = [int(v) for v in p.y.tolist()]
         got = loss(net, p)
-    assert float(got) == pytest.approx(loop_pair_loss(name, d, y, net), rel=1e-7)
+    assert float(got.detach()) == pytest.approx(loop_pair_loss(name, d, y, net), rel=1e-7)
 
 
 def test_the_default_distance_keeps_the_euclidean_numbers():
@@ -302,6 +305,32 @@ def test_score_all_scores_every_tuple_on_this_ranks_rows_and_leaves_the_loss_as_
     assert torch.equal(triplet.score_all(net, b), create_loss("triplet", {"margin": 0.3}, "all").double()(net, b))
     fixed_loss = create_loss("triplet").double()  # no miner: the batch's own tuples
     assert torch.equal(fixed_loss.score_all(net, fixed("triplets")), fixed_loss(net, fixed("triplets")))
+
+
+def test_validation_loss_scores_every_tuple_and_leaves_the_loss_alone():
+    from siamkit.data.transforms import Preprocess
+    from siamkit.models.registry import create_backbone
+    from siamkit.training.batches import BatchIndex, FixedBatches, make_batch
+    from siamkit.training.loop import validation_loss
+
+    images = torch.randint(0, 256, (12, 1, 8, 8), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    plan = FixedBatches([BatchIndex(np.arange(12), LABELS.numpy()), BatchIndex(np.arange(6), LABELS.numpy()[:6])])
+    pre, cpu = Preprocess([0.5], [0.25]), torch.device("cpu")
+    torch.manual_seed(0)
+    net = SiameseNet(create_backbone("seed_cnn", in_channels=1, filters=4, dropout=0.0), 4)
+    loss = create_loss("contrastive", {"margin": 0.7}, "hard-pairs")
+    miner = loss.miner
+
+    def refuse(t: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the validation loss gathered")
+
+    loss.gather = refuse
+    got = validation_loss(net, loss, images, plan, pre, cpu)
+    assert loss.miner is miner and loss.gather is refuse and net.training
+    every = create_loss("contrastive", {"margin": 0.7}, "all-pairs")
+    net.eval()
+    scores = [(float(every(net, make_batch(images, b, pre, cpu, False))), len(b.index)) for b in plan.plan(0)]
+    assert got == pytest.approx(sum(v * n for v, n in scores) / 18, rel=1e-12)
 
 
 def test_score_all_of_a_loss_with_a_forward_of_its_own():

@@ -162,7 +162,7 @@ def loop_pair_loss(name: str, d: list[float], y: list[int], net: SiameseNet) -> 
             total += 0.5 * x * x if abs(x) <= 0.5 else 0.5 * (abs(x) - 0.25)
         else:
             assert net.verifier is not None
-            w, b = float(net.verifier.weight.reshape(())), float(net.verifier.bias.reshape(()))
+            w, b = float(net.verifier.weight.detach().reshape(())), float(net.verifier.bias.detach().reshape(()))
             p = 1.0 / (1.0 + math.exp(-(w * dk + b)))
             total += -math.log(p) if yk else -math.log(1.0 - p)
     return total / len(d)

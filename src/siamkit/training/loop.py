@@ -109,13 +109,14 @@ def validation_loss(
     Each batch is scored by ``loss_fn.score_all``: a mining loss over *every* valid tuple of the batch (the
     ``all`` / ``all-pairs`` miner; the average over the tuples a miner keeps is no yardstick, since as the model
     improves fewer, harder tuples are kept and that average can rise), and on this rank's rows alone (every
-    rank scores the whole validation plan itself)."""
+    rank scores the whole validation plan itself). No graph is built: nothing backpropagates from it."""
     model.eval()
     total, n = 0.0, 0
     try:
         for b in source.plan(0):
             batch = make_batch(images, b, preprocess, device, train=False, channels_last=channels_last)
-            total += float(loss_fn.score_all(model, batch)) * len(b.index)
+            with torch.no_grad():
+                total += float(loss_fn.score_all(model, batch)) * len(b.index)
             n += len(b.index)
     finally:
         model.train()

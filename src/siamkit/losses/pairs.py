@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from siamkit.distances import Distance, get_distance
+from siamkit.distances import DISTANCES, Distance, get_distance
 from siamkit.errors import ConfigError
 from siamkit.losses.base import LOSSES, SiameseLoss
 from siamkit.losses.embedded import Embedded
@@ -29,9 +29,10 @@ class PairLoss(SiameseLoss):
         super().__init__()
         self.distance = get_distance(distance)
         if self.distance.higher_is_closer and not self.allows_similarity:
+            choices = [n for n in DISTANCES.list() if not get_distance(n).higher_is_closer]
             raise ConfigError(
                 f"loss.params.distance {self.distance.name!r} is a similarity (larger = closer), but this loss "
-                "squares and hinges distances ≥ 0; choose euclidean, squared_euclidean or cosine"
+                f"squares and hinges distances ≥ 0; choose one of: {', '.join(choices)}"
             )
 
     def pair_loss(self, emb: Embedded, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

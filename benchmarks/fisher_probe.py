@@ -63,7 +63,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     data = FitData(prep.preprocess, s.train.images.images, train_source, s.val.images.images, val_source)
-    fit(model, loss, cfg.train, data, torch.device("cpu"), FitHooks(on_epoch=on_epoch))
+    fit(model, loss, cfg.train, data, torch.device("cpu"), hooks=FitHooks(on_epoch=on_epoch))
     print(json.dumps({"benchmark": "fisher_probe", "dataset": prep.bundle.name, "overrides": args.overrides,
                       "seconds": round(time.perf_counter() - t0, 1), "epochs": rows}))  # fmt: skip
 

@@ -47,15 +47,22 @@ class RotatedIdentities:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loss, name)
 
+    def _rotated(self, batch: Batch) -> Batch:
+        if not isinstance(batch, LabelBatch):
+            return batch
+        q = torch.randint(0, self.turns, (len(batch.labels),), generator=self.gen) * self.step
+        x = batch.x.clone()  # keeps the memory format; each group of one turn is turned at once
+        for k in range(self.step, 4, self.step):
+            rows = (q == k).to(x.device)
+            x[rows] = torch.rot90(batch.x[rows], k, (2, 3))
+        return LabelBatch(x, batch.labels * 4 + q.to(batch.labels.device))
+
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        if isinstance(batch, LabelBatch):
-            q = torch.randint(0, self.turns, (len(batch.labels),), generator=self.gen) * self.step
-            x = batch.x.clone()  # keeps the memory format; each group of one turn is turned at once
-            for k in range(self.step, 4, self.step):
-                rows = (q == k).to(x.device)
-                x[rows] = torch.rot90(batch.x[rows], k, (2, 3))
-            batch = LabelBatch(x, batch.labels * 4 + q.to(batch.labels.device))
-        return self.loss(model, batch)
+        return self.loss(model, self._rotated(batch))
+
+    def score_all(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Validation scores the rotated identities too (every valid tuple, as for any loss)."""
+        return self.loss.score_all(model, self._rotated(batch))
 
 
 def run_split(args: argparse.Namespace, train: str, test: str) -> dict[str, Any]:
@@ -86,7 +93,7 @@ def run_split(args: argparse.Namespace, train: str, test: str) -> dict[str, Any]
     rows = [{"epoch": 0, **score()}]
     hooks = FitHooks(on_epoch=lambda row: rows.append({"epoch": int(row["epoch"]), **score()}))
     data = FitData(prep.preprocess, s.train.images.images, train_source, s.val.images.images, val_source)
-    res = fit(model, loss, cfg.train, data, torch.device("cpu"), hooks)  # type: ignore[arg-type]
+    res = fit(model, loss, cfg.train, data, torch.device("cpu"), hooks=hooks)  # type: ignore[arg-type]
     best = max(rows, key=lambda r: r["map_at_r"])
     return {
         "benchmark": "open_set_ceiling", "recipe": cfg.recipe, "train_classes": train, "test_classes": test,

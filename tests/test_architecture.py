@@ -197,3 +197,74 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"siamkit {siamkit.__version__}"
+
+
+# ---- size limits: a function fits on a screen, and its call sites say what they pass --------------------------------
+MAX_FUNCTION_LINES = 80
+MAX_POSITIONAL = 5
+
+
+def _functions() -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    out = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((name, node))
+    return out
+
+
+def _positional(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    params = [*node.args.posonlyargs, *node.args.args]
+    return len(params) - (1 if params and params[0].arg in ("self", "cls") else 0)
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [f"{m}.{f.name}: {f.end_lineno - f.lineno + 1} lines" for m, f in _functions()
+            if (f.end_lineno or f.lineno) - f.lineno + 1 > MAX_FUNCTION_LINES]  # fmt: skip
+    assert long == []
+
+
+def test_no_function_takes_more_than_five_positional_parameters():
+    wide = [f"{m}.{f.name}: {_positional(f)}" for m, f in _functions() if _positional(f) > MAX_POSITIONAL]
+    assert wide == []
+
+
+def test_the_limits_see_a_long_wide_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    node = ast.parse(f"def f(self, a, b, c, d, e, g):\n{body}\n").body[0]
+    assert isinstance(node, ast.FunctionDef)
+    assert _positional(node) == 6 and node.end_lineno is not None and node.end_lineno > MAX_FUNCTION_LINES
+
+
+# ---- registries: a new entry is exercised (or noticed) by a test without anyone writing one -------------------------
+def _registries() -> dict[str, str]:
+    """``{variable name: module}`` of every ``Registry(...)`` assigned at a module's top level."""
+    found = {}
+    for name, path in MODULES.items():
+        for node in ast.parse(path.read_text()).body:
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+            if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "Registry":
+                target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+                if isinstance(target, ast.Name):
+                    found[target.id] = name
+    return found
+
+
+LISTINGS = {"BACKBONES": ("list_backbones()",)}
+"""Other public spellings of a registry's listing."""
+
+
+def test_every_registry_is_walked_by_a_test():
+    """Each registry's entries are listed by a test — parametrized over (or looped over) ``REGISTRY.list()``, or
+    compared with an explicit list — so that a new entry is exercised, or noticed, with no new test."""
+    tests = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py") if p.name != Path(__file__).name)
+    registries = _registries()
+    assert {"LOSSES", "MINERS", "DISTANCES", "BACKBONES", "OPTIMIZERS", "SCHEDULERS"} <= set(registries)
+    unwalked = []
+    for var in registries:
+        spellings = (f"{var}.list()", *LISTINGS.get(var, ()))
+        lines = [line for line in tests.splitlines() if any(s in line for s in spellings)]
+        if not any("parametrize" in line or line.lstrip().startswith("for ") or " in " in line or "==" in line
+                   for line in lines):  # fmt: skip
+            unwalked.append(var)
+    assert unwalked == []

@@ -325,7 +325,7 @@ def test_validation_loss_scores_every_tuple_and_leaves_the_loss_alone():
         raise AssertionError("the validation loss gathered")
 
     loss.gather = refuse
-    got = validation_loss(net, loss, images, plan, pre, cpu)
+    got = validation_loss(net, loss, images, plan, pre, device=cpu)
     assert loss.miner is miner and loss.gather is refuse and net.training
     every = create_loss("contrastive", {"margin": 0.7}, "all-pairs")
     net.eval()

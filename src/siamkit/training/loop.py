@@ -102,7 +102,7 @@ class FitResult:
 @torch.no_grad()
 def validation_loss(
     model: SiameseNet, loss_fn: SiameseLoss, images: ImageArray, source: BatchSource, preprocess: Preprocess,
-    device: torch.device, channels_last: bool = False,
+    *, device: torch.device, channels_last: bool = False,
 ) -> float:  # fmt: skip
     """Mean loss over the fixed validation batches, in eval mode, never augmented.
 
@@ -125,7 +125,7 @@ def validation_loss(
 
 def fit(
     model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, data: FitData, device: torch.device,
-    hooks: FitHooks | None = None, state_path: Path | None = None, resume: bool = False,
+    *, hooks: FitHooks | None = None, state_path: Path | None = None, resume: bool = False,
     dist_info: DistInfo | None = None,
 ) -> FitResult:  # fmt: skip
     """Train ``model`` for ``cfg.epochs``; keep (and restore at the end) the weights of the best epoch by
@@ -138,7 +138,7 @@ def fit(
     ``state_path`` and calls ``on_best``. ``on_epoch(row)`` sees every epoch's history row (a study's pruner
     raises from it to stop a hopeless trial)."""
     info, hooks = dist_info or SINGLE, hooks or FitHooks()
-    state = TrainState.start(model, loss_fn, cfg, device, info, hooks)
+    state = TrainState.start(model, loss_fn, cfg, device, info, hooks=hooks)
     train_source = _shard(data.train_source, info)
     if resume and state_path is not None and state_path.is_file():
         state.restore(load_state(state_path), data.preprocess, info)
@@ -189,7 +189,7 @@ class TrainState:
     @classmethod
     def start(
         cls, model: SiameseNet, loss_fn: SiameseLoss, cfg: TrainConfig, device: torch.device, info: DistInfo,
-        hooks: FitHooks,
+        *, hooks: FitHooks,
     ) -> TrainState:  # fmt: skip
         """The model on ``device`` (frozen backbone, synchronised BatchNorm as configured) with a new optimiser,
         schedule and gradient scaler; the checks that need the built model."""
@@ -386,8 +386,8 @@ def _validate(
 ) -> dict[str, float]:  # fmt: skip
     """The epoch's row with its validation loss and (``val_metrics``) retrieval metrics, in the history's
     column order."""
-    val = validation_loss(state.model, state.loss_fn, data.val_images, data.val_source, data.preprocess, device,
-                          state.cfg.channels_last)  # fmt: skip
+    val = validation_loss(state.model, state.loss_fn, data.val_images, data.val_source, data.preprocess,
+                          device=device, channels_last=state.cfg.channels_last)  # fmt: skip
     out = {k: v for k, v in row.items() if k not in ("lr", "seconds")} | {"val_loss": val}
     if val_metrics is not None:
         out.update({f"val_{k}": v for k, v in val_metrics(state.model).items()})

@@ -119,7 +119,8 @@ def _train_and_evaluate(
     s = prep.splits
     data = FitData(prep.preprocess, s.train.images.images, plan.train_batches, s.val.images.images, plan.val_batches)
     hooks = FitHooks(retrieval_monitor(prep, device), on_best, on_epoch)
-    result = fit(model, plan.loss, cfg.train, data, device, hooks, run.state, resume, info)
+    result = fit(model, plan.loss, cfg.train, data, device, hooks=hooks, state_path=run.state, resume=resume,
+                 dist_info=info)  # fmt: skip
     log.info("evaluating the kept model (epoch %d) on validation, test and training images, with the raw-pixel and "
              "untrained baselines…", result.best_epoch)  # fmt: skip
     metrics = evaluate_prepared(model, prep, device, threshold=None, out_dir=run.path, untrained=plan.untrained)

@@ -8,6 +8,7 @@ Nothing here unpickles arbitrary objects: weights are safetensors, and the resum
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,12 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    """The resume state in ``path``; a file that is not one (another program's pickle, a damaged file) is one
+    :class:`CheckpointError` line — torch's own warnings about such a file (its pickle protocol) are not shown."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means an unusable file
         raise CheckpointError(
             f"{path}: cannot read the training state ({type(exc).__name__}); delete it to restart"

@@ -133,22 +133,17 @@ def main() -> None:
             if result[0] != expected:
                 problems.append(f"{name}: {result[0]}: {result[1][:300]}")
 
-        for i, name in enumerate(sorted(corpus.CASES)):
-            folder = work / "cases" / f"{i:04d}"
-            folder.mkdir(parents=True)
-            try:
-                result = corpus.classify_case(name, folder, world, run)
-            except Hang:
-                result = ("hang", f"no answer in {args.timeout} s")
-            record(name, result, "clean")
-        for i, name in enumerate(sorted(corpus.HANDLED)):
-            folder = work / "handled" / f"{i:04d}"
-            folder.mkdir(parents=True)
-            try:
-                result = corpus.classify_handled(name, folder, world, run)
-            except Hang:
-                result = ("hang", f"no answer in {args.timeout} s")
-            record(name, result, "handled")
+        groups = (("cases", corpus.CASES, corpus.classify_case, "clean"),
+                  ("handled", corpus.HANDLED, corpus.classify_handled, "handled"))  # fmt: skip
+        for group, names, classify, expected in groups:
+            for i, name in enumerate(sorted(names)):
+                folder = work / group / f"{i:04d}"
+                folder.mkdir(parents=True)
+                try:
+                    result = classify(name, folder, world, run)
+                except Hang:
+                    result = ("hang", f"no answer in {args.timeout} s")
+                record(name, result, expected)
         signal.alarm(args.timeout * 4)
         try:
             with corpus.http_client(world, Path(tempfile.mkdtemp(dir=work))) as client:

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +61,26 @@ def small_run(tmp_path_factory):
     argv = ["train", "--epochs", "2", "--runs-dir", str(runs), "--name", "small", "--format", "json", "-q"]
     assert main(argv) == 0
     return runs / "small"
+
+
+@contextlib.contextmanager
+def uvicorn_serving(app, **config):
+    """``app`` served by a real uvicorn server on a free loopback port (``config``: more ``uvicorn.Config``
+    options) in a thread, for as long as the block runs; yields the port."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started:
+        assert time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

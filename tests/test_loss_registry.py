@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_mining import FeatureInput  # a backbone passing its input through: the test sets the features
 
 import siamkit
 from siamkit.data.batch import LabelBatch, PairBatch, TripletBatch
@@ -29,17 +29,6 @@ from siamkit.models.siamese import SiameseNet
 
 CONTEXT = {"num_classes": 3, "embedding_dim": 4}
 LABELS = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2])
-
-
-class FeatureInput(nn.Module):
-    """A backbone passing its input through: the test controls the features (second-to-last layer) exactly."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def tiny_model(normalize: bool = False) -> SiameseNet:

@@ -15,6 +15,7 @@ import time
 
 import httpx
 import pytest
+from conftest import uvicorn_serving
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -134,25 +135,11 @@ def test_megabyte_labels_are_refused_naming_the_field_and_the_limit(client, digi
 
 @pytest.fixture(scope="module")
 def slow_server(small_run, gallery_dir):
-    import uvicorn
-
     from siamkit.serve.timeouts import deadline_protocol
 
     app = create_app(TorchEmbedder(small_run), Gallery.open(gallery_dir), request_timeout=1.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=deadline_protocol(1.0))
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started:
-        assert time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_serving(app, http=deadline_protocol(1.0)) as port:
+        yield port
 
 
 def _trickle(port: int, head: bytes, body: bytes, every: float, out: dict) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from siamkit.errors import CheckpointError, ConfigError
 from siamkit.files import atomic_write_text
-from siamkit.rundir import RunDir
+from siamkit.rundir import RunDir, check_free
 from siamkit.runs.artifact import read_weights
 from siamkit.text import name_list
 from siamkit.thresholds import too_few_impostors, with_warning
@@ -115,11 +115,7 @@ def _staging(target: Path) -> Path:
     import shutil
     import uuid
 
-    if RunDir(target).weights.exists():
-        raise CheckpointError(f"{target} already holds a run; give a new folder to --out, or calibrate {target} "
-                              "itself")  # fmt: skip
-    if target.exists() and any(target.iterdir()):
-        raise CheckpointError(f"{target} exists and is not empty; give a new folder to --out")
+    check_free(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     for left in target.parent.glob(f".{target.name}.calibrating-*"):
         shutil.rmtree(left, ignore_errors=True)

@@ -141,6 +141,17 @@ class RunDir:
         return read_json_object(self.threshold)
 
 
+def check_free(target: Path) -> None:
+    """Refuse (one line) ``target`` as the folder of a new copy of a run when it holds a run or anything else."""
+    from siamkit.errors import CheckpointError
+
+    if RunDir(target).weights.exists():
+        raise CheckpointError(f"{target} already holds a run; give a new folder to --out, or calibrate {target} "
+                              "itself")  # fmt: skip
+    if target.exists() and any(target.iterdir()):
+        raise CheckpointError(f"{target} exists and is not empty; give a new folder to --out")
+
+
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object file, or None when missing or unreadable (provenance is information, never a failure)."""
     try:

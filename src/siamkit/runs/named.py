@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from siamkit.errors import CheckpointError
-from siamkit.rundir import RunDir, weights_metadata
+from siamkit.rundir import RunDir, check_free, weights_metadata
 
 PRETRAINED_NAMES = ("dlib-face",)
 PUBLISHED_RULE = "dlib's published threshold"
@@ -119,11 +119,7 @@ def copy_run(run_dir: Path, out: str | os.PathLike[str]) -> Path:
     """A copy of run folder ``run_dir`` at ``out`` (which must not hold a run yet), for a calibration of its own;
     written beside ``out`` and renamed into place."""
     target = Path(out)
-    if RunDir(target).weights.exists():
-        raise CheckpointError(f"{target} already holds a run; give a new folder to --out, or calibrate {target} "
-                              "itself")  # fmt: skip
-    if target.exists() and any(target.iterdir()):
-        raise CheckpointError(f"{target} exists and is not empty; give a new folder to --out")
+    check_free(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:

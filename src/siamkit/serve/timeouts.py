@@ -21,7 +21,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siamkit.serve.defaults import REQUEST_TIMEOUT
-from siamkit.serve.uploads import send_detail
+from siamkit.serve.uploads import ResponseTracker, send_detail
 
 
 class _TooSlow(Exception):
@@ -43,7 +43,7 @@ class RequestDeadlineMiddleware:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         body_done = False
-        started = False
+        sent = ResponseTracker(send)
 
         async def timed_receive() -> Message:
             nonlocal body_done
@@ -57,15 +57,10 @@ class RequestDeadlineMiddleware:
                 body_done = True
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, timed_receive, tracking_send)
+            await self.app(scope, timed_receive, sent)
         except _TooSlow:
-            if not started:
+            if not sent.started:
                 detail = (f"the request body did not arrive within {self.timeout:g} s (the service's "
                           "--request-timeout); send it at once")  # fmt: skip
                 await send_detail(send, 408, detail, [(b"connection", b"close")])

@@ -71,7 +71,7 @@ class BodyLimitMiddleware:
             await self._reject(send)
             return
         received = 0
-        started = False
+        sent = ResponseTracker(send)
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -82,19 +82,26 @@ class BodyLimitMiddleware:
                     raise _TooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, sent)
         except _TooLarge:
-            if not started:
+            if not sent.started:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
         await send_detail(send, 413, f"request body over the {self.limit:,}-byte limit")
+
+
+class ResponseTracker:
+    """An ASGI ``send`` that notes whether the response has started (after which no error answer can be sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
 
 
 async def send_detail(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:

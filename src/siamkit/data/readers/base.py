@@ -65,12 +65,13 @@ class Reader(ABC):
 
 
 class ArrayReader(Reader):
-    """A set held as arrays (IDX, CIFAR-10 batches, scikit-learn's digits): nothing to list as image files."""
+    """A set held as arrays (IDX, CIFAR-10 batches, scikit-learn's digits): listed as the class folders of PNG files
+    it is written out to once, in siamkit's cache (:func:`siamkit.data.readers.export.array_set_files`)."""
 
     def list_images(self, source: str) -> list[Item]:
-        raise DataError(f"{source}: a {self.name} set is held as arrays, not image files, so it cannot be indexed or "
-                        "embedded from here; write its images out as class folders (root/<class>/<n>.png, e.g. "
-                        "siamkit.data.readers.write_class_folders) and give that folder")  # fmt: skip
+        from siamkit.data.readers.export import array_set_files
+
+        return array_set_files(self, source)
 
 
 PROVIDERS = tuple(f"siamkit.data.readers.{family}" for family in (

@@ -175,7 +175,7 @@ def test_mined_pair_losses_match_loop(seed, margin, name):
     delta = 0.3
     params = {"margin": margin, **({"delta": delta} if name == "huber" else {})}
     loss = create_loss(name, params, "hard-pairs", {"neg_margin": margin})
-    got = float(loss(model, LabelBatch(x, labels)))
+    got = float(loss(model, LabelBatch(x, labels)).detach())
     emb = model.embed(x).detach()
 
     def h(v: float) -> float:

@@ -90,7 +90,8 @@ def test_random_search_resumes_up_to_the_requested_trials(tmp_path):
         studies.search("r", params, TINY, strategy="random", n_trials=3, runs_dir=str(tmp_path), train=first)
     # a hard kill leaves a trial RUNNING in the database: resuming marks it failed
     storage = studies.tuning.open_storage(None, tmp_path / "r")
-    dangling = optuna.load_study(study_name="r", storage=storage).ask()
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's: heartbeats are meant for optimize(), not ask()
+        dangling = optuna.load_study(study_name="r", storage=storage).ask()
     second = Interrupting()
     studies.search("r", params, TINY, strategy="random", n_trials=3, runs_dir=str(tmp_path), train=second)
     assert len(second.calls) == 2  # 1 finished before the interruption + 2 = 3

@@ -110,7 +110,9 @@ def open_study(
                                 load_if_exists=True)  # fmt: skip
     if storage is None:  # the local file has one worker: a trial still RUNNING was interrupted
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            with warnings.catch_warnings():  # Optuna's note that heartbeats go with optimize(): this is its cleanup
+                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             log.warning("trial %d was interrupted: marked failed, its setting will be tried again", t.number)
     return study
 

@@ -241,7 +241,7 @@ def test_fdt_on_triplets_matches_loop(seed, lam, alpha):
     g = torch.Generator().manual_seed(seed + 10)
     a, p, n = (torch.randn(5, 6, generator=g, dtype=torch.float64) for _ in range(3))
     loss = create_loss("fdt", {"lam": lam, "alpha": alpha})
-    got = float(loss(model, TripletBatch(a, p, n)))
+    got = float(loss(model, TripletBatch(a, p, n)).detach())
     u = model.head.weight.detach().T  # in×out
     assert projection(model).shape == (6, 3)
     tr_w = loop_trace(loop_scatter((a - p).tolist(), 6, 1e-4), u)
@@ -283,7 +283,7 @@ def test_mined_fdt_uses_features_of_mined_triplets(seed):
     x, labels = batch(seed, dim=6)
     model = feature_model(dim=6, out=3, seed=seed)
     loss = create_loss("fdt", {"lam": 0.5, "alpha": 1.0}, "batch-hard")
-    got = float(loss(model, LabelBatch(x, labels)))
+    got = float(loss(model, LabelBatch(x, labels)).detach())
     u = model.head.weight.detach().T
     t = create_miner("batch-hard")(dist_matrix(x @ u, "euclidean"), labels)
     tr_w = float(fisher_trace(x[t.a] - x[t.p], u))
@@ -370,7 +370,7 @@ def test_normalized_softmax_matches_loop(seed, temperature):
         "normalized-softmax", {"temperature": temperature}, context={"num_classes": 3, "embedding_dim": 4}
     )
     loss.double()
-    got = float(loss(model, LabelBatch(x, labels)))
+    got = float(loss(model, LabelBatch(x, labels)).detach())
     emb, w = model.embed(x).detach(), loss.proxies.detach()
     total = 0.0
     for i in range(len(labels)):

@@ -259,7 +259,7 @@ def test_fdc_on_pairs_matches_loop(seed):
     a, b = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
     y = torch.tensor([1.0, 0, 1, 1, 0, 0, 1, 0])
     lam, alpha = 0.2, 5.0
-    got = float(create_loss("fdc", {"lam": lam, "alpha": alpha})(model, PairBatch(a, b, y)))
+    got = float(create_loss("fdc", {"lam": lam, "alpha": alpha})(model, PairBatch(a, b, y)).detach())
     u = model.head.weight.detach().T
     diffs = (a - b).tolist()
     tr_w = loop_trace(loop_scatter([r for r, t in zip(diffs, y) if t == 1], 6, 1e-4), u)

@@ -298,7 +298,7 @@ def test_mined_fdc_weights_distant_pairs_to_the_neighbour_count(seed):
     x, labels = batch(seed, dim=6)
     model = feature_model(dim=6, out=3, seed=seed)
     lam, alpha = 0.3, 50.0
-    got = float(create_loss("fdc", {"lam": lam, "alpha": alpha}, "all-pairs")(model, LabelBatch(x, labels)))
+    got = float(create_loss("fdc", {"lam": lam, "alpha": alpha}, "all-pairs")(model, LabelBatch(x, labels)).detach())
     u = model.head.weight.detach().T
     n = len(labels)
     same = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] == labels[j]]
@@ -353,7 +353,7 @@ def test_every_loss_trains_every_parameter(name, mined):
         b = TripletBatch(images(1, 6), images(2, 6), images(3, 6))
     value = loss(net, b)
     value.backward()
-    assert torch.isfinite(value) and float(value) > 0
+    assert torch.isfinite(value) and float(value.detach()) > 0
     # FDT/FDC use U = head.weight only (SPEC §4.1: bias ignored), so the head's bias gets no gradient
     exempt = {"head.bias"} if name in ("fdc", "fdt") else set()
     missing = [n for n, p in net.named_parameters() if n not in exempt and (p.grad is None or not p.grad.abs().sum())]

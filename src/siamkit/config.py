@@ -580,6 +580,23 @@ def dotted_keys(data: dict[str, Any], prefix: str = "", cls: Any = None) -> list
     return keys
 
 
+def flat_values(cfg: Any) -> dict[str, Any]:
+    """``{dotted key: value}`` of a config (a ``dict``-typed field such as ``loss.params`` is one key).
+
+    Example:
+        >>> flat_values(RunConfig())["train.epochs"]
+        10
+    """
+    data = to_dict(cfg)
+    out = {}
+    for key in dotted_keys(data):
+        node: Any = data
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
 def given_keys(cfg: RunConfig) -> dict[str, Any]:
     """The nested dict of ``cfg``'s values that differ from the defaults (what a YAML file setting them holds).
 
@@ -589,18 +606,11 @@ def given_keys(cfg: RunConfig) -> dict[str, Any]:
         >>> given_keys(cfg)
         {'train': {'epochs': 3}}
     """
-    data, default = to_dict(cfg), to_dict(RunConfig())
+    default = flat_values(RunConfig())
     out: dict[str, Any] = {}
-    for key in dotted_keys(data):
-        *sections, last = key.split(".")
-        node, base = data, default
-        for section in sections:
-            node, base = node[section], base[section]
-        if node[last] != base[last]:
-            target = out
-            for section in sections:
-                target = target.setdefault(section, {})
-            target[last] = copy.deepcopy(node[last])
+    for key, value in flat_values(cfg).items():
+        if value != default[key]:
+            set_value(out, key, copy.deepcopy(value))
     return out
 
 

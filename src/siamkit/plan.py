@@ -13,12 +13,11 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from siamkit.config import RunConfig, dotted_keys, to_dict
+from siamkit.config import RunConfig, flat_values
 from siamkit.data.faces import CHIP_SIZE, face_alignment, resolve_mode
 from siamkit.data.readers import DatasetBundle, load_dataset
 from siamkit.data.samplers import PKSampler
@@ -57,30 +56,18 @@ class ConfigSources:
 
     def __init__(self, cfg: RunConfig) -> None:
         explicit: frozenset[str] | None = getattr(cfg, "explicit_keys", None)
-        self._last = _flat(cfg)
+        self._last = flat_values(cfg)
         given = explicit if explicit is not None else frozenset(self._last)
         self.sources: dict[str, str] = {k: "user" for k in sorted(given)}
 
     def note(self, cfg: RunConfig, source: str) -> None:
         """Credit ``source`` with every key whose value changed since the last note (a value the user gave and a
         step then completed, such as a relative data path, stays the user's)."""
-        now = _flat(cfg)
+        now = flat_values(cfg)
         for key, value in now.items():
             if value != self._last.get(key) and self.sources.get(key) != "user":
                 self.sources[key] = source
         self._last = now
-
-
-def _flat(cfg: RunConfig) -> dict[str, Any]:
-    """``{dotted key: value}`` of a config (a dict-typed field such as ``loss.params`` is one key)."""
-    data = to_dict(cfg)
-    out = {}
-    for key in dotted_keys(data):
-        node: Any = data
-        for part in key.split("."):
-            node = node[part]
-        out[key] = node
-    return out
 
 
 @dataclass

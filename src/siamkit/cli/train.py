@@ -131,11 +131,10 @@ def _train(args: argparse.Namespace) -> None:
     overrides = shortcut_overrides(args, SHORTCUTS)
     if args.skip_bad:
         overrides.append("data.skip_bad=true")
+    config_path = args.config
     if args.resume:
         config_path, overrides = resume_config(args.config, overrides)
-        cfg = load_config(config_path, overrides, values={"train.progress": False} if args.quiet else None)
-    else:
-        cfg = load_config(args.config, overrides, values={"train.progress": False} if args.quiet else None)
+    cfg = load_config(config_path, overrides, values={"train.progress": False} if args.quiet else None)
     result = train_run(cfg, resume=args.resume, force=args.force)
     emit(result, args.format, summary_table(result))
 

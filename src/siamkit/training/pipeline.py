@@ -113,8 +113,10 @@ def _train_and_evaluate(
     log.info("training %s (%s, %s trainable parameters) on %s, device %s", cfg.model.backbone, cfg.loss.name,
              f"{count_parameters(model):,}", prep.bundle.name, device)  # fmt: skip
 
+    untested = weights_metadata(to_dict(cfg), prep.input_shape, None)  # the same for every kept epoch
+
     def on_best(m: SiameseNet, epoch: int, val: float) -> None:
-        save_weights(m, run.weights, weights_metadata(to_dict(cfg), prep.input_shape, None))
+        save_weights(m, run.weights, untested)
 
     s = prep.splits
     data = FitData(prep.preprocess, s.train.images.images, plan.train_batches, s.val.images.images, plan.val_batches)
